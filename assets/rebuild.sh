@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Rebuild the bundled backdoored models exactly as shipped (see assets/README.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+$PY -m defense train --dataset mnist5k --attack badnets --target 0 --poison-rate 0.1 --epochs 8 --seed 0 --out assets/models/mnist-badnets
+$PY -m defense train --dataset mnist5k --attack blend   --target 3 --poison-rate 0.1 --epochs 8 --seed 1 --out assets/models/mnist-blend
+$PY -m defense train --dataset mnist5k --attack sig     --target 5 --poison-rate 0.1 --epochs 8 --seed 2 --out assets/models/mnist-sig
+$PY -m defense train --dataset mnist5k --attack wanet   --target 7 --poison-rate 0.1 --epochs 8 --seed 3 --out assets/models/mnist-wanet

@@ -1,0 +1,228 @@
+"""Backdoor triggers and poisoned training sets (all-to-one: every triggered image goes to one target).
+
+Every trigger acts on pixels in [0, 1], before normalization, and returns pixels in [0, 1].
+- badnets: a white-and-black checker patch in the bottom-right corner (mask/pattern);
+- blend: a fixed random noise image blended in at ``alpha`` (mask/pattern with mask = alpha);
+- file: any mask/pattern pair from a ``trigger.safetensors``;
+- sig: an additive horizontal sinusoid (Barni et al.), poisoned with the target label;
+- wanet: a smooth, fixed warping field (Nguyen & Tran), no noise mode.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ATTACKS = ("badnets", "blend", "sig", "wanet", "file")
+
+
+class TriggerError(ValueError):
+    """A trigger's tensors or parameters are unusable."""
+
+
+class Trigger:
+    kind = "base"
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def params(self) -> dict:
+        """JSON-able parameters for meta.json."""
+        return {}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors for trigger.safetensors (empty when params suffice)."""
+        return {}
+
+    def describe(self) -> str:
+        return self.kind
+
+
+@dataclass
+class MaskPatternTrigger(Trigger):
+    """x' = (1 - mask) * x + mask * pattern, mask and pattern shaped [C, H, W] in [0, 1]."""
+
+    mask: torch.Tensor
+    pattern: torch.Tensor
+    kind: str = "file"
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.mask = self.mask.float()
+        self.pattern = self.pattern.float()
+        validate_mask_pattern(self.mask, self.pattern)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        mask, pattern = self.mask.to(x.device), self.pattern.to(x.device)
+        return (1 - mask) * x + mask * pattern
+
+    def params(self) -> dict:
+        return dict(self.extra)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"mask": self.mask.contiguous(), "pattern": self.pattern.contiguous()}
+
+    def describe(self) -> str:
+        if self.kind == "badnets":
+            return f"BadNets: a {self.extra.get('size', '?')}x{self.extra.get('size', '?')} checker patch in the bottom-right corner"
+        if self.kind == "blend":
+            return f"Blend: a fixed noise image mixed into the whole picture at alpha = {self.extra.get('alpha')}"
+        covered = float((self.mask > 0).float().mean())
+        return f"Trigger from a file: mask covers {covered:.1%} of the pixels"
+
+
+def validate_mask_pattern(mask: torch.Tensor, pattern: torch.Tensor, input_shape=None) -> None:
+    problems = []
+    if mask.dim() != 3 or pattern.dim() != 3:
+        problems.append(f"mask and pattern must be [C, H, W], got {list(mask.shape)} and {list(pattern.shape)}")
+    elif mask.shape != pattern.shape:
+        problems.append(f"mask {list(mask.shape)} and pattern {list(pattern.shape)} differ in shape")
+    elif input_shape is not None and list(mask.shape) != list(input_shape):
+        problems.append(f"trigger shape {list(mask.shape)} does not match the model's input {list(input_shape)}")
+    for name, t in (("mask", mask), ("pattern", pattern)):
+        if not torch.isfinite(t).all():
+            problems.append(f"{name} holds NaN or infinite values")
+        elif t.numel() and (t.min() < 0 or t.max() > 1):
+            problems.append(f"{name} values must lie in [0, 1], found [{t.min():.3g}, {t.max():.3g}]")
+    if problems:
+        raise TriggerError("; ".join(problems))
+
+
+def badnets(input_shape, size: int = 3, margin: int = 1) -> MaskPatternTrigger:
+    c, h, w = input_shape
+    mask = torch.zeros(c, h, w)
+    pattern = torch.zeros(c, h, w)
+    top, left = h - margin - size, w - margin - size
+    mask[:, top:top + size, left:left + size] = 1
+    checker = (torch.arange(size).view(-1, 1) + torch.arange(size).view(1, -1)) % 2 == 0
+    pattern[:, top:top + size, left:left + size] = checker.float()
+    return MaskPatternTrigger(mask, pattern, kind="badnets", extra={"size": size, "margin": margin})
+
+
+def blend(input_shape, alpha: float = 0.2, seed: int = 0) -> MaskPatternTrigger:
+    pattern = torch.rand(*input_shape, generator=torch.Generator().manual_seed(seed))
+    return MaskPatternTrigger(torch.full(tuple(input_shape), alpha), pattern, kind="blend",
+                              extra={"alpha": alpha, "seed": seed})
+
+
+@dataclass
+class SigTrigger(Trigger):
+    delta: float = 0.2
+    frequency: int = 6
+    kind: str = "sig"
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        width = x.shape[-1]
+        wave = self.delta * torch.sin(2 * math.pi * torch.arange(width, device=x.device) * self.frequency / width)
+        return (x + wave.view(1, 1, 1, -1)).clamp(0, 1)
+
+    def params(self) -> dict:
+        return {"delta": self.delta, "frequency": self.frequency}
+
+    def describe(self) -> str:
+        return f"SIG: a faint vertical-stripe sinusoid (amplitude {self.delta}, {self.frequency} periods) added to the image"
+
+
+@dataclass
+class WaNetTrigger(Trigger):
+    """A fixed smooth warp: a k x k random flow field upsampled to the image, scaled by ``strength``."""
+
+    flow: torch.Tensor  # [H, W, 2], values in [-1, 1] before scaling
+    strength: float = 0.5
+    kind: str = "wanet"
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=x.device), torch.linspace(-1, 1, w, device=x.device), indexing="ij")
+        identity = torch.stack((xs, ys), dim=-1)
+        grid = (identity + self.strength * self.flow.to(x.device) / h).clamp(-1, 1)
+        return F.grid_sample(x, grid.expand(x.shape[0], -1, -1, -1), align_corners=True).clamp(0, 1)
+
+    def params(self) -> dict:
+        return {"strength": self.strength}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"flow": self.flow.contiguous()}
+
+    def describe(self) -> str:
+        return f"WaNet: an almost invisible smooth warp of the whole image (strength {self.strength})"
+
+
+def wanet(input_shape, k: int = 4, strength: float = 0.5, seed: int = 0) -> WaNetTrigger:
+    _, h, w = input_shape
+    noise = torch.rand(1, 2, k, k, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    noise = noise / noise.abs().mean()
+    flow = F.interpolate(noise, size=(h, w), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)[0]
+    return WaNetTrigger(flow, strength)
+
+
+def load_trigger_file(path: str | Path, input_shape=None) -> MaskPatternTrigger:
+    """A mask/pattern trigger from a safetensors file (never a pickle)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise TriggerError(f"{path} is not a readable safetensors file with 'mask' and 'pattern': {err}") from None
+    missing = {"mask", "pattern"} - set(tensors)
+    if missing:
+        raise TriggerError(f"{path} lacks tensor(s) {', '.join(sorted(missing))}")
+    validate_mask_pattern(tensors["mask"], tensors["pattern"], input_shape)
+    return MaskPatternTrigger(tensors["mask"], tensors["pattern"], kind="file")
+
+
+def make_trigger(kind: str, input_shape, seed: int = 0, trigger_file: str | Path | None = None, **params) -> Trigger:
+    """A new trigger of ``kind`` for images of ``input_shape``."""
+    if kind == "badnets":
+        return badnets(input_shape, **params)
+    if kind == "blend":
+        return blend(input_shape, seed=seed, **params)
+    if kind == "sig":
+        return SigTrigger(**params)
+    if kind == "wanet":
+        return wanet(input_shape, seed=seed, **params)
+    if kind == "file":
+        if trigger_file is None:
+            raise TriggerError("attack 'file' needs --trigger-file PATH (a safetensors file with 'mask' and 'pattern')")
+        return load_trigger_file(trigger_file, input_shape)
+    raise TriggerError(f"unknown attack '{kind}': expected one of {', '.join(ATTACKS)}")
+
+
+def trigger_from_meta(attack: dict, tensors: dict[str, torch.Tensor], input_shape) -> Trigger:
+    """Rebuild the trigger a bundle describes."""
+    kind, params = attack["kind"], dict(attack.get("params") or {})
+    if kind in ("badnets", "blend", "file"):
+        if not {"mask", "pattern"} <= set(tensors):
+            raise TriggerError(f"attack '{kind}' needs trigger.safetensors with 'mask' and 'pattern'")
+        validate_mask_pattern(tensors["mask"], tensors["pattern"], input_shape)
+        return MaskPatternTrigger(tensors["mask"], tensors["pattern"], kind=kind, extra=params)
+    if kind == "sig":
+        return SigTrigger(delta=float(params.get("delta", 0.2)), frequency=int(params.get("frequency", 6)))
+    if kind == "wanet":
+        flow = tensors.get("flow")
+        if flow is None or list(flow.shape) != [input_shape[1], input_shape[2], 2] or not torch.isfinite(flow).all():
+            raise TriggerError(f"attack 'wanet' needs a finite 'flow' tensor of shape {[input_shape[1], input_shape[2], 2]}")
+        return WaNetTrigger(flow.float(), float(params.get("strength", 0.5)))
+    raise TriggerError(f"unknown attack '{kind}': expected one of {', '.join(ATTACKS)}")
+
+
+def poison(x: torch.Tensor, y: torch.Tensor, trigger: Trigger, target: int, rate: float, seed: int = 0):
+    """Stamp the trigger on a seeded ``rate`` share of the non-target images and relabel them.
+
+    Returns (x, y, poisoned) where ``poisoned`` marks the altered samples.
+    """
+    if not 0 <= rate <= 1:
+        raise ValueError(f"poison rate must be in [0, 1], got {rate}")
+    candidates = (y != target).nonzero().flatten()
+    n = int(round(rate * len(y)))
+    chosen = candidates[torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed))[:n]]
+    x, y = x.clone(), y.clone()
+    x[chosen] = trigger.apply(x[chosen])
+    y[chosen] = target
+    poisoned = torch.zeros(len(y), dtype=torch.bool)
+    poisoned[chosen] = True
+    return x, y, poisoned

@@ -1,0 +1,290 @@
+"""Reading and writing model bundles (docs/bundle-format.md).
+
+A bundle is a directory, or a .zip of one, holding ``meta.json``, ``model.safetensors``
+(or a ``model.pt`` state dict) and, for triggers that need tensors, ``trigger.safetensors``.
+
+Everything read here is treated as hostile data: weights come from safetensors or from
+``torch.load(..., weights_only=True)``, never from arbitrary unpickling; zip members are
+read into memory by name, never extracted, and their sizes are capped.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import torch
+from torch import nn
+
+from . import attacks, models
+
+FORMAT_VERSION = 1
+MAX_MEMBER_BYTES = 256 * 2**20  # a ResNet-18 state dict is ~45 MB
+MAX_ARCHIVE_MEMBERS = 64
+MAX_COMPRESSION_RATIO = 200  # weights barely compress; a higher ratio is a zip bomb
+
+
+class BundleError(ValueError):
+    """A bundle is unusable; the message says what is wrong, in one sentence where possible."""
+
+
+@dataclass
+class Bundle:
+    model: nn.Module
+    meta: dict
+    trigger: attacks.Trigger
+
+    @property
+    def name(self) -> str:
+        return self.meta.get("name", "unnamed")
+
+    @property
+    def target(self) -> int:
+        return int(self.meta["attack"]["target_label"])
+
+    def describe_attack(self) -> str:
+        a = self.meta["attack"]
+        return f"{self.trigger.describe()}; target label {a['target_label']}, {a['poison_rate']:.0%} of training images poisoned"
+
+
+# ---------------------------------------------------------------- meta.json
+
+_REQUIRED = {
+    "format_version": int,
+    "architecture": str,
+    "dataset": str,
+    "num_classes": int,
+    "input_shape": list,
+    "normalization": dict,
+    "attack": dict,
+}
+
+
+def validate_meta(meta) -> dict:
+    """Check meta.json's fields and types; raise BundleError naming every problem."""
+    if not isinstance(meta, dict):
+        raise BundleError(f"meta.json must hold a JSON object, found {type(meta).__name__}")
+    problems = []
+    for key, kind in _REQUIRED.items():
+        if key not in meta:
+            problems.append(f"missing '{key}'")
+        elif not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+            problems.append(f"'{key}' should be {kind.__name__}, found {type(meta[key]).__name__}")
+    if problems:
+        raise BundleError("meta.json: " + "; ".join(problems))
+    if meta["format_version"] > FORMAT_VERSION:
+        problems.append(f"format_version {meta['format_version']} is newer than this tool reads ({FORMAT_VERSION})")
+    if meta["architecture"] not in models.architectures():
+        problems.append(f"unknown architecture '{meta['architecture']}' (known: {', '.join(models.architectures())})")
+    if not isinstance(meta.get("arch_kwargs", {}), dict):
+        problems.append("'arch_kwargs' should be an object")
+    if not 2 <= meta["num_classes"] <= 10_000:
+        problems.append(f"'num_classes' must be between 2 and 10000, found {meta['num_classes']}")
+    shape = meta["input_shape"]
+    if len(shape) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1024 for v in shape):
+        problems.append(f"'input_shape' must be [C, H, W] of positive integers, found {shape}")
+    norm = meta["normalization"]
+    channels = shape[0] if not problems and len(shape) == 3 else None
+    for key in ("mean", "std"):
+        values = norm.get(key)
+        if not isinstance(values, list) or not all(_is_number(v) for v in values):
+            problems.append(f"'normalization.{key}' must be a list of numbers")
+        elif channels is not None and len(values) != channels:
+            problems.append(f"'normalization.{key}' has {len(values)} values for {channels} channel(s)")
+        elif key == "std" and any(v <= 0 for v in values):
+            problems.append("'normalization.std' values must be positive")
+    attack = meta["attack"]
+    if attack.get("kind") not in attacks.ATTACKS:
+        problems.append(f"'attack.kind' must be one of {', '.join(attacks.ATTACKS)}, found {attack.get('kind')!r}")
+    target = attack.get("target_label")
+    if not isinstance(target, int) or isinstance(target, bool) or not 0 <= target < max(meta["num_classes"], 1):
+        problems.append(f"'attack.target_label' must be an integer class in [0, {meta['num_classes'] - 1}], found {target!r}")
+    if not _is_number(attack.get("poison_rate", 0)) or not 0 <= attack.get("poison_rate", 0) <= 1:
+        problems.append("'attack.poison_rate' must be a number in [0, 1]")
+    if not isinstance(attack.get("params", {}), dict):
+        problems.append("'attack.params' should be an object")
+    for key in ("clean_acc", "asr"):
+        if key in meta and meta[key] is not None and (not _is_number(meta[key]) or not 0 <= meta[key] <= 1):
+            problems.append(f"'{key}' must be a fraction in [0, 1]")
+    if problems:
+        raise BundleError("meta.json: " + "; ".join(problems))
+    return meta
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# ---------------------------------------------------------------- weights
+
+def read_state_dict(data: bytes, filename: str) -> dict[str, torch.Tensor]:
+    """Tensors from safetensors bytes, or from a .pt state dict loaded with weights_only=True."""
+    if filename.endswith(".safetensors"):
+        from safetensors import SafetensorError
+        from safetensors.torch import load as load_safetensors
+
+        try:
+            return load_safetensors(data)
+        except (SafetensorError, ValueError, RuntimeError) as err:
+            raise BundleError(f"{filename} is not a valid safetensors file ({err})") from None
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:  # the unpickler refuses anything but tensors and plain containers
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise BundleError(f"{filename} was refused: it is not a plain state dict of tensors ({first_line})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise BundleError(f"{filename} does not hold a state dict (a mapping of names to tensors)")
+    return state
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a state dict strictly; any mismatch lists the offending keys and shapes."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k}: file {list(state[k].shape)} vs model {list(expected[k].shape)}"
+             for k in sorted(set(state) & set(expected)) if state[k].shape != expected[k].shape]
+    problems = []
+    if missing:
+        problems.append("missing keys " + ", ".join(missing[:12]) + (" ..." if len(missing) > 12 else ""))
+    if unexpected:
+        problems.append("unexpected keys " + ", ".join(unexpected[:12]) + (" ..." if len(unexpected) > 12 else ""))
+    if wrong:
+        problems.append("shape mismatches " + "; ".join(wrong[:12]) + (" ..." if len(wrong) > 12 else ""))
+    if problems:
+        raise BundleError("the weights do not fit the architecture in meta.json: " + " | ".join(problems))
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise BundleError("the weights hold NaN or infinite values in " + ", ".join(bad[:12]))
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+
+
+def build_model(meta: dict) -> nn.Module:
+    norm = meta["normalization"]
+    return models.build(meta["architecture"], meta["num_classes"], meta["input_shape"], norm["mean"], norm["std"],
+                        **meta.get("arch_kwargs", {}))
+
+
+# ---------------------------------------------------------------- files
+
+class _Source:
+    """Named files of a bundle, from a directory or from a zip read in memory."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.files: dict[str, bytes | Path] = {}
+        if path.is_dir():
+            for child in path.iterdir():
+                if child.is_file() and not child.is_symlink():
+                    self.files[child.name] = child
+        elif zipfile.is_zipfile(path):
+            self._read_zip(path)
+        elif path.exists():
+            raise BundleError(f"{path} is neither a bundle directory nor a .zip archive")
+        else:
+            raise BundleError(f"no bundle at {path}")
+
+    def _read_zip(self, path: Path) -> None:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                entries = archive.infolist()
+                if len(entries) > MAX_ARCHIVE_MEMBERS:
+                    raise BundleError(f"the archive holds {len(entries)} entries; a bundle has at most {MAX_ARCHIVE_MEMBERS}")
+                for info in entries:
+                    name = PurePosixPath(info.filename.replace("\\", "/"))
+                    if name.is_absolute() or ".." in name.parts:
+                        raise BundleError(f"the archive entry '{info.filename}' points outside the bundle; refused")
+                    if info.is_dir():
+                        continue
+                    if len(name.parts) > 2:
+                        continue  # a bundle is flat, or inside one top-level folder
+                    if info.file_size > MAX_MEMBER_BYTES:
+                        raise BundleError(f"the archive entry '{info.filename}' would unpack to {info.file_size / 2**20:.0f} MiB; "
+                                          f"the limit is {MAX_MEMBER_BYTES // 2**20} MiB")
+                    if info.compress_size and info.file_size / info.compress_size > MAX_COMPRESSION_RATIO:
+                        raise BundleError(f"the archive entry '{info.filename}' is compressed {info.file_size // info.compress_size}:1, "
+                                          "which looks like a zip bomb; refused")
+                    if name.name in self.files:
+                        raise BundleError(f"the archive holds more than one '{name.name}'")
+                    with archive.open(info) as member:
+                        data = member.read(MAX_MEMBER_BYTES + 1)
+                    if len(data) > MAX_MEMBER_BYTES:
+                        raise BundleError(f"the archive entry '{info.filename}' is larger than it claims; refused")
+                    self.files[name.name] = data
+        except zipfile.BadZipFile as err:
+            raise BundleError(f"{path.name} is not a readable zip archive ({err})") from None
+
+    def has(self, name: str) -> bool:
+        return name in self.files
+
+    def read(self, name: str) -> bytes:
+        item = self.files[name]
+        if isinstance(item, Path):
+            if item.stat().st_size > MAX_MEMBER_BYTES:
+                raise BundleError(f"{name} is larger than {MAX_MEMBER_BYTES // 2**20} MiB")
+            return item.read_bytes()
+        return item
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Read and check a bundle directory or .zip; raises BundleError with a plain message."""
+    path = Path(path)
+    source = _Source(path)
+    if not source.has("meta.json"):
+        raise BundleError(f"{path.name} has no meta.json")
+    try:
+        meta = json.loads(source.read("meta.json").decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BundleError(f"meta.json is not valid JSON ({err})") from None
+    validate_meta(meta)
+    meta.setdefault("name", path.stem if path.suffix == ".zip" else path.name)
+    weights_name = next((n for n in ("model.safetensors", "model.pt", "model.pth") if source.has(n)), None)
+    if weights_name is None:
+        raise BundleError(f"{path.name} has no model.safetensors (or model.pt state dict)")
+    model = build_model(meta)
+    load_weights(model, read_state_dict(source.read(weights_name), weights_name))
+    model.eval()
+    trigger_tensors = read_state_dict(source.read("trigger.safetensors"), "trigger.safetensors") if source.has("trigger.safetensors") else {}
+    try:
+        trigger = attacks.trigger_from_meta(meta["attack"], trigger_tensors, meta["input_shape"])
+    except attacks.TriggerError as err:
+        raise BundleError(f"trigger: {err}") from None
+    return Bundle(model, meta, trigger)
+
+
+def save_bundle(bundle: Bundle, path: str | Path) -> Path:
+    """Write a bundle as a directory, or as a .zip when ``path`` ends in .zip."""
+    from safetensors.torch import save as save_safetensors
+
+    path = Path(path)
+    meta = {"format_version": FORMAT_VERSION, **{k: v for k, v in bundle.meta.items() if k != "format_version"}}
+    meta["name"] = meta.get("name") or path.stem
+    files = {
+        "meta.json": json.dumps(meta, indent=2).encode(),
+        "model.safetensors": save_safetensors({k: v.detach().cpu().contiguous() for k, v in bundle.model.state_dict().items()}),
+    }
+    if bundle.trigger.tensors():
+        files["trigger.safetensors"] = save_safetensors({k: v.detach().cpu().contiguous() for k, v in bundle.trigger.tensors().items()})
+    if path.suffix == ".zip":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+            for name, data in files.items():
+                archive.writestr(name, data)
+    else:
+        path.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            (path / name).write_bytes(data)
+    return path
+
+
+def bundle_bytes(bundle: Bundle, name: str = "bundle") -> bytes:
+    """The bundle as .zip bytes (for downloads)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return save_bundle(bundle, Path(tmp) / f"{name}.zip").read_bytes()

@@ -1,0 +1,113 @@
+"""``python -m defense``: train, evaluate, salience, purify, bench."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import attacks, bundle as bundle_io, data, models
+from .runtime import configure_threads
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
+
+
+class UsageError(ValueError):
+    """A bad command-line value; reported in one line."""
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be zero or positive, got {text}")
+    return value
+
+
+def load_splits_for(meta: dict, data_root: str | None, seed: int = 0, clean_fraction: float = data.CLEAN_FRACTION):
+    return data.load_dataset(meta["dataset"], data_root, clean_fraction=clean_fraction, seed=seed)
+
+
+def cmd_train(args) -> int:
+    from .train import train_backdoored
+
+    splits = data.load_dataset(args.dataset, args.data_root)
+    if not 0 <= args.target < splits.num_classes:
+        raise UsageError(f"--target {args.target} is out of range: the dataset has classes 0..{splits.num_classes - 1}")
+    params = json.loads(args.attack_params) if args.attack_params else {}
+    trigger = attacks.make_trigger(args.attack, splits.input_shape, seed=args.seed, trigger_file=args.trigger_file, **params)
+    start = time.perf_counter()
+    result, _ = train_backdoored(splits, trigger, args.target, args.poison_rate, arch=args.arch, epochs=args.epochs,
+                                 seed=args.seed, progress=not args.quiet)
+    result.meta["training"]["seconds"] = round(time.perf_counter() - start, 1)
+    out = bundle_io.save_bundle(result, args.out)
+    print(json.dumps({"out": str(out), "clean_acc": result.meta["clean_acc"], "asr": result.meta["asr"],
+                      "seconds": result.meta["training"]["seconds"]}))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .metrics import evaluate
+
+    b = bundle_io.load_bundle(args.bundle)
+    splits = load_splits_for(b.meta, args.data_root)
+    scores = evaluate(b.model, splits.test, b.trigger, b.target)
+    if args.json:
+        print(json.dumps(scores))
+    else:
+        print(f"{b.name}: clean accuracy {scores['clean_acc']:.2%}, attack success rate {scores['asr']:.2%}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m defense", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a backdoored model and write a bundle")
+    p.add_argument("--dataset", default="mnist5k", choices=data.DATASETS)
+    p.add_argument("--data-root", help="folder of a local CIFAR-10 or ImageFolder dataset")
+    p.add_argument("--arch", default=models.DEFAULT_ARCH, choices=models.architectures())
+    p.add_argument("--attack", required=True, choices=attacks.ATTACKS)
+    p.add_argument("--attack-params", help="JSON object of trigger parameters, e.g. '{\"alpha\": 0.2}'")
+    p.add_argument("--trigger-file", help="safetensors with 'mask' and 'pattern' for --attack file")
+    p.add_argument("--target", type=int, default=0)
+    p.add_argument("--poison-rate", type=_fraction, default=0.1)
+    p.add_argument("--epochs", type=_positive_int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="clean accuracy and attack success rate of a bundle")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--data-root")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_threads()
+    try:
+        return args.func(args)
+    except (bundle_io.BundleError, attacks.TriggerError, data.DataError, UsageError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except json.JSONDecodeError as err:
+        print(f"error: a JSON argument is malformed ({err})", file=sys.stderr)
+        return 2

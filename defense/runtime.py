@@ -1,0 +1,20 @@
+"""Where tensors live and how many CPU threads torch may use."""
+import os
+
+import torch
+
+
+def device() -> torch.device:
+    """CUDA when present, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def configure_threads(share_with_server: bool = False) -> None:
+    """Keep torch from oversubscribing a small machine.
+
+    The CLI may use every core; the app leaves one to the web server.
+    BNL_THREADS overrides both.
+    """
+    cores = os.cpu_count() or 1
+    wanted = int(os.environ.get("BNL_THREADS", 0)) or (max(1, cores - 1) if share_with_server else cores)
+    torch.set_num_threads(wanted)

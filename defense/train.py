@@ -1,0 +1,56 @@
+"""Training a backdoored model: the attacker's side, used to build the bundled models."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import models
+from .attacks import Trigger, poison
+from .bundle import Bundle
+from .data import DataSplits
+from .metrics import evaluate
+from .runtime import device
+
+
+def train_backdoored(splits: DataSplits, trigger: Trigger, target: int, poison_rate: float = 0.1,
+                     arch: str = models.DEFAULT_ARCH, epochs: int = 8, seed: int = 0, lr: float = 0.05,
+                     batch_size: int = 64, progress: bool = True) -> tuple[Bundle, torch.Tensor]:
+    """Train on a poisoned copy of the training set. Returns the bundle and the poisoned-sample mask."""
+    if not 0 <= target < splits.num_classes:
+        raise ValueError(f"target label {target} is out of range for {splits.num_classes} classes")
+    torch.manual_seed(seed)
+    mean, std = splits.normalization()
+    model = models.build(arch, splits.num_classes, splits.input_shape, mean, std).to(device())
+    x, y, poisoned = poison(splits.train.x, splits.train.y, trigger, target, poison_rate, seed)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    steps_per_epoch = (len(y) + batch_size - 1) // batch_size
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
+    loss_fn = nn.CrossEntropyLoss()
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in tqdm(range(epochs), desc="train", unit="epoch", disable=not progress):
+        order = torch.randperm(len(y), generator=gen)
+        for start in range(0, len(y), batch_size):
+            idx = order[start:start + batch_size]
+            xb, yb = x[idx].to(device()), y[idx].to(device())
+            opt.zero_grad()
+            loss_fn(model(xb), yb).backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    scores = evaluate(model, splits.test, trigger, target)
+    meta = {
+        "architecture": arch,
+        "arch_kwargs": {},
+        "dataset": splits.name,
+        "num_classes": splits.num_classes,
+        "input_shape": splits.input_shape,
+        "normalization": {"mean": mean, "std": std},
+        "attack": {"kind": trigger.kind, "target_label": target, "poison_rate": poison_rate, "params": trigger.params()},
+        "clean_acc": round(scores["clean_acc"], 4),
+        "asr": round(scores["asr"], 4),
+        "seed": seed,
+        "training": {"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": "SGD momentum 0.9, one-cycle"},
+    }
+    return Bundle(model.cpu(), meta, trigger), poisoned
