@@ -1,0 +1,344 @@
+"""Marking suspect neurons, previewing their removal, and purifying by regularized fine-tuning.
+
+- ``mark``: a neuron mask ({layer: bool tensor}, True = marked) by ratio (per layer or
+  global) or by a threshold on the per-layer normalized score.
+- ``neuron_masking`` / ``preview``: zero marked neurons' outputs with forward hooks, so
+  a preview needs no copy of the model; ``prune`` zeroes their parameters for good.
+- ``Purification``: fine-tuning on clean data as a step generator, with a penalty on the
+  marked neurons' parameters: ``ar`` (adaptive), ``l1``, ``l2``, ``none`` (plain
+  fine-tuning) or ``prune`` (zeroed, then fine-tuned with them held at zero).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import salience
+from .data import TensorData
+from .metrics import evaluate
+from .salience import NeuronLayer, NeuronScores
+
+REGULARIZERS = ("ar", "l1", "l2", "none", "prune")
+SCHEDULES = ("fixed", "dynamic")
+NeuronMask = dict[str, torch.Tensor]
+
+
+# ---------------------------------------------------------------- marking
+
+def mark(scores: NeuronScores, ratio: float | None = None, threshold: float | None = None,
+         scope: str = "layer") -> NeuronMask:
+    """Mark the most suspect neurons.
+
+    ``ratio``: the share to mark, in each layer (scope 'layer') or over all layers on the
+    per-layer rank scale (scope 'global'). ``threshold``: instead, mark every neuron whose
+    per-layer min-max normalized importance (0 = most suspect, 1 = least) is ≤ threshold.
+    Ties are broken by neuron order, so a ratio marks exactly round(ratio·n) neurons.
+    """
+    if (ratio is None) == (threshold is None):
+        raise ValueError("give exactly one of ratio or threshold")
+    value = ratio if ratio is not None else threshold
+    if not 0 <= value <= 1:
+        raise ValueError(f"{'ratio' if ratio is not None else 'threshold'} must be in [0, 1], got {value}")
+    if threshold is not None:
+        return {n: v <= threshold if threshold < 1 else torch.ones_like(v, dtype=torch.bool)
+                for n, v in scores.normalized("minmax").items()}
+    if scope == "layer":
+        out = {}
+        for name, s in scores.suspicion().items():
+            k = int(round(ratio * len(s)))
+            m = torch.zeros(len(s), dtype=torch.bool)
+            m[torch.sort(s, descending=True, stable=True).indices[:k]] = True
+            out[name] = m
+        return out
+    if scope == "global":
+        ranks = scores.normalized("rank")
+        names = list(ranks)
+        flat = torch.cat([ranks[n] for n in names])
+        k = int(round(ratio * len(flat)))
+        chosen = torch.zeros(len(flat), dtype=torch.bool)
+        chosen[torch.sort(flat, stable=True).indices[:k]] = True
+        return dict(zip(names, chosen.split([len(ranks[n]) for n in names])))
+    raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
+
+
+def marked_count(mask: NeuronMask) -> int:
+    return int(sum(int(m.sum()) for m in mask.values()))
+
+
+@contextmanager
+def neuron_masking(layers: dict[str, NeuronLayer], mask: NeuronMask):
+    """Within the block, marked neurons output zero (forward hooks; the weights are untouched)."""
+    hooks = []
+    for name, m in mask.items():
+        if name not in layers or not m.any():
+            continue
+        keep = (~m).float()
+
+        def hook(_mod, _inp, out, keep=keep):
+            k = keep.to(out.device)
+            return out * (k.view(1, -1, 1, 1) if out.dim() == 4 else k.view(1, -1))
+        hooks.append(layers[name].output.register_forward_hook(hook))
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def preview(model: nn.Module, layers: dict[str, NeuronLayer], mask: NeuronMask, test: TensorData,
+            triggered: TensorData) -> dict[str, float]:
+    """Clean accuracy and ASR with the marked neurons zeroed (the model is left as it was)."""
+    with neuron_masking(layers, mask):
+        return evaluate(model, test, None, 0, triggered=triggered)
+
+
+@torch.no_grad()
+def prune(layers: dict[str, NeuronLayer], mask: NeuronMask) -> None:
+    """Zero the marked neurons' parameters in place (weight rows, bias, BatchNorm γ and β)."""
+    for name, m in mask.items():
+        for p in layers[name].neuron_params():
+            p[m.to(p.device)] = 0
+
+
+def pruning_curve(model: nn.Module, layers: dict[str, NeuronLayer], scores: list[NeuronScores], test: TensorData,
+                  triggered: TensorData, ratios=None, scope: str = "layer") -> pd.DataFrame:
+    """Clean accuracy and ASR against the marked ratio, for each metric."""
+    ratios = ratios if ratios is not None else [i / 10 for i in range(11)]
+    rows = []
+    for s in scores:
+        for r in ratios:
+            rows.append({"metric": s.metric, "ratio": r, **preview(model, layers, mark(s, ratio=r, scope=scope), test, triggered)})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- penalties
+
+def ar_penalty(w: torch.Tensor, knee: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """Adaptive regularization φ summed: |w| up to the knee κ, κ·exp(|w|/κ − 1) beyond.
+
+    Continuous, with a continuous slope, at |w| = κ and symmetric in w: large weights of
+    either sign are pushed back ever harder. (The reference code uses κ = 1 and exp(w − 1),
+    whose gradient for w < −1 pushes weights further out; see docs/METHOD.md.)
+    """
+    a = w.abs()
+    return torch.where(a <= knee, a, knee * torch.exp(a / knee - 1)).sum()
+
+
+def penalty(kind: str, w: torch.Tensor, knee: float | torch.Tensor = 1.0) -> torch.Tensor:
+    if kind == "ar":
+        return ar_penalty(w, knee)
+    if kind == "l1":
+        return w.abs().sum()
+    if kind == "l2":
+        return (w * w).sum()
+    return w.new_zeros(())
+
+
+# ---------------------------------------------------------------- purification
+
+@dataclass
+class PurifyConfig:
+    """Purification settings; the defaults are the recommended ones (docs/METHOD.md, bench/RESULTS.md)."""
+
+    metric: str = "benign"
+    reg: str = "ar"
+    ratio: float = 0.7
+    scope: str = "layer"
+    lam: float = 0.01
+    lr: float = 0.05
+    steps: int = 300
+    batch_size: int = 64
+    seed: int = 0
+    schedule: str = "fixed"
+    knee: str = "scale"  # 'scale': κ = knee_scale × RMS of the parameter tensor at the start; 'reference': κ = 1
+    knee_scale: float = 2.0
+    augment: bool = True
+    eval_every: int = 25
+    layer_names: list[str] | None = None  # None: every hidden neuron layer
+
+    def validate(self) -> "PurifyConfig":
+        problems = []
+        if self.metric not in salience.METRICS:
+            problems.append(f"metric must be one of {', '.join(salience.METRICS)}")
+        if self.reg not in REGULARIZERS:
+            problems.append(f"regularizer must be one of {', '.join(REGULARIZERS)}")
+        if not 0 <= self.ratio <= 1:
+            problems.append(f"ratio must be in [0, 1], got {self.ratio}")
+        if not (self.lam >= 0 and math.isfinite(self.lam)):
+            problems.append(f"λ must be zero or positive, got {self.lam}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            problems.append(f"learning rate must be positive, got {self.lr}")
+        if self.steps < 1:
+            problems.append(f"steps must be at least 1, got {self.steps}")
+        if self.batch_size < 1:
+            problems.append(f"batch size must be at least 1, got {self.batch_size}")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule must be one of {', '.join(SCHEDULES)}")
+        if self.knee not in ("scale", "reference"):
+            problems.append("knee must be 'scale' or 'reference'")
+        if not self.knee_scale > 0:
+            problems.append("knee_scale must be positive")
+        if self.eval_every < 1:
+            problems.append("eval_every must be at least 1")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
+    """Random translation by up to ``max_shift`` pixels: cheap augmentation for a small clean set."""
+    dx, dy = (torch.randint(-max_shift, max_shift + 1, (2,), generator=generator)).tolist()
+    return torch.roll(F.pad(x, [max_shift] * 4), shifts=(dy, dx), dims=(2, 3))[..., max_shift:-max_shift, max_shift:-max_shift]
+
+
+@dataclass
+class Purification:
+    """Fine-tune a *copy* of ``model`` on ``clean`` with a penalty on the marked neurons.
+
+    Iterate it to run: every step yields a record (task loss, penalty, norm of the marked
+    parameters, and, every ``eval_every`` steps and at the end, clean accuracy and ASR on
+    ``test``/``triggered``). ``stop()`` ends the run after the current step. The purified
+    model is ``self.model``; the records are kept in ``self.history``.
+    """
+
+    model: nn.Module
+    clean: TensorData
+    test: TensorData
+    triggered: TensorData
+    config: PurifyConfig = field(default_factory=PurifyConfig)
+    scores: NeuronScores | None = None  # precomputed scores of config.metric on the original model
+
+    def __post_init__(self):
+        self.config.validate()
+        if len(self.clean) == 0:
+            raise ValueError("the clean subset is empty: purification needs clean images")
+        self.model = copy.deepcopy(self.model)
+        self.history: list[dict] = []
+        self._stop = False
+        self.layers = salience.neuron_map(self.model)
+        if self.config.layer_names is not None:
+            unknown = set(self.config.layer_names) - set(self.layers)
+            if unknown:
+                raise ValueError(f"unknown layer(s): {', '.join(sorted(unknown))}")
+            self.layers = {n: self.layers[n] for n in self.config.layer_names}
+        self.tracker = None
+        if self.scores is None or self.config.schedule == "dynamic":
+            if self.config.metric == "benign":
+                self.scores, self.tracker = salience.benign_salience(self.model, self.clean, layers=self.layers)
+            elif self.scores is None:
+                self.scores = salience.compute(self.config.metric, self.model, self.clean, self.layers)
+        self.scores = NeuronScores(self.scores.metric, {n: self.scores.layers[n] for n in self.layers})
+        self.mask = self._mark(0)
+
+    def _ratio_at(self, step: int) -> float:
+        """Fixed: the configured ratio. Dynamic (reference schedule): grows from β·ratio to ratio, β = 0.5."""
+        if self.config.schedule == "fixed":
+            return self.config.ratio
+        beta = 0.5
+        return self.config.ratio * (beta + (1 - beta) * step / self.config.steps)
+
+    def _mark(self, step: int) -> NeuronMask:
+        if self.config.reg == "none":
+            return {n: torch.zeros(nl.size, dtype=torch.bool) for n, nl in self.layers.items()}
+        return mark(self.scores, ratio=self._ratio_at(step), scope=self.config.scope)
+
+    def _marked_params(self) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+        """(parameter, boolean mask of its marked entries, knee) for every marked neuron."""
+        out = []
+        for name, m in self.mask.items():
+            if not m.any():
+                continue
+            for p in self.layers[name].neuron_params():
+                dev_m = m.to(p.device)
+                out.append((p, dev_m, self._knees[id(p)]))
+        return out
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def marked_norm(self) -> float:
+        with torch.no_grad():
+            return math.sqrt(sum(float((p[m] ** 2).sum()) for p, m, _ in self._marked_params()))
+
+    def _evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        scores = evaluate(self.model, self.test, None, 0, triggered=self.triggered)
+        self.model.train()
+        return scores
+
+    def __iter__(self) -> Iterator[dict]:
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        dev = next(self.model.parameters()).device
+        self._knees = {id(p): (1.0 if cfg.knee == "reference" else max(cfg.knee_scale * float(p.detach().pow(2).mean().sqrt()), 1e-3))
+                       for nl in self.layers.values() for p in nl.neuron_params()}
+        if cfg.reg == "prune":
+            prune(self.layers, self.mask)
+        opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=0.9)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
+        loss_fn = nn.CrossEntropyLoss()
+        start = time.perf_counter()
+        before = self._evaluate()
+        self.history.append({"step": 0, "task_loss": float("nan"), "penalty": 0.0, "marked_norm": self.marked_norm(),
+                             "marked": marked_count(self.mask), "seconds": 0.0, **before})
+        yield self.history[-1]
+        self.model.train()
+        step, batches = 0, iter(())
+        while step < cfg.steps and not self._stop:
+            try:
+                xb, yb = next(batches)
+            except StopIteration:
+                batches = self.clean.batches(cfg.batch_size, generator=gen)
+                continue
+            step += 1
+            xb, yb = xb.to(dev), yb.to(dev)
+            if cfg.augment:
+                xb = _shift(xb, gen)
+            opt.zero_grad(set_to_none=True)
+            task = loss_fn(self.model(xb), yb)
+            task.backward()
+            if self.tracker is not None and cfg.schedule == "dynamic":
+                self.tracker.update()
+            marked = self._marked_params()
+            pen = sum((penalty(cfg.reg, p[m], knee) for p, m, knee in marked), torch.zeros((), device=dev))
+            if cfg.reg in ("ar", "l1", "l2") and marked and cfg.lam > 0:
+                (cfg.lam * pen).backward()
+            opt.step()
+            sched.step()
+            if cfg.reg == "prune":
+                prune(self.layers, self.mask)
+            if cfg.schedule == "dynamic" and self.tracker is not None:
+                self.scores = self.tracker.per_neuron(self.layers)
+                self.mask = self._mark(step)
+            elif cfg.schedule == "dynamic":
+                self.mask = self._mark(step)
+            record = {"step": step, "task_loss": float(task.detach()), "penalty": float(pen.detach()), "marked_norm": self.marked_norm(),
+                      "marked": marked_count(self.mask), "seconds": time.perf_counter() - start}
+            if step % cfg.eval_every == 0 or step == cfg.steps or self._stop:
+                record.update(self._evaluate())
+            self.history.append(record)
+            yield record
+        if "clean_acc" not in self.history[-1]:
+            self.history[-1].update(self._evaluate())
+        self.model.eval()
+
+    def run(self) -> dict:
+        """Run to the end; returns {'before', 'after', 'steps', 'seconds'}."""
+        for _ in self:
+            pass
+        first, last = self.history[0], self.history[-1]
+        return {"before": {k: first[k] for k in ("clean_acc", "asr")}, "after": {k: last[k] for k in ("clean_acc", "asr")},
+                "steps": last["step"], "seconds": round(last["seconds"], 2)}
