@@ -73,6 +73,69 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_salience(args) -> int:
+    from . import salience
+
+    b = bundle_io.load_bundle(args.bundle)
+    splits = load_splits_for(b.meta, args.data_root, seed=args.seed, clean_fraction=args.clean_fraction)
+    metrics_wanted = salience.METRICS if args.metric == "all" else (args.metric,)
+    layers = salience.neuron_map(b.model)
+    frame = salience.scores_frame([salience.compute(m, b.model, splits.clean, layers) for m in metrics_wanted])
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(args.out, index=False)
+    print(f"wrote {len(frame)} neurons x {len(metrics_wanted)} metric(s) to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_purify(args) -> int:
+    from dataclasses import replace
+
+    from tqdm import tqdm
+
+    from .metrics import triggered_set
+    from .purify import Purification, PurifyConfig
+
+    b = bundle_io.load_bundle(args.bundle)
+    defaults = PurifyConfig()
+    overrides = {k: v for k, v in {"metric": args.metric, "reg": args.reg, "ratio": args.ratio, "steps": args.steps,
+                                    "seed": args.seed, "lam": args.lam, "lr": args.lr, "scope": args.scope,
+                                    "schedule": args.schedule}.items() if v is not None}
+    try:
+        config = replace(defaults, **overrides).validate()
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    splits = load_splits_for(b.meta, args.data_root, seed=config.seed, clean_fraction=args.clean_fraction)
+    run = Purification(b.model, splits.clean, splits.test, triggered_set(splits.test, b.trigger, b.target), config)
+    with tqdm(total=config.steps, desc="purify", unit="step", disable=args.quiet) as bar:
+        for record in run:
+            bar.update(1 if record["step"] else 0)
+            if "asr" in record:
+                bar.set_postfix(acc=f"{record['clean_acc']:.3f}", asr=f"{record['asr']:.3f}")
+    first, last = run.history[0], run.history[-1]
+    report = {"before": {k: first[k] for k in ("clean_acc", "asr")}, "after": {k: last[k] for k in ("clean_acc", "asr")},
+              "steps": last["step"], "seconds": round(last["seconds"], 2), "config": config.to_dict()}
+    if args.out:
+        from .bundle import Bundle
+
+        meta = {**b.meta, "name": Path(args.out).stem, "clean_acc": round(report["after"]["clean_acc"], 4),
+                "asr": round(report["after"]["asr"], 4), "purified_from": b.name, "purification": config.to_dict()}
+        report["out"] = str(bundle_io.save_bundle(Bundle(run.model, meta, b.trigger), args.out))
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{b.name}: accuracy {report['before']['clean_acc']:.2%} -> {report['after']['clean_acc']:.2%}, "
+              f"attack success {report['before']['asr']:.2%} -> {report['after']['asr']:.2%} "
+              f"({report['steps']} steps, {report['seconds']} s)")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+
+    run_bench(seeds=args.seeds, models=args.models, out=args.out, defenses=args.defenses)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m defense", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -97,6 +160,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    from .purify import REGULARIZERS, SCHEDULES
+    from .salience import METRICS
+
+    p = sub.add_parser("salience", help="per-neuron scores of a bundle as CSV")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--metric", default="benign", choices=(*METRICS, "all"))
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0, help="seed of the defender's clean subset")
+    p.add_argument("--clean-fraction", type=_fraction, default=data.CLEAN_FRACTION)
+    p.add_argument("--data-root")
+    p.set_defaults(func=cmd_salience)
+
+    p = sub.add_parser("purify", help="identify and purify infected neurons (defaults are the recommended settings)")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--metric", choices=METRICS)
+    p.add_argument("--reg", choices=REGULARIZERS)
+    p.add_argument("--ratio", type=_fraction, help="share of neurons to mark in each layer")
+    p.add_argument("--scope", choices=("layer", "global"))
+    p.add_argument("--schedule", choices=SCHEDULES)
+    p.add_argument("--steps", type=_positive_int)
+    p.add_argument("--lam", type=_non_negative, help="penalty strength λ")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--clean-fraction", type=_fraction, default=data.CLEAN_FRACTION)
+    p.add_argument("--data-root")
+    p.add_argument("--out", help="write the purified bundle here (directory, or .zip)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_purify)
+
+    p = sub.add_parser("bench", help="every defense x every bundled model x seeds -> bench/RESULTS.md")
+    p.add_argument("--seeds", type=_positive_int, default=3)
+    p.add_argument("--models", nargs="*", help="bundle names under assets/models (default: all)")
+    p.add_argument("--defenses", nargs="*", help="defense names (default: all)")
+    p.add_argument("--out", default=str(MODELS_DIR.parent.parent / "bench" / "RESULTS.md"))
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

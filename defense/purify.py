@@ -162,6 +162,7 @@ class PurifyConfig:
     knee: str = "scale"  # 'scale': κ = knee_scale × RMS of the parameter tensor at the start; 'reference': κ = 1
     knee_scale: float = 2.0
     augment: bool = True
+    freeze_bn: bool = False  # keep BatchNorm's running statistics as trained
     eval_every: int = 25
     layer_names: list[str] | None = None  # None: every hidden neuron layer
 
@@ -177,7 +178,7 @@ class PurifyConfig:
             problems.append(f"λ must be zero or positive, got {self.lam}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             problems.append(f"learning rate must be positive, got {self.lr}")
-        if self.steps < 1:
+        if self.steps < 0 or (self.steps == 0 and self.reg != "prune"):
             problems.append(f"steps must be at least 1, got {self.steps}")
         if self.batch_size < 1:
             problems.append(f"batch size must be at least 1, got {self.batch_size}")
@@ -219,6 +220,7 @@ class Purification:
     triggered: TensorData
     config: PurifyConfig = field(default_factory=PurifyConfig)
     scores: NeuronScores | None = None  # precomputed scores of config.metric on the original model
+    mask: NeuronMask | None = None  # a fixed mask chosen elsewhere (baselines); overrides the ratio
 
     def __post_init__(self):
         self.config.validate()
@@ -240,6 +242,7 @@ class Purification:
             elif self.scores is None:
                 self.scores = salience.compute(self.config.metric, self.model, self.clean, self.layers)
         self.scores = NeuronScores(self.scores.metric, {n: self.scores.layers[n] for n in self.layers})
+        self._fixed_mask = self.mask
         self.mask = self._mark(0)
 
     def _ratio_at(self, step: int) -> float:
@@ -250,6 +253,8 @@ class Purification:
         return self.config.ratio * (beta + (1 - beta) * step / self.config.steps)
 
     def _mark(self, step: int) -> NeuronMask:
+        if self._fixed_mask is not None:
+            return {n: self._fixed_mask[n].clone() for n in self.layers}
         if self.config.reg == "none":
             return {n: torch.zeros(nl.size, dtype=torch.bool) for n, nl in self.layers.items()}
         return mark(self.scores, ratio=self._ratio_at(step), scope=self.config.scope)
@@ -275,8 +280,15 @@ class Purification:
     def _evaluate(self) -> dict[str, float]:
         self.model.eval()
         scores = evaluate(self.model, self.test, None, 0, triggered=self.triggered)
-        self.model.train()
+        self._train_mode()
         return scores
+
+    def _train_mode(self) -> None:
+        self.model.train()
+        if self.config.freeze_bn:
+            for m in self.model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
 
     def __iter__(self) -> Iterator[dict]:
         cfg = self.config
@@ -285,17 +297,17 @@ class Purification:
         dev = next(self.model.parameters()).device
         self._knees = {id(p): (1.0 if cfg.knee == "reference" else max(cfg.knee_scale * float(p.detach().pow(2).mean().sqrt()), 1e-3))
                        for nl in self.layers.values() for p in nl.neuron_params()}
-        if cfg.reg == "prune":
-            prune(self.layers, self.mask)
         opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=0.9)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.steps, 1))
         loss_fn = nn.CrossEntropyLoss()
         start = time.perf_counter()
         before = self._evaluate()
         self.history.append({"step": 0, "task_loss": float("nan"), "penalty": 0.0, "marked_norm": self.marked_norm(),
                              "marked": marked_count(self.mask), "seconds": 0.0, **before})
         yield self.history[-1]
-        self.model.train()
+        if cfg.reg == "prune":
+            prune(self.layers, self.mask)
+        self._train_mode()
         step, batches = 0, iter(())
         while step < cfg.steps and not self._stop:
             try:
@@ -331,6 +343,10 @@ class Purification:
                 record.update(self._evaluate())
             self.history.append(record)
             yield record
+        if cfg.reg == "prune" and step == 0:
+            self.history.append({**self.history[-1], "marked_norm": self.marked_norm(),
+                                 "seconds": time.perf_counter() - start, **self._evaluate()})
+            yield self.history[-1]
         if "clean_acc" not in self.history[-1]:
             self.history[-1].update(self._evaluate())
         self.model.eval()

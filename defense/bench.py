@@ -1,0 +1,141 @@
+"""``python -m defense bench``: every defense x every bundled model x seeds, into bench/RESULTS.md.
+
+Each seed draws its own defender clean subset and fine-tuning order; every defense of a
+seed starts from the same bundled model and sees the same clean images, so the figures
+in one table are side by side in one run.
+"""
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from . import baselines, bundle as bundle_io, data, metrics, salience
+from .purify import PurifyConfig
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
+ASR_GOAL = 0.05
+
+PEERS = """BackdoorBench leaderboard, CIFAR-10, PreAct-ResNet18, defender holds 5% clean data (ACC / ASR in %),
+quoted from ../shared/GUIDE.md for context only (different data set and model, not run here):
+
+| attack | none | FT | FP | NAD | ANP | CLP |
+|---|---|---|---|---|---|---|
+| BadNets 10% | 91.3 / 95.0 | 90.0 / 1.5 | 91.3 / 57.1 | 89.9 / 2.1 | 84.2 / 0.7 | 90.1 / 77.6 |
+| Blended 10% | 93.5 / 99.9 | 92.8 / 96.1 | 93.2 / 99.3 | 92.2 / 97.7 | 86.6 / 2.2 | 91.3 / 99.7 |
+"""
+
+
+def bundled_models() -> list[str]:
+    return sorted(p.name for p in MODELS_DIR.iterdir() if (p / "meta.json").exists())
+
+
+def steps_to_goal(history: list[dict], goal: float = ASR_GOAL) -> float:
+    """First evaluated step at which ASR ≤ goal (NaN if never)."""
+    return next((h["step"] for h in history if "asr" in h and h["asr"] <= goal), float("nan"))
+
+
+def run_bench(seeds: int = 3, models: list[str] | None = None, out: str | Path = "bench/RESULTS.md",
+              defenses: list[str] | None = None, eval_every: int = 10) -> pd.DataFrame:
+    models = models or bundled_models()
+    defenses = defenses or list(baselines.DEFENSES)
+    rows, ident = [], []
+    total = len(models) * seeds * len(defenses)
+    bar = tqdm(total=total, desc="bench", unit="run")
+    for name in models:
+        b = bundle_io.load_bundle(MODELS_DIR / name)
+        for seed in range(seeds):
+            splits = data.load_dataset(b.meta["dataset"], seed=seed)
+            triggered = metrics.triggered_set(splits.test, b.trigger, b.target)
+            layers = salience.neuron_map(b.model)
+            if seed == 0:
+                truth = metrics.backdoor_ground_truth(b.model, layers, splits.test, triggered)
+            t0 = time.perf_counter()
+            bs = salience.compute("benign", b.model, splits.clean, layers)
+            bs_seconds = time.perf_counter() - t0
+            for metric in salience.METRICS:
+                scores = bs if metric == "benign" else salience.compute(metric, b.model, splits.clean, layers)
+                q = metrics.identification_quality(scores, truth["infected"])
+                ident.append({"model": name, "seed": seed, "metric": metric, **q})
+            for defense in defenses:
+                config = replace(PurifyConfig(), seed=seed, eval_every=eval_every)
+                run = baselines.make(defense, b.model, splits.clean, splits.test, triggered, config)
+                result = run.run()
+                rows.append({"model": name, "seed": seed, "defense": defense,
+                             "acc_before": result["before"]["clean_acc"], "asr_before": result["before"]["asr"],
+                             "acc_after": result["after"]["clean_acc"], "asr_after": result["after"]["asr"],
+                             "seconds": result["seconds"], "steps": result["steps"],
+                             "steps_to_goal": steps_to_goal(run.history), "bs_seconds": bs_seconds})
+                bar.update(1)
+    bar.close()
+    frame = pd.DataFrame(rows)
+    write_results(frame, pd.DataFrame(ident), Path(out), seeds)
+    return frame
+
+
+def _pm(series: pd.Series, scale: float = 100, digits: int = 1) -> str:
+    """mean ± half the range (spread over seeds)."""
+    if series.isna().all():
+        return "never"
+    s = series.dropna()
+    spread = (s.max() - s.min()) / 2
+    text = f"{s.mean() * scale:.{digits}f} ± {spread * scale:.{digits}f}"
+    return text + (f" ({s.size}/{series.size})" if s.size < series.size else "")
+
+
+def write_results(frame: pd.DataFrame, ident: pd.DataFrame, out: Path, seeds: int) -> None:
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Written by `python -m defense bench` on {time.strftime('%Y-%m-%d')}; {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} torch threads, device {'cuda' if torch.cuda.is_available() else 'cpu'}. "
+        f"{seeds} seeds per cell (each seed its own clean subset); figures are mean ± half-range over seeds, "
+        "accuracy (ACC) and attack success rate (ASR) in % on the model's test split.",
+        "",
+        "## Defenses on every bundled model",
+        "",
+        "| model | defense | ACC before | ASR before | ACC after | ASR after | ACC drop | steps to ASR ≤ 5% | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (model, defense), g in frame.groupby(["model", "defense"], sort=False):
+        lines.append(f"| {model} | {defense} | {_pm(g.acc_before)} | {_pm(g.asr_before)} | {_pm(g.acc_after)} | "
+                     f"{_pm(g.asr_after)} | {_pm(g.acc_before - g.acc_after)} | {_pm(g.steps_to_goal, 1, 0)} | "
+                     f"{_pm(g.seconds, 1, 1)} |")
+    lines += ["", "## Goal check: BS + AR with default settings", "",
+              "Goal: ASR ≤ 2% and clean-accuracy drop ≤ 1 point on every model and seed.", ""]
+    ours = frame[frame.defense == "bs-ar"]
+    for model, g in ours.groupby("model", sort=False):
+        ok = ((g.asr_after <= 0.02) & (g.acc_before - g.acc_after <= 0.01))
+        lines.append(f"- {model}: {int(ok.sum())}/{len(g)} seeds meet the goal "
+                     f"(ASR {_pm(g.asr_after)}, drop {_pm(g.acc_before - g.acc_after)} points)")
+    lines += ["", "## Ratios (mean over models and seeds)", "",
+              "A ratio below 1 means the first defense needs fewer steps, or leaves a lower ASR, than the second.", "",
+              "| comparison | steps to ASR ≤ 5% | final ASR | final ACC |", "|---|---|---|---|"]
+    means = frame.groupby("defense")[["steps_to_goal", "asr_after", "acc_after"]].mean()
+    for a, b in (("bs-ar", "mag-ar"), ("bs-ar", "bs-l1"), ("bs-ar", "bs-l2"), ("bs-ar", "ft"), ("bs-ar", "fp")):
+        if a in means.index and b in means.index:
+            def ratio(col):
+                x, y = means.loc[a, col], means.loc[b, col]
+                return "n/a" if pd.isna(x) or pd.isna(y) or y == 0 else f"{x / y:.2f}"
+            lines.append(f"| {a} / {b} | {ratio('steps_to_goal')} | {ratio('asr_after')} | {ratio('acc_after')} |")
+    lines += ["", "## Identification of infected neurons", "",
+              "Ground truth by ablation (defense/metrics.py `backdoor_ground_truth`); AUC 0.5 is chance.", "",
+              "| model | " + " | ".join(f"{m} AUC" for m in salience.METRICS) + " | " +
+              " | ".join(f"{m} P@k" for m in salience.METRICS) + " |",
+              "|---|" + "---|" * (2 * len(salience.METRICS))]
+    for model, g in ident.groupby("model", sort=False):
+        by = g.groupby("metric")
+        lines.append(f"| {model} | " + " | ".join(_pm(by.get_group(m).auc, 1, 2) for m in salience.METRICS) + " | " +
+                     " | ".join(_pm(by.get_group(m).precision_at_k, 1, 2) for m in salience.METRICS) + " |")
+    lines += ["", "## Peers, for context", "", PEERS]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = "\n".join(lines) + "\n"
+    marker = "<!-- other benchmarks below are kept by bench/ scripts -->"
+    if out.exists() and marker in out.read_text():
+        text += "\n" + marker + out.read_text().split(marker, 1)[1]
+    out.write_text(text)
