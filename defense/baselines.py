@@ -1,6 +1,7 @@
 """Baseline defenses, written from their published descriptions, as Purification runs.
 
-- ``ft``: plain fine-tuning on the clean data (no marking).
+- ``ft``: plain fine-tuning on the clean data (no marking, plain cross-entropy).
+- ``ft-kd``: fine-tuning with the same self-distillation our defaults use, no marking.
 - ``fp``: Fine-Pruning (Liu et al. 2018): prune the last conv layer's channels in
   increasing order of mean clean activation, as far as the defender's clean accuracy
   stays within ``max_drop`` of the start, then fine-tune.
@@ -29,7 +30,8 @@ DEFENSES = {
     "bs-l2": "benign salience + L2 penalty",
     "bs-prune": "benign salience + prune, then fine-tune",
     "mag-ar": "weight magnitude + adaptive regularization",
-    "ft": "fine-tuning (FT)",
+    "ft": "fine-tuning (FT), plain cross-entropy",
+    "ft-kd": "fine-tuning with the same distillation as bs-ar (isolates what marking + AR add)",
     "fp": "Fine-Pruning (FP)",
     "clp": "Channel Lipschitz pruning (CLP, data-free)",
 }
@@ -79,9 +81,11 @@ def make(name: str, model: nn.Module, clean: TensorData, test: TensorData, trigg
     if name == "mag-ar":
         return Purification(model, clean, test, triggered, replace(base, metric="magnitude", reg="ar"))
     if name == "ft":
+        return Purification(model, clean, test, triggered, replace(base, reg="none", distill=0.0))
+    if name == "ft-kd":
         return Purification(model, clean, test, triggered, replace(base, reg="none"))
-    if name == "fp":
-        return Purification(model, clean, test, triggered, replace(base, metric="activation", reg="prune"),
+    if name == "fp":  # published form: plain cross-entropy fine-tuning after pruning
+        return Purification(model, clean, test, triggered, replace(base, metric="activation", reg="prune", distill=0.0),
                             mask=fine_pruning_mask(model, clean))
     return Purification(model, clean, test, triggered, replace(base, metric="clp", reg="prune", steps=0),
                         mask=clp_mask(model))

@@ -208,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     except (bundle_io.BundleError, attacks.TriggerError, data.DataError, UsageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except FloatingPointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except json.JSONDecodeError as err:
         print(f"error: a JSON argument is malformed ({err})", file=sys.stderr)
         return 2

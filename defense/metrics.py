@@ -41,7 +41,7 @@ def evaluate(model: nn.Module, test: TensorData, trigger: Trigger, target: int,
 
 @torch.no_grad()
 def backdoor_ground_truth(model: nn.Module, layers, test: TensorData, triggered: TensorData,
-                          infected_fraction: float = 0.1, max_images: int = 500) -> dict:
+                          infected_fraction: float = 0.1, max_images: int = 256) -> dict:
     """Which neurons carry the backdoor, measured by ablation when the trigger is known.
 
     Each neuron is zeroed on its own; its *backdoor effect* is the rise of the

@@ -151,10 +151,10 @@ class PurifyConfig:
 
     metric: str = "benign"
     reg: str = "ar"
-    ratio: float = 0.7
+    ratio: float = 0.5
     scope: str = "layer"
-    lam: float = 0.01
-    lr: float = 0.05
+    lam: float = 0.03
+    lr: float = 0.02
     steps: int = 300
     batch_size: int = 64
     seed: int = 0
@@ -163,6 +163,9 @@ class PurifyConfig:
     knee_scale: float = 2.0
     augment: bool = True
     freeze_bn: bool = False  # keep BatchNorm's running statistics as trained
+    distill: float = 0.9  # weight of distillation from the original model's clean outputs (0 = off)
+    temperature: float = 2.0
+    warmup: float = 0.0  # share of the steps spent warming the learning rate up linearly
     eval_every: int = 25
     layer_names: list[str] | None = None  # None: every hidden neuron layer
 
@@ -188,6 +191,12 @@ class PurifyConfig:
             problems.append("knee must be 'scale' or 'reference'")
         if not self.knee_scale > 0:
             problems.append("knee_scale must be positive")
+        if not 0 <= self.distill <= 1:
+            problems.append(f"distillation weight must be in [0, 1], got {self.distill}")
+        if not self.temperature > 0:
+            problems.append("temperature must be positive")
+        if not 0 <= self.warmup < 1:
+            problems.append("warmup must be in [0, 1)")
         if self.eval_every < 1:
             problems.append("eval_every must be at least 1")
         if problems:
@@ -226,6 +235,7 @@ class Purification:
         self.config.validate()
         if len(self.clean) == 0:
             raise ValueError("the clean subset is empty: purification needs clean images")
+        self.teacher = copy.deepcopy(self.model).eval() if self.config.distill > 0 else None
         self.model = copy.deepcopy(self.model)
         self.history: list[dict] = []
         self._stop = False
@@ -298,7 +308,10 @@ class Purification:
         self._knees = {id(p): (1.0 if cfg.knee == "reference" else max(cfg.knee_scale * float(p.detach().pow(2).mean().sqrt()), 1e-3))
                        for nl in self.layers.values() for p in nl.neuron_params()}
         opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=0.9)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.steps, 1))
+        warmup = max(1, int(cfg.warmup * cfg.steps))
+        # a short linear warm-up, then cosine decay: the first large steps are what costs clean accuracy
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / warmup) * 0.5 * (
+            1 + math.cos(math.pi * min(t, cfg.steps) / max(cfg.steps, 1))))
         loss_fn = nn.CrossEntropyLoss()
         start = time.perf_counter()
         before = self._evaluate()
@@ -320,7 +333,16 @@ class Purification:
             if cfg.augment:
                 xb = _shift(xb, gen)
             opt.zero_grad(set_to_none=True)
-            task = loss_fn(self.model(xb), yb)
+            logits = self.model(xb)
+            task = loss_fn(logits, yb)
+            if self.teacher is not None:
+                with torch.no_grad():
+                    soft = F.softmax(self.teacher(xb) / cfg.temperature, dim=1)
+                kd = F.kl_div(F.log_softmax(logits / cfg.temperature, dim=1), soft, reduction="batchmean")
+                task = (1 - cfg.distill) * task + cfg.distill * cfg.temperature ** 2 * kd
+            if not torch.isfinite(task):
+                raise FloatingPointError(f"training diverged at step {step} (the loss is not finite): "
+                                         "lower the learning rate or λ")
             task.backward()
             if self.tracker is not None and cfg.schedule == "dynamic":
                 self.tracker.update()
