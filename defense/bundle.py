@@ -12,7 +12,9 @@ from __future__ import annotations
 import io
 import json
 import math
+import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -23,8 +25,12 @@ from . import attacks, models
 
 FORMAT_VERSION = 1
 MAX_MEMBER_BYTES = 256 * 2**20  # a ResNet-18 state dict is ~45 MB
+MAX_TOTAL_BYTES = 512 * 2**20  # all members of an archive together, unpacked
+MAX_META_BYTES = 2**20  # meta.json is a few hundred bytes
 MAX_ARCHIVE_MEMBERS = 64
 MAX_COMPRESSION_RATIO = 200  # weights barely compress; a higher ratio is a zip bomb
+RATIO_CHECK_BYTES = 16 * 2**20  # small members (a mostly-zero trigger mask) may compress far better, harmlessly
+WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 class BundleError(ValueError):
@@ -47,7 +53,7 @@ class Bundle:
 
     def describe_attack(self) -> str:
         a = self.meta["attack"]
-        return f"{self.trigger.describe()}; target label {a['target_label']}, {a['poison_rate']:.0%} of training images poisoned"
+        return f"{self.trigger.describe()}; target label {a['target_label']}, {a.get('poison_rate', 0):.0%} of training images poisoned"
 
 
 # ---------------------------------------------------------------- meta.json
@@ -77,6 +83,10 @@ def validate_meta(meta) -> dict:
         raise BundleError("meta.json: " + "; ".join(problems))
     if meta["format_version"] > FORMAT_VERSION:
         problems.append(f"format_version {meta['format_version']} is newer than this tool reads ({FORMAT_VERSION})")
+    elif meta["format_version"] < 1:
+        problems.append(f"format_version must be at least 1, found {meta['format_version']}")
+    if "name" in meta and not isinstance(meta["name"], str):
+        problems.append("'name' should be a string")
     if meta["architecture"] not in models.architectures():
         problems.append(f"unknown architecture '{meta['architecture']}' (known: {', '.join(models.architectures())})")
     if not isinstance(meta.get("arch_kwargs", {}), dict):
@@ -94,7 +104,7 @@ def validate_meta(meta) -> dict:
             problems.append(f"'normalization.{key}' must be a list of numbers")
         elif channels is not None and len(values) != channels:
             problems.append(f"'normalization.{key}' has {len(values)} values for {channels} channel(s)")
-        elif key == "std" and any(v <= 0 for v in values):
+        elif key == "std" and not all(v > 0 for v in values):
             problems.append("'normalization.std' values must be positive")
     attack = meta["attack"]
     if attack.get("kind") not in attacks.ATTACKS:
@@ -115,7 +125,9 @@ def validate_meta(meta) -> dict:
 
 
 def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    return isinstance(v, int) or math.isfinite(v)  # isfinite overflows on huge ints, which are finite anyway
 
 
 # ---------------------------------------------------------------- weights
@@ -131,7 +143,9 @@ def read_state_dict(data: bytes, filename: str) -> dict[str, torch.Tensor]:
         except (SafetensorError, ValueError, RuntimeError) as err:
             raise BundleError(f"{filename} is not a valid safetensors file ({err})") from None
     try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # the unpickler refuses anything but tensors and plain containers
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise BundleError(f"{filename} was refused: it is not a plain state dict of tensors ({first_line})") from None
@@ -145,6 +159,12 @@ def read_state_dict(data: bytes, filename: str) -> dict[str, torch.Tensor]:
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load a state dict strictly; any mismatch lists the offending keys and shapes."""
     expected = model.state_dict()
+    check_weights(expected, state)
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+
+
+def check_weights(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> None:
+    """Raise BundleError unless ``state`` has exactly the keys, shapes and kinds of ``expected`` and finite values."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = [f"{k}: file {list(state[k].shape)} vs model {list(expected[k].shape)}"
@@ -158,16 +178,45 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         problems.append("shape mismatches " + "; ".join(wrong[:12]) + (" ..." if len(wrong) > 12 else ""))
     if problems:
         raise BundleError("the weights do not fit the architecture in meta.json: " + " | ".join(problems))
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    odd = [f"{k} ({v.dtype}, {v.layout})" for k, v in sorted(state.items())
+           if v.layout != torch.strided or (v.dtype in WEIGHT_DTYPES) != expected[k].is_floating_point()
+           or (not expected[k].is_floating_point() and v.dtype != expected[k].dtype)]
+    if odd:
+        raise BundleError("the weights have the wrong kind of tensor (expected dense float16/bfloat16/float32/float64 "
+                          "weights and int64 counters) in " + ", ".join(odd[:12]))
+    bad = [k for k, v in sorted(state.items()) if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise BundleError("the weights hold NaN or infinite values in " + ", ".join(bad[:12]))
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
 
 
 def build_model(meta: dict) -> nn.Module:
     norm = meta["normalization"]
     return models.build(meta["architecture"], meta["num_classes"], meta["input_shape"], norm["mean"], norm["std"],
                         **meta.get("arch_kwargs", {}))
+
+
+def _skeleton(meta: dict) -> nn.Module:
+    """The architecture meta.json describes, on torch's 'meta' device: shapes only, no memory, no arithmetic.
+
+    Building it and pushing one dummy image through it checks arch_kwargs and input_shape before any real
+    allocation (a hostile meta.json could ask for a layer of 10^15 weights); the real model is built only once
+    the file's weights have been found to fit, so its size is bounded by the size of the weights file.
+    """
+    c, h, w = meta["input_shape"]
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = build_model(meta).eval()
+            with torch.no_grad():
+                out = model(torch.zeros(1, c, h, w))
+    except Exception as err:  # noqa: BLE001 - arch_kwargs and shapes come from the file
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise BundleError(f"meta.json describes a '{meta['architecture']}' that cannot be built for input {meta['input_shape']} "
+                          f"with arch_kwargs {meta.get('arch_kwargs', {})} ({first_line})") from None
+    if list(out.shape) != [1, meta["num_classes"]]:
+        raise BundleError(f"meta.json describes a model whose output has shape {list(out.shape)[1:]}, "
+                          f"not the {meta['num_classes']} classes it declares")
+    return model
 
 
 # ---------------------------------------------------------------- files
@@ -179,9 +228,12 @@ class _Source:
         self.path = path
         self.files: dict[str, bytes | Path] = {}
         if path.is_dir():
-            for child in path.iterdir():
-                if child.is_file() and not child.is_symlink():
-                    self.files[child.name] = child
+            try:
+                for child in path.iterdir():
+                    if child.is_file() and not child.is_symlink():
+                        self.files[child.name] = child
+            except OSError as err:
+                raise BundleError(f"cannot read the bundle folder {path} ({err.strerror or err})") from None
         elif zipfile.is_zipfile(path):
             self._read_zip(path)
         elif path.exists():
@@ -195,6 +247,7 @@ class _Source:
                 entries = archive.infolist()
                 if len(entries) > MAX_ARCHIVE_MEMBERS:
                     raise BundleError(f"the archive holds {len(entries)} entries; a bundle has at most {MAX_ARCHIVE_MEMBERS}")
+                total = 0
                 for info in entries:
                     name = PurePosixPath(info.filename.replace("\\", "/"))
                     if name.is_absolute() or ".." in name.parts:
@@ -206,8 +259,11 @@ class _Source:
                     if info.file_size > MAX_MEMBER_BYTES:
                         raise BundleError(f"the archive entry '{info.filename}' would unpack to {info.file_size / 2**20:.0f} MiB; "
                                           f"the limit is {MAX_MEMBER_BYTES // 2**20} MiB")
-                    if info.compress_size and info.file_size / info.compress_size > MAX_COMPRESSION_RATIO:
-                        raise BundleError(f"the archive entry '{info.filename}' is compressed {info.file_size // info.compress_size}:1, "
+                    total += info.file_size
+                    if total > MAX_TOTAL_BYTES:
+                        raise BundleError(f"the archive would unpack to more than {MAX_TOTAL_BYTES // 2**20} MiB; refused")
+                    if info.file_size > RATIO_CHECK_BYTES and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
+                        raise BundleError(f"the archive entry '{info.filename}' is compressed {info.file_size // max(info.compress_size, 1)}:1, "
                                           "which looks like a zip bomb; refused")
                     if name.name in self.files:
                         raise BundleError(f"the archive holds more than one '{name.name}'")
@@ -216,19 +272,30 @@ class _Source:
                     if len(data) > MAX_MEMBER_BYTES:
                         raise BundleError(f"the archive entry '{info.filename}' is larger than it claims; refused")
                     self.files[name.name] = data
-        except zipfile.BadZipFile as err:
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError, OSError) as err:
+            # corrupt data, truncated members, unsupported compression, encrypted entries
+            if isinstance(err, BundleError):
+                raise
             raise BundleError(f"{path.name} is not a readable zip archive ({err})") from None
 
     def has(self, name: str) -> bool:
         return name in self.files
 
-    def read(self, name: str) -> bytes:
+    def read(self, name: str, limit: int = MAX_MEMBER_BYTES) -> bytes:
         item = self.files[name]
         if isinstance(item, Path):
-            if item.stat().st_size > MAX_MEMBER_BYTES:
-                raise BundleError(f"{name} is larger than {MAX_MEMBER_BYTES // 2**20} MiB")
-            return item.read_bytes()
-        return item
+            try:
+                if item.stat().st_size > limit:
+                    raise BundleError(f"{name} is larger than {limit / 2**20:g} MiB; refused")
+                with item.open("rb") as f:
+                    data = f.read(limit + 1)  # the size may change between stat and read
+            except OSError as err:
+                raise BundleError(f"cannot read {name} ({err.strerror or err})") from None
+        else:
+            data = item
+        if len(data) > limit:
+            raise BundleError(f"{name} is larger than {limit / 2**20:g} MiB; refused")
+        return data
 
 
 def load_bundle(path: str | Path) -> Bundle:
@@ -238,16 +305,20 @@ def load_bundle(path: str | Path) -> Bundle:
     if not source.has("meta.json"):
         raise BundleError(f"{path.name} has no meta.json")
     try:
-        meta = json.loads(source.read("meta.json").decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BundleError(f"meta.json is not valid JSON ({err})") from None
+        meta = json.loads(source.read("meta.json", MAX_META_BYTES).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError
+        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+        raise BundleError(f"meta.json is not valid JSON ({reason})") from None
     validate_meta(meta)
     meta.setdefault("name", path.stem if path.suffix == ".zip" else path.name)
     weights_name = next((n for n in ("model.safetensors", "model.pt", "model.pth") if source.has(n)), None)
     if weights_name is None:
         raise BundleError(f"{path.name} has no model.safetensors (or model.pt state dict)")
+    skeleton = _skeleton(meta)
+    state = read_state_dict(source.read(weights_name), weights_name)
+    check_weights(skeleton.state_dict(), state)  # keys, shapes, dtypes, finiteness: before any real allocation
     model = build_model(meta)
-    load_weights(model, read_state_dict(source.read(weights_name), weights_name))
+    load_weights(model, state)
     model.eval()
     trigger_tensors = read_state_dict(source.read("trigger.safetensors"), "trigger.safetensors") if source.has("trigger.safetensors") else {}
     try:
