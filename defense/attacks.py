@@ -17,6 +17,9 @@ import torch
 import torch.nn.functional as F
 
 ATTACKS = ("badnets", "blend", "sig", "wanet", "file")
+# the parameters each kind of trigger takes (``--attack-params``, meta.json's attack.params)
+PARAMS = {"badnets": ("size", "margin"), "blend": ("alpha",), "sig": ("delta", "frequency"), "wanet": ("k", "strength"), "file": ()}
+TENSOR_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 class TriggerError(ValueError):
@@ -75,9 +78,13 @@ class MaskPatternTrigger(Trigger):
 
 
 def validate_mask_pattern(mask: torch.Tensor, pattern: torch.Tensor, input_shape=None) -> None:
+    for name, t in (("mask", mask), ("pattern", pattern)):
+        if not isinstance(t, torch.Tensor) or t.layout != torch.strided or t.dtype not in TENSOR_DTYPES:
+            kind = f"{t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
+            raise TriggerError(f"{name} must be a dense float tensor (float32 expected), found {kind}")
     problems = []
-    if mask.dim() != 3 or pattern.dim() != 3:
-        problems.append(f"mask and pattern must be [C, H, W], got {list(mask.shape)} and {list(pattern.shape)}")
+    if mask.dim() != 3 or pattern.dim() != 3 or 0 in mask.shape:
+        problems.append(f"mask and pattern must be non-empty [C, H, W], got {list(mask.shape)} and {list(pattern.shape)}")
     elif mask.shape != pattern.shape:
         problems.append(f"mask {list(mask.shape)} and pattern {list(pattern.shape)} differ in shape")
     elif input_shape is not None and list(mask.shape) != list(input_shape):
@@ -159,6 +166,27 @@ def wanet(input_shape, k: int = 4, strength: float = 0.5, seed: int = 0) -> WaNe
     return WaNetTrigger(flow, strength)
 
 
+def _number(params: dict, key: str, default, low, high, integer: bool = False):
+    """A trigger parameter checked for type and range (they come from files and the command line)."""
+    value = params.get(key, default)
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+          and (isinstance(value, int) or math.isfinite(value)))
+    if not ok or (integer and not float(value).is_integer()):
+        raise TriggerError(f"trigger parameter '{key}' must be {'an integer' if integer else 'a number'} in [{low}, {high}], "
+                           f"found {value!r}")
+    return int(value) if integer else float(value)
+
+
+def _check_params(kind: str, params) -> dict:
+    if not isinstance(params, dict):
+        raise TriggerError(f"trigger parameters must be an object of names and values, found {type(params).__name__}")
+    unknown = sorted(str(k) for k in params if k not in PARAMS.get(kind, ()))
+    if unknown:
+        allowed = ", ".join(PARAMS.get(kind, ())) or "none"
+        raise TriggerError(f"unknown parameter(s) {', '.join(unknown)} for attack '{kind}' (it takes: {allowed})")
+    return params
+
+
 def load_trigger_file(path: str | Path, input_shape=None) -> MaskPatternTrigger:
     """A mask/pattern trigger from a safetensors file (never a pickle)."""
     from safetensors import SafetensorError
@@ -177,14 +205,19 @@ def load_trigger_file(path: str | Path, input_shape=None) -> MaskPatternTrigger:
 
 def make_trigger(kind: str, input_shape, seed: int = 0, trigger_file: str | Path | None = None, **params) -> Trigger:
     """A new trigger of ``kind`` for images of ``input_shape``."""
+    if kind in PARAMS:
+        _check_params(kind, params)
+    side = min(input_shape[1], input_shape[2])
     if kind == "badnets":
-        return badnets(input_shape, **params)
+        size = _number(params, "size", 3, 1, side, integer=True)
+        return badnets(input_shape, size=size, margin=_number(params, "margin", 1, 0, side - size, integer=True))
     if kind == "blend":
-        return blend(input_shape, seed=seed, **params)
+        return blend(input_shape, alpha=_number(params, "alpha", 0.2, 0, 1), seed=seed)
     if kind == "sig":
-        return SigTrigger(**params)
+        return SigTrigger(delta=_number(params, "delta", 0.2, 0, 1), frequency=_number(params, "frequency", 6, 0, 10_000, integer=True))
     if kind == "wanet":
-        return wanet(input_shape, seed=seed, **params)
+        return wanet(input_shape, k=_number(params, "k", 4, 2, 256, integer=True), strength=_number(params, "strength", 0.5, 0, 100),
+                     seed=seed)
     if kind == "file":
         if trigger_file is None:
             raise TriggerError("attack 'file' needs --trigger-file PATH (a safetensors file with 'mask' and 'pattern')")
@@ -194,19 +227,23 @@ def make_trigger(kind: str, input_shape, seed: int = 0, trigger_file: str | Path
 
 def trigger_from_meta(attack: dict, tensors: dict[str, torch.Tensor], input_shape) -> Trigger:
     """Rebuild the trigger a bundle describes."""
-    kind, params = attack["kind"], dict(attack.get("params") or {})
+    kind, params = attack.get("kind"), attack.get("params") or {}
+    if not isinstance(params, dict):
+        raise TriggerError(f"attack parameters must be an object, found {type(params).__name__}")
+    params = dict(params)
     if kind in ("badnets", "blend", "file"):
         if not {"mask", "pattern"} <= set(tensors):
             raise TriggerError(f"attack '{kind}' needs trigger.safetensors with 'mask' and 'pattern'")
         validate_mask_pattern(tensors["mask"], tensors["pattern"], input_shape)
         return MaskPatternTrigger(tensors["mask"], tensors["pattern"], kind=kind, extra=params)
     if kind == "sig":
-        return SigTrigger(delta=float(params.get("delta", 0.2)), frequency=int(params.get("frequency", 6)))
+        return SigTrigger(delta=_number(params, "delta", 0.2, 0, 1), frequency=_number(params, "frequency", 6, 0, 10_000, integer=True))
     if kind == "wanet":
         flow = tensors.get("flow")
-        if flow is None or list(flow.shape) != [input_shape[1], input_shape[2], 2] or not torch.isfinite(flow).all():
-            raise TriggerError(f"attack 'wanet' needs a finite 'flow' tensor of shape {[input_shape[1], input_shape[2], 2]}")
-        return WaNetTrigger(flow.float(), float(params.get("strength", 0.5)))
+        if (flow is None or flow.layout != torch.strided or flow.dtype not in TENSOR_DTYPES
+                or list(flow.shape) != [input_shape[1], input_shape[2], 2] or not torch.isfinite(flow).all()):
+            raise TriggerError(f"attack 'wanet' needs a finite float 'flow' tensor of shape {[input_shape[1], input_shape[2], 2]}")
+        return WaNetTrigger(flow.float(), _number(params, "strength", 0.5, 0, 100))
     raise TriggerError(f"unknown attack '{kind}': expected one of {', '.join(ATTACKS)}")
 
 
