@@ -17,29 +17,52 @@ class UsageError(ValueError):
     """A bad command-line value; reported in one line."""
 
 
+def _number(text: str, kind=float):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+
+
+def _integer(text: str) -> int:
+    return _number(text, int)
+
+
 def _fraction(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
     return value
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
 
 
 def _non_negative(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be zero or positive, got {text}")
     return value
 
 
+def _seed(text: str) -> int:
+    value = _integer(text)
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2^63), got {text}")
+    return value
+
+
 def load_splits_for(meta: dict, data_root: str | None, seed: int = 0, clean_fraction: float = data.CLEAN_FRACTION):
-    return data.load_dataset(meta["dataset"], data_root, clean_fraction=clean_fraction, seed=seed)
+    splits = data.load_dataset(meta["dataset"], data_root, clean_fraction=clean_fraction, seed=seed)
+    if list(splits.input_shape) != list(meta["input_shape"]):
+        raise UsageError(f"the model takes images {meta['input_shape']}, but dataset '{meta['dataset']}' holds {splits.input_shape}")
+    if splits.num_classes > meta["num_classes"]:
+        raise UsageError(f"the model has {meta['num_classes']} classes, but dataset '{meta['dataset']}' has {splits.num_classes}")
+    return splits
 
 
 def cmd_train(args) -> int:
@@ -49,6 +72,8 @@ def cmd_train(args) -> int:
     if not 0 <= args.target < splits.num_classes:
         raise UsageError(f"--target {args.target} is out of range: the dataset has classes 0..{splits.num_classes - 1}")
     params = json.loads(args.attack_params) if args.attack_params else {}
+    if not isinstance(params, dict):
+        raise UsageError(f"--attack-params must be a JSON object such as '{{\"alpha\": 0.2}}', got {args.attack_params}")
     trigger = attacks.make_trigger(args.attack, splits.input_shape, seed=args.seed, trigger_file=args.trigger_file, **params)
     start = time.perf_counter()
     result, _ = train_backdoored(splits, trigger, args.target, args.poison_rate, arch=args.arch, epochs=args.epochs,
@@ -147,10 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack", required=True, choices=attacks.ATTACKS)
     p.add_argument("--attack-params", help="JSON object of trigger parameters, e.g. '{\"alpha\": 0.2}'")
     p.add_argument("--trigger-file", help="safetensors with 'mask' and 'pattern' for --attack file")
-    p.add_argument("--target", type=int, default=0)
+    p.add_argument("--target", type=_integer, default=0)
     p.add_argument("--poison-rate", type=_fraction, default=0.1)
     p.add_argument("--epochs", type=_positive_int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
@@ -168,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", required=True)
     p.add_argument("--metric", default="benign", choices=(*METRICS, "all"))
     p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0, help="seed of the defender's clean subset")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the defender's clean subset")
     p.add_argument("--clean-fraction", type=_fraction, default=data.CLEAN_FRACTION)
     p.add_argument("--data-root")
     p.set_defaults(func=cmd_salience)
@@ -182,8 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=SCHEDULES)
     p.add_argument("--steps", type=_positive_int)
     p.add_argument("--lam", type=_non_negative, help="penalty strength λ")
-    p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--lr", type=_number, help="learning rate")
+    p.add_argument("--seed", type=_seed)
     p.add_argument("--clean-fraction", type=_fraction, default=data.CLEAN_FRACTION)
     p.add_argument("--data-root")
     p.add_argument("--out", help="write the purified bundle here (directory, or .zip)")
@@ -206,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (bundle_io.BundleError, attacks.TriggerError, data.DataError, UsageError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
     except FloatingPointError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -214,3 +239,14 @@ def main(argv: list[str] | None = None) -> int:
     except json.JSONDecodeError as err:
         print(f"error: a JSON argument is malformed ({err})", file=sys.stderr)
         return 2
+    except ValueError as err:  # the library's own argument checks (e.g. Purification's), in one line
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:  # an --out path that cannot be written, a file that cannot be read
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"error: {err.strerror or _one_line(err)}{where}", file=sys.stderr)
+        return 2
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split()) or type(err).__name__

@@ -118,7 +118,16 @@ def load_imagefolder(root: str | Path, size: int = 32) -> TensorData:
         ds = datasets.ImageFolder(str(root), transform=transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor()]))
     except (FileNotFoundError, RuntimeError) as err:
         raise DataError(f"no images found in {root}: expected one sub-folder per class holding .png/.jpg files ({err})") from None
-    xs, ys = zip(*(ds[i] for i in range(len(ds))))
+    if len(ds.classes) < 2:
+        raise DataError(f"the image folder {root} has {len(ds.classes)} class sub-folder(s); at least 2 are needed")
+    xs, ys = [], []
+    for i, (file, label) in enumerate(ds.samples):
+        try:
+            x, _ = ds[i]
+        except Exception as err:  # noqa: BLE001 - PIL's errors for unreadable or oversized images vary
+            raise DataError(f"cannot read the image {file} ({type(err).__name__}: {err})") from None
+        xs.append(x)
+        ys.append(label)
     return TensorData(torch.stack(xs), torch.as_tensor(ys, dtype=torch.int64))
 
 
@@ -136,5 +145,7 @@ def load_dataset(name: str = "mnist5k", root: str | Path | None = None, clean_fr
             train, test = _split(load_imagefolder(root), TEST_FRACTION)
     else:
         raise DataError(f"unknown dataset '{name}': expected one of {', '.join(DATASETS)}")
+    if len(train) == 0 or len(test) == 0:
+        raise DataError(f"dataset '{name}' at {root} has too few images ({len(train) + len(test)}) to split into train and test")
     num_classes = int(max(train.y.max(), test.y.max())) + 1
     return DataSplits(name, train, test, clean_subset(train, clean_fraction, seed), num_classes)
