@@ -1,0 +1,56 @@
+"""Shared helpers for the tests: the CLI in-process and as a subprocess, copies of bundled models."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS = REPO / "assets" / "models"
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fuzz_corpus"))  # make_corpus: tiny bundles
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    """``python -m defense ARGS`` in a fresh interpreter; text stdout/stderr."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "defense", *map(str, args)], cwd=cwd or REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_clean_error(code: int, stderr: str) -> str:
+    """Exit code 2, exactly one 'error: ...' line on stderr, and no traceback; returns the message."""
+    assert code == 2, f"exit code {code}, stderr:\n{stderr}"
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, stderr
+    return errors[0].split("error:", 1)[1].strip()
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ``defense.cli.main`` in-process: returns (exit code, stdout, stderr); argparse's exits included."""
+    from defense import cli as cli_module
+
+    def run(*args: str):
+        try:
+            code = cli_module.main([str(a) for a in args])
+        except SystemExit as exit_:
+            code = exit_.code
+        out, err = capsys.readouterr()
+        return code, out, err
+    return run
+
+
+@pytest.fixture
+def badnets_copy(tmp_path) -> Path:
+    """A private copy of the bundled mnist-badnets model (directory bundle)."""
+    return Path(shutil.copytree(MODELS / "mnist-badnets", tmp_path / "mnist-badnets"))
+
+
+def tree(root: Path) -> set[str]:
+    """Every path under ``root`` (to check that nothing was written)."""
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
