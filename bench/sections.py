@@ -1,0 +1,23 @@
+"""Keep named sections of bench/RESULTS.md below the marker that `python -m defense bench` preserves."""
+from __future__ import annotations
+
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+MARKER = "<!-- other benchmarks below are kept by bench/ scripts -->"
+
+
+def write_section(name: str, markdown: str, path: Path = RESULTS) -> None:
+    """Replace (or append) the section ``name`` after the marker, leaving everything else as it is."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    if MARKER not in text:
+        text = text.rstrip("\n") + "\n\n" + MARKER + "\n"
+    head, tail = text.split(MARKER, 1)
+    start, end = f"<!-- section:{name} -->", f"<!-- /section:{name} -->"
+    block = f"{start}\n{markdown.strip()}\n{end}"
+    if start in tail and end in tail:
+        before, rest = tail.split(start, 1)
+        tail = before + block + rest.split(end, 1)[1]
+    else:
+        tail = tail.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(head + MARKER + tail)
