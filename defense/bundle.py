@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import warnings
 import zipfile
 import zlib
@@ -147,8 +148,12 @@ def read_state_dict(data: bytes, filename: str) -> dict[str, torch.Tensor]:
             warnings.simplefilter("ignore")
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # the unpickler refuses anything but tensors and plain containers
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise BundleError(f"{filename} was refused: it is not a plain state dict of tensors ({first_line})") from None
+        text = str(err).strip()
+        # torch's message opens with advice to retry with weights_only=False: quote only the reason
+        reason = re.search(r"WeightsUnpickler error: ([^\n]*?)(?:\.\s|\.?$)", text, re.MULTILINE)
+        detail = reason.group(1) if reason else (text.splitlines()[0] if text else type(err).__name__)
+        raise BundleError(f"{filename} was refused: it is not a plain state dict of tensors ({detail}); "
+                          "nothing in it was run") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
@@ -281,7 +286,8 @@ class _Source:
     def has(self, name: str) -> bool:
         return name in self.files
 
-    def read(self, name: str, limit: int = MAX_MEMBER_BYTES) -> bytes:
+    def read(self, name: str, limit: int | None = None) -> bytes:
+        limit = MAX_MEMBER_BYTES if limit is None else limit
         item = self.files[name]
         if isinstance(item, Path):
             try:
