@@ -12,6 +12,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "assets" / "models"
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fuzz_corpus"))  # make_corpus: tiny bundles
+# One torch thread per process: the suite shares two cores with other processes (the app's server,
+# CLI subprocesses), and oversubscribed torch threads run these small models several times slower.
+os.environ.setdefault("BNL_THREADS", "1")
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
