@@ -1,13 +1,28 @@
-"""Backdoor Neuron Lab: page config and navigation."""
+"""Backdoor Neuron Lab: page config, navigation over pages/, and the sidebar every page shares."""
 import streamlit as st
 
-st.set_page_config(page_title="Backdoor Neuron Lab", page_icon="🧠", layout="wide")
+st.set_page_config(page_title="Backdoor Neuron Lab", page_icon=":material/neurology:", layout="wide")
 
-from defense.bundle import load_bundle  # noqa: E402
-from defense.cli import MODELS_DIR  # noqa: E402
+import appkit  # noqa: E402
+from defense.runtime import configure_threads  # noqa: E402
 
-b = load_bundle(MODELS_DIR / "mnist-badnets")
-st.title("Backdoor Neuron Lab")
-st.metric("Model", b.name)
-st.metric("Clean accuracy", f"{b.meta['clean_acc']:.1%}")
-st.metric("Attack success rate", f"{b.meta['asr']:.1%}")
+
+@st.cache_resource
+def _configure() -> bool:
+    configure_threads(share_with_server=True)  # once per server: leave a core to Streamlit
+    return True
+
+
+_configure()
+appkit.init_state()
+page = st.navigation([
+    st.Page("pages/model.py", title="Model", icon=":material/biotech:", default=True),
+    st.Page("pages/salience.py", title="Neuron salience", icon=":material/grid_view:"),
+    st.Page("pages/threshold.py", title="Threshold", icon=":material/tune:"),
+    st.Page("pages/purify.py", title="Purify", icon=":material/cleaning_services:"),
+])
+lab = appkit.lab()
+appkit.sidebar(lab)
+appkit.app_ran()
+page.run()
+appkit.warm(lab)  # then the slow measurements start in the background (after the page, to keep it quick)

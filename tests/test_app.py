@@ -1,0 +1,330 @@
+"""The Streamlit app through streamlit.testing's AppTest: every page, the threshold slider, live purification,
+uploads, and the background runner's session handling."""
+from __future__ import annotations
+
+import io
+import json
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save as save_safetensors
+from streamlit.testing.v1 import AppTest
+
+REPO = Path(__file__).resolve().parent.parent
+APP = str(REPO / "app.py")
+PAGES = {"model": "The backdoored model", "salience": "Which neurons look infected?",
+         "threshold": "Choose the purification threshold", "purify": "Purify the model"}
+
+
+def open_app(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    if page:
+        at.switch_page(f"pages/{page}.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def run_until(at: AppTest, done, timeout: float = 90, pause: float = 0.5) -> AppTest:
+    """Rerun (as the page's polling would) until ``done(at)``."""
+    deadline = time.monotonic() + timeout
+    while not done(at):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(pause)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.main.metric if m.label == label)
+
+
+def chart(at: AppTest, key: str) -> dict:
+    """The plotly figure (as JSON) of the chart with this key."""
+    for c in at.get("plotly_chart"):
+        if c.proto.id.endswith(key) or key in c.proto.id:
+            return json.loads(c.proto.spec)
+    raise KeyError(key)
+
+
+def values(v) -> list:
+    """A plotly JSON array: a list, or plotly's typed array {'dtype', 'bdata' (base64)}."""
+    if isinstance(v, dict) and "bdata" in v:
+        import base64
+
+        import numpy as np
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"]).tolist()
+    return list(v)
+
+
+def outlined(spec: dict) -> int:
+    """Neurons outlined as marked on a heatmap figure."""
+    return sum(len(values(t["x"])) for t in spec["data"] if t.get("name") == "marked")
+
+
+# ---------------------------------------------------------------- every page
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_page_renders_on_the_default_model(page):
+    at = open_app(None if page == "model" else page)
+    assert [t.value for t in at.title] == [PAGES[page]]
+    assert len(at.main.markdown[0].value.split(". ")) >= 2  # the page opens with plain sentences
+    side = " ".join(m.value for m in at.sidebar.markdown)
+    assert "mnist-badnets" in side and "badnets attack" in side  # the current model, on every page
+    assert {m.label for m in at.sidebar.metric} == {"Clean accuracy", "Attack success"}
+    assert not at.error
+
+
+def test_model_page_shows_accuracy_asr_samples_and_attribution():
+    at = open_app()
+    assert metric(at, "Clean accuracy") == "97.9%"
+    assert metric(at, "Attack success rate") == "100.0%"
+    assert float(metric(at, "Attribution on the trigger").rstrip("%")) > 30  # the model looks at the 3x3 patch
+    samples = chart(at, "samples")
+    titles = [a["text"] for a in samples["layout"]["annotations"]]
+    assert sum(t.endswith("→ 0 ⚠") for t in titles) == 8  # every triggered sample goes to the target
+    assert len(chart(at, "attribution")["data"]) == 16
+
+
+def test_choosing_another_bundled_model_updates_every_page():
+    at = open_app()
+    at.selectbox(key="w_model").set_value("mnist-blend").run()
+    assert "mnist-blend" in " ".join(m.value for m in at.sidebar.markdown)
+    assert "Blend" in " ".join(m.value for m in at.main.markdown)
+    at.switch_page("pages/threshold.py").run()
+    assert "mnist-blend" in " ".join(m.value for m in at.sidebar.markdown)
+    assert not at.exception
+
+
+def test_salience_page_heatmaps_ground_truth_roc_and_csv():
+    at = open_app("salience")
+    heat = [c for c in at.get("plotly_chart") if "heat-" in c.proto.id]
+    assert len(heat) == 3  # conv1, conv2, fc1
+    spec = json.loads(heat[0].proto.spec)
+    maps = [t for t in spec["data"] if t["type"] == "heatmap"]
+    assert len(maps) == 2 and "benign salience" in maps[0]["hovertemplate"] and "weight magnitude" in maps[0]["hovertemplate"]
+    assert outlined(spec) == 2 * 8  # half of conv1's 16 channels marked (the default threshold), on both maps
+    at.radio(key="w_salience_scale").set_value("raw").run()
+    assert not at.exception
+    run_until(at, lambda a: any("roc" in c.proto.id for c in a.get("plotly_chart")), timeout=120)
+    roc = chart(at, "roc")
+    assert [t["name"].split(" (AUC")[0] for t in roc["data"][:4]] == [
+        "benign salience", "weight magnitude", "mean activation", "channel Lipschitz (CLP)"]
+    scatter = chart(at, "scatter")
+    assert {t["name"] for t in scatter["data"]} == {"infected", "clean"}
+    csv = at.get("download_button")[0]
+    assert csv.proto.label == "Download all scores (CSV)"
+
+
+# ---------------------------------------------------------------- threshold
+
+def test_slider_changes_the_mask_and_the_preview():
+    at = open_app("threshold")
+    assert metric(at, "Marked neurons") == "56 of 112"
+    before = (metric(at, "Clean accuracy if zeroed"), metric(at, "Attack success if zeroed"))
+    assert outlined(chart(at, "threshold-heat")) == 56
+    started = time.perf_counter()
+    at.slider(key="w_threshold_value").set_value(0.3).run()
+    assert time.perf_counter() - started < 10  # generous: AppTest on a shared machine; the browser bench measures speed
+    assert metric(at, "Marked neurons") == "34 of 112"
+    assert outlined(chart(at, "threshold-heat")) == 34
+    assert (metric(at, "Clean accuracy if zeroed"), metric(at, "Attack success if zeroed")) != before
+    at.radio(key="w_threshold_scope").set_value("global").run()
+    assert metric(at, "Marked neurons") == "34 of 112"
+    at.radio(key="w_threshold_mode").set_value("value").run()  # a cut on the normalized score instead
+    assert not at.exception and metric(at, "Marked neurons") != "34 of 112"
+    at.slider(key="w_threshold_value").set_value(0.0).run()
+    assert metric(at, "Marked neurons") == "3 of 112"  # the most suspect neuron of each layer
+
+
+def test_threshold_survives_page_switches_and_reaches_purification():
+    at = open_app("threshold")
+    at.slider(key="w_threshold_value").set_value(0.3).run()
+    at.switch_page("pages/purify.py").run()
+    assert any("34 of 112 neurons" in c.value for c in at.main.caption)
+    at.switch_page("pages/threshold.py").run()
+    assert at.slider(key="w_threshold_value").value == pytest.approx(0.3)
+
+
+def test_pruning_curve_marks_the_current_choice():
+    at = open_app("threshold")
+    run_until(at, lambda a: any("curve" in c.proto.id for c in a.get("plotly_chart")), timeout=180)
+    spec = chart(at, "curve")
+    assert {t["name"] for t in spec["data"]} == {"benign salience", "weight magnitude", "mean activation"}
+    assert [s["x0"] for s in spec["layout"]["shapes"]] == [0.5, 0.5]
+
+
+# ---------------------------------------------------------------- purification
+
+def runs(at: AppTest) -> list:
+    return at.session_state["runs"]
+
+
+def test_short_purification_completes_and_lowers_the_asr():
+    at = open_app("purify")
+    at.number_input(key="w_purify_steps").set_value(40).run()
+    at.button(key="w_start").click().run()
+    assert runs(at) and runs(at)[-1].active
+    run_until(at, lambda a: not runs(a)[-1].active)
+    run = runs(at)[-1]
+    assert run.status == "done", run.error
+    at.run()
+    assert float(metric(at, "Attack success rate").rstrip("%")) < 60
+    assert [r["step"] for r in run.evaluations()] == [0, 10, 20, 30, 40]  # eval every 10 steps for the live curves
+    spec = chart(at, "runs")
+    assert {t["name"] for t in spec["data"]} == {"1. bs-ar"}
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert labels == ["Download purified model (.zip)", "Download report (JSON)"]
+    check_downloads(run)
+
+    # run again with a baseline: the curves overlay
+    at.selectbox(key="w_purify_defense").set_value("ft").run()
+    at.number_input(key="w_purify_steps").set_value(10).run()
+    at.button(key="w_start").click().run()
+    run_until(at, lambda a: not runs(a)[-1].active)
+    at.run()
+    assert {t["name"] for t in chart(at, "runs")["data"]} == {"1. bs-ar", "2. ft"}
+
+
+def check_downloads(run) -> None:
+    """The JSON report and the purified bundle say and hold what the page shows."""
+    import appkit
+    from defense import data, metrics
+    from defense.bundle import load_bundle
+
+    key, bundle = appkit.bundled("mnist-badnets")
+    lab = type("LabStub", (), {"name": bundle.name, "bundle": bundle})()
+    report = json.loads(appkit.report_json(run.report(lab)))
+    assert report["after"]["asr"] < report["before"]["asr"] and report["steps"] == run.step
+    assert len(report["history"]) == run.step + 1 and report["config"]["steps"] == run.steps
+    path = Path(appkit.tempfile.mkdtemp()) / "p.zip"
+    path.write_bytes(run.bundle_zip(lab))
+    purified = load_bundle(path)
+    test = data.load_dataset("mnist5k").test
+    after = metrics.evaluate(purified.model, test, purified.trigger, purified.target)
+    assert after["asr"] == pytest.approx(report["after"]["asr"], abs=1e-6)
+    assert purified.meta["purified_from"] == "mnist-badnets"
+
+
+def test_stop_ends_a_run_within_a_second_and_keeps_its_curves():
+    at = open_app("purify")
+    at.number_input(key="w_purify_steps").set_value(3000).run()
+    at.button(key="w_start").click().run()
+    run_until(at, lambda a: runs(a)[-1].step >= 5)
+    run = runs(at)[-1]
+    stop = next(b for b in at.button if b.key and b.key.startswith("w_stop"))
+    stop.click()
+    clicked = time.monotonic()
+    at.run()
+    run.thread.join(timeout=5)
+    assert time.monotonic() - clicked < 3  # within a second of the click, plus AppTest's own rerun
+    assert run.status == "stopped" and 5 <= run.step < 3000
+    at.run()
+    assert chart(at, "runs")["data"]  # the curves stay
+
+
+def test_the_shared_cached_model_is_never_modified():
+    import appkit
+
+    at = open_app("purify")
+    key, bundle = appkit.bundled("mnist-badnets")
+    at.number_input(key="w_purify_steps").set_value(10).run()
+    at.button(key="w_start").click().run()
+    run_until(at, lambda a: not runs(a)[-1].active)
+    assert appkit.weights_key("mnist-badnets", bundle.model) == key
+    assert not bundle.model._forward_hooks and all(not m._forward_hooks for m in bundle.model.modules())
+
+
+def test_two_sessions_purify_independently():
+    a, b = open_app("purify"), open_app("purify")
+    a.number_input(key="w_purify_steps").set_value(20).run()
+    b.number_input(key="w_purify_steps").set_value(30).run()
+    a.button(key="w_start").click().run()
+    b.button(key="w_start").click().run()
+    run_until(a, lambda x: not runs(x)[-1].active)
+    run_until(b, lambda x: not runs(x)[-1].active)
+    ra, rb = runs(a)[-1], runs(b)[-1]
+    assert len(runs(a)) == len(runs(b)) == 1 and ra is not rb
+    assert (ra.status, ra.step, rb.status, rb.step) == ("done", 20, "done", 30)
+    assert ra.run.model is not rb.run.model
+
+
+# ---------------------------------------------------------------- uploads
+
+def bundle_zip(name: str = "mnist-blend") -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for f in (REPO / "assets" / "models" / name).iterdir():
+            z.write(f, f"{name}/{f.name}")
+    return buf.getvalue()
+
+
+def test_upload_a_bundle_zip():
+    at = open_app()
+    at.file_uploader(key="w_upload").upload("my-model.zip", bundle_zip(), "application/zip").run()
+    at.button(key="w_upload_go").click().run()
+    assert not at.exception and not at.error
+    assert at.session_state["model"].startswith("upload:")
+    assert "mnist-blend (uploaded)" in at.selectbox(key="w_model").options
+    assert "Blend" in " ".join(m.value for m in at.main.markdown)
+
+
+def test_upload_a_bare_state_dict_with_an_architecture():
+    from defense.bundle import load_bundle
+
+    state = load_bundle(REPO / "assets" / "models" / "mnist-badnets").model.state_dict()
+    at = open_app()
+    at.file_uploader(key="w_upload").upload("weights.safetensors", save_safetensors(state)).run()
+    assert at.selectbox(key="w_upload_arch").value == "small_cnn"
+    at.selectbox(key="w_upload_like").set_value("mnist-badnets").run()
+    at.button(key="w_upload_go").click().run()
+    assert not at.exception and not at.error
+    assert metric(at, "Attack success rate") == "100.0%"
+    assert "weights" in " ".join(m.value for m in at.sidebar.markdown)
+
+
+@pytest.mark.parametrize("name, payload, message", [
+    ("broken.zip", b"not a zip at all", "cannot be used"),
+    ("weights.safetensors", b"\x00" * 64, "not a valid safetensors file"),
+    ("weights.pt", b"garbage", "refused"),
+    ("other.safetensors", save_safetensors({"w": torch.zeros(3)}), "do not fit the architecture"),
+])
+def test_bad_uploads_say_what_is_wrong(name, payload, message):
+    at = open_app()
+    at.file_uploader(key="w_upload").upload(name, payload).run()
+    at.button(key="w_upload_go").click().run()
+    assert not at.exception
+    assert len(at.error) == 1 and message in at.error[0].value, [e.value for e in at.error]
+    assert at.session_state["model"] == "mnist-badnets"  # the current model is kept
+
+
+def test_read_upload_rebuilds_a_standard_trigger():
+    import appkit
+    from defense.bundle import load_bundle
+
+    state = load_bundle(REPO / "assets" / "models" / "mnist-badnets").model.state_dict()
+    key, b = appkit.read_upload("w.safetensors", save_safetensors(state), "small_cnn", "mnist-blend", ("badnets", 0))
+    assert b.trigger.kind == "badnets" and b.target == 0 and key.startswith("upload:")
+
+
+# ---------------------------------------------------------------- the runner without a page
+
+def test_runner_stops_when_its_session_is_no_longer_seen(monkeypatch):
+    import appkit
+    from defense import data, metrics
+    from defense.bundle import load_bundle
+    from defense.purify import Purification, PurifyConfig
+
+    monkeypatch.setattr(appkit, "ABSENT_S", 0.3)
+    b = load_bundle(REPO / "assets" / "models" / "mnist-badnets")
+    splits = data.load_dataset("mnist5k")
+    small = splits.test.subset(torch.arange(100))
+    trig = metrics.triggered_set(small, b.trigger, b.target)
+    runner = appkit.Runner("t", "bs-ar", "k", 100_000, lambda: Purification(
+        b.model, splits.clean, small, trig, PurifyConfig(steps=100_000, eval_every=50))).start()
+    runner.thread.join(timeout=30)
+    assert runner.status == "abandoned" and runner.step < 100_000
