@@ -6,14 +6,9 @@ st.set_page_config(page_title="Backdoor Neuron Lab", page_icon=":material/neurol
 import appkit  # noqa: E402
 from defense.runtime import configure_threads  # noqa: E402
 
-
-@st.cache_resource
-def _configure() -> bool:
-    configure_threads(share_with_server=True)  # once per server: leave a core to Streamlit
-    return True
-
-
-_configure()
+# torch's thread count is per thread, and every script run has a new thread: set it on each run
+# (appkit's worker threads do the same), leaving a core to the Streamlit server.
+configure_threads(share_with_server=True)
 appkit.init_state()
 page = st.navigation([
     st.Page("pages/model.py", title="Model", icon=":material/biotech:", default=True),

@@ -62,9 +62,9 @@ if ss.get("purify_error"):
 ss["_polling"] = busy
 
 
-@st.fragment(run_every=0.5 if busy else None)
+@st.fragment(run_every=appkit.POLL_S if busy else None)
 def live():
-    """Progress, Stop and the curves: redrawn every 0.5 s while a run is going, without rerunning the page."""
+    """Progress, Stop and the curves: redrawn every POLL_S seconds while a run is going, without rerunning the page."""
     now = [r for r in ss["runs"] if r.model_key == lab.key]
     for r in now:
         r.seen()
@@ -80,6 +80,7 @@ def live():
         c2.button("Stop", key=f"w_stop_{r.label}", on_click=r.stop, disabled=r.status == "stopping")
     if now:
         st.plotly_chart(appkit.runs_figure(now), width="stretch", key="runs")
+    if now and not active:  # the table waits for the end: redrawing it twice a second costs the browser more than it tells
         rows = []
         for r in now:
             before, after = r.before_after()
@@ -95,7 +96,7 @@ def live():
         for r in now:
             if r.status == "error":
                 st.error(f"{r.label} failed: {r.error}")
-    else:
+    if not now:
         st.info("No run yet: choose a defense and press **Start purification**. Curves appear here as it trains.")
 
 

@@ -26,7 +26,7 @@ with c3:
                   format_func={"layer": "in each layer", "global": "over all layers"}.get,
                   disabled=ss["threshold_mode"] == "value", help="for 'share of neurons': per layer, or ranked over all layers")
 label = "Share of neurons to mark" if ss["threshold_mode"] == "ratio" else "Mark neurons with normalized importance up to"
-appkit.synced(st.slider, label, "threshold_value", min_value=0.0, max_value=1.0, step=0.05)
+appkit.synced(st.slider, label, "threshold_value", min_value=0.0, max_value=1.0, step=appkit.SLIDER_STEP)
 
 metric, mode, value, scope = ss["threshold_metric"], ss["threshold_mode"], ss["threshold_value"], ss["threshold_scope"]
 base = lab.evaluation()
@@ -48,7 +48,7 @@ st.subheader("Pruning curve")
 st.caption("Accuracy and attack success when the given share of each layer's most suspect neurons is zeroed, for "
            "three scores. A good score makes the attack collapse long before the accuracy does.")
 curve = lab.pruning_curve(scope)
-if appkit.wait_note([curve], "Computing the pruning curves (33 previews, about 15 s, once per model). "
+if appkit.wait_note([curve], "Computing the pruning curves (63 previews, about 20 s, once per model). "
                              "The slider works meanwhile; the curve appears by itself."):
     share = value if mode == "ratio" else pv["marked"] / lab.neurons
     st.plotly_chart(appkit.pruning_figure(curve.result(), share), width="stretch", key="curve")
