@@ -95,7 +95,9 @@ def write_results(frame: pd.DataFrame, ident: pd.DataFrame, out: Path, seeds: in
         f"Written by `python -m defense bench` on {time.strftime('%Y-%m-%d')}; {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} torch threads, device {'cuda' if torch.cuda.is_available() else 'cpu'}. "
         f"{seeds} seeds per cell (each seed its own clean subset); figures are mean ± half-range over seeds, "
-        "accuracy (ACC) and attack success rate (ASR) in % on the model's test split.",
+        "accuracy (ACC) and attack success rate (ASR) in % on the model's test split. "
+        "The seconds column is wall time on a shared 2-core machine (other work ran beside it); "
+        "uncontended timings are in the 'Library speed' section below.",
         "",
         "## Defenses on every bundled model",
         "",
