@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import math
 import tempfile
 import threading
@@ -396,6 +397,7 @@ def warm(lab_: Lab) -> None:
     """Start the slow measurements of the current model in the background."""
     lab_.ground_truth()
     lab_.pruning_curve(st.session_state["threshold_scope"])
+    lab_.cut_curve(st.session_state["threshold_metric"])  # so the slider is quick by score cut too, once chosen
 
 
 # ---------------------------------------------------------------- sidebar
@@ -585,7 +587,9 @@ class Runner:
                 elif not self._session_alive():
                     self.run.stop()
                     self.status = "abandoned"
-            if self.status not in ("abandoned",):
+            if self.status == "abandoned":  # one line in the server's log, so it can be seen from outside
+                logging.getLogger("appkit").warning("bnl: run '%s' stopped: its session went away", self.label)
+            else:
                 self.status = "stopped" if self._stop else "done"
         except Exception as err:  # noqa: BLE001 - shown on the page; the thread must not die silently
             self.error = " ".join(str(err).split()) or type(err).__name__
