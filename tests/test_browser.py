@@ -6,8 +6,10 @@ docs/screenshots/ (model.png, salience.png, threshold.png, purify.png).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -51,22 +53,29 @@ def start_server(port: int, log) -> subprocess.Popen:
     raise RuntimeError("streamlit did not become healthy within 60 s")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@contextlib.contextmanager
+def running_app(tmp_path_factory):
+    """(url, log path) of a private `streamlit run app.py`; its log must hold no traceback when it stops."""
     port = free_port()
     log_path = tmp_path_factory.mktemp("streamlit") / "server.log"
     with open(log_path, "w") as log:
         proc = start_server(port, log)
         try:
-            yield f"http://127.0.0.1:{port}"
+            yield f"http://127.0.0.1:{port}", log_path
         finally:
-            proc.terminate()
+            proc.send_signal(signal.SIGINT)  # Streamlit's own clean shutdown (SIGTERM waits on open sessions)
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
     text = log_path.read_text()
     assert "Traceback" not in text, text[-3000:]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with running_app(tmp_path_factory) as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +90,7 @@ def browser():
 
 def goto_page(page, link: str, heading: str) -> None:
     page.locator('[data-testid="stSidebarNav"]').get_by_text(link, exact=True).click()
-    page.get_by_role("heading", name=heading).wait_for(timeout=30_000)
+    page.get_by_role("heading", name=heading).wait_for(timeout=60_000)
 
 
 def no_exceptions(page) -> None:
@@ -137,7 +146,7 @@ def test_every_page_in_a_browser(server, browser):
     for _ in range(4):
         page.keyboard.press("ArrowLeft")
     page.wait_for_function("""() => [...document.querySelectorAll('[data-testid="stMetric"]')]
-        .some(m => m.innerText.includes('Marked neurons') && m.innerText.includes('34 of 112'))""", timeout=15_000)
+        .some(m => m.innerText.includes('Marked neurons') && m.innerText.includes('34 of 112'))""", timeout=60_000)
     assert float(thumb.input_value()) == pytest.approx(0.3)
     main.get_by_text("your choice").wait_for(timeout=120_000)  # the pruning curve with the choice marked
     no_exceptions(page)
@@ -145,7 +154,7 @@ def test_every_page_in_a_browser(server, browser):
 
     # Purify: the threshold survived the page switch; a long baseline run stopped, then bs-ar run to the end
     goto_page(page, "Purify", "Purify the model")
-    main.get_by_text(re.compile(r"34 of 112 neurons")).wait_for(timeout=15_000)
+    main.get_by_text(re.compile(r"34 of 112 neurons")).wait_for(timeout=60_000)
     steps = main.get_by_role("spinbutton", name="Steps")
 
     def set_steps(n: int) -> None:
@@ -160,19 +169,19 @@ def test_every_page_in_a_browser(server, browser):
     expect(defense).to_have_value(re.compile(r"^ft: "))
     set_steps(2000)
     main.get_by_role("button", name="Start purification").click()
-    main.get_by_text(re.compile(r"1\. ft: step \d+ of 2000")).first.wait_for(timeout=30_000)
+    main.get_by_text(re.compile(r"1\. ft: step \d+ of 2000")).first.wait_for(timeout=60_000)
     page.wait_for_timeout(2500)  # a few curve updates
     clicked = time.monotonic()
     main.get_by_role("button", name="Stop").click()
-    main.get_by_role("button", name="Start purification").and_(main.locator(":enabled")).wait_for(timeout=10_000)
-    assert time.monotonic() - clicked < 5
-    expect(main.get_by_role("combobox", name="Run")).to_have_value("1. ft (stopped)", timeout=10_000)
+    main.get_by_role("button", name="Start purification").and_(main.locator(":enabled")).wait_for(timeout=30_000)
+    assert time.monotonic() - clicked < 20  # stopped, not run out: 2000 steps take over a minute (timing: bench/app_speed.py)
+    expect(main.get_by_role("combobox", name="Run")).to_have_value("1. ft (stopped)", timeout=30_000)
 
     defense.click()
     page.get_by_role("option", name=re.compile(r"^bs-ar: ")).click()
     set_steps(60)
     main.get_by_role("button", name="Start purification").click()
-    main.get_by_text(re.compile(r"2\. bs-ar: step \d+ of 60")).first.wait_for(timeout=30_000)
+    main.get_by_text(re.compile(r"2\. bs-ar: step \d+ of 60")).first.wait_for(timeout=60_000)
     expect(main.get_by_role("combobox", name="Run")).to_have_value("2. bs-ar (done)", timeout=120_000)
     main.get_by_role("button", name="Download purified model (.zip)").wait_for(timeout=30_000)
     asr_after = float(metric_value(page, "Attack success rate").rstrip("%"))
