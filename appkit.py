@@ -359,10 +359,7 @@ def _pruning_curve(model, scores, test, triggered, scope) -> pd.DataFrame:
 def _cut_curve(model, scores, test, triggered) -> pd.DataFrame:
     configure_threads(share_with_server=True)
     model = copy.deepcopy(model)
-    layers = salience.neuron_map(model)
-    return pd.DataFrame([{"metric": scores.metric, "ratio": v,
-                          **purify.preview(model, layers, purify.mark(scores, threshold=v), test, triggered)}
-                         for v in SLIDER_GRID])
+    return purify.pruning_curve(model, salience.neuron_map(model), [scores], test, triggered, ratios=SLIDER_GRID, by="value")
 
 
 @st.cache_resource(show_spinner=False)

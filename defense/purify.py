@@ -110,13 +110,19 @@ def prune(layers: dict[str, NeuronLayer], mask: NeuronMask) -> None:
 
 
 def pruning_curve(model: nn.Module, layers: dict[str, NeuronLayer], scores: list[NeuronScores], test: TensorData,
-                  triggered: TensorData, ratios=None, scope: str = "layer") -> pd.DataFrame:
-    """Clean accuracy and ASR against the marked ratio, for each metric."""
+                  triggered: TensorData, ratios=None, scope: str = "layer", by: str = "ratio") -> pd.DataFrame:
+    """Clean accuracy and ASR against the marked ratio, for each metric.
+
+    ``by='value'`` cuts by normalized score instead (``mark(threshold=...)``); the column is still 'ratio'.
+    """
+    if by not in ("ratio", "value"):
+        raise ValueError("by must be 'ratio' or 'value'")
     ratios = ratios if ratios is not None else [i / 10 for i in range(11)]
     rows = []
     for s in scores:
         for r in ratios:
-            rows.append({"metric": s.metric, "ratio": r, **preview(model, layers, mark(s, ratio=r, scope=scope), test, triggered)})
+            mask = mark(s, ratio=r, scope=scope) if by == "ratio" else mark(s, threshold=r)
+            rows.append({"metric": s.metric, "ratio": r, **preview(model, layers, mask, test, triggered)})
     return pd.DataFrame(rows)
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from defense import baselines, bundle, data, metrics, salience
-from defense.purify import PurifyConfig, Purification, ar_penalty, mark, preview, prune
+from defense.purify import PurifyConfig, Purification, ar_penalty, mark, preview, prune, pruning_curve
 
 ROOT = Path(__file__).resolve().parent.parent
 BADNETS = ROOT / "assets" / "models" / "mnist-badnets"
@@ -172,6 +172,19 @@ def test_preview_and_purification_never_touch_the_callers_model(badnets):
     Purification(b.model, splits.clean, splits.test, triggered, PurifyConfig(steps=3)).run()
     for k, v in b.model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_pruning_curve_by_ratio_and_by_score_cut(badnets):
+    b, splits, triggered = badnets
+    layers = salience.neuron_map(b.model)
+    scores = salience.compute("benign", b.model, splits.clean, layers)
+    for by, marking in (("ratio", {"ratio": 0.3}), ("value", {"threshold": 0.3})):
+        curve = pruning_curve(b.model, layers, [scores], splits.test, triggered, ratios=[0.0, 0.3], by=by)
+        row = curve[curve.ratio == 0.3].iloc[0]
+        expected = preview(b.model, layers, mark(scores, **marking), splits.test, triggered)
+        assert (row.clean_acc, row.asr) == (expected["clean_acc"], expected["asr"]), by
+    with pytest.raises(ValueError, match="by must be"):
+        pruning_curve(b.model, layers, [scores], splits.test, triggered, by="share")
 
 
 def test_prune_zeroes_exactly_the_marked_neurons(badnets):
