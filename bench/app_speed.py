@@ -78,15 +78,21 @@ def marked(page) -> str:
         .locator('[data-testid="stMetricValue"]').inner_text()
 
 
+def open_model_page(browser, port: int):
+    """A new tab on the app's first page (Model), once its heading is drawn."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"http://127.0.0.1:{port}/")
+    page.get_by_role("heading", name="Where the model looks").wait_for(timeout=120_000)
+    return page
+
+
 def first_page(browser, repeat: int) -> list[float]:
     times = []
     for _ in range(repeat):
         port = free_port()
         proc, started = start_server(port)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.get_by_role("heading", name="Where the model looks").wait_for(timeout=120_000)
+            page = open_model_page(browser, port)
             page.wait_for_function("document.querySelectorAll('[data-testid=\"stMain\"] .js-plotly-plot').length >= 2",
                                    timeout=60_000)
             times.append(time.perf_counter() - started)
@@ -231,9 +237,7 @@ def main() -> None:
         port = free_port()
         proc, _ = start_server(port)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.get_by_role("heading", name="Where the model looks").wait_for(timeout=120_000)
+            page = open_model_page(browser, port)
             switches = page_switches(page, rounds=3)
             print("switches", switches, flush=True)
             shares, cuts, cuts_later = slider_moves(page, presses=5)
