@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8501
 
-.PHONY: run test bench models install install-dev
+.PHONY: run test lint format bench models install install-dev
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,15 @@ run: install
 
 test: install-dev
 	$(PY) -m pytest -q
+
+# ruff: lint and format check (configured in pyproject.toml); `make format` rewrites in place.
+lint: install-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install-dev
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 bench: install
 	$(PY) -m defense bench

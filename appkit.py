@@ -22,6 +22,7 @@ Purification threads
   heartbeat: every page render marks the session seen, and the run stops if it is not
   seen for 10 s. A heartbeat alone would stop a run while the user sits on another page.
 """
+
 from __future__ import annotations
 
 import copy
@@ -32,10 +33,10 @@ import math
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -45,7 +46,8 @@ import torch
 from plotly.subplots import make_subplots
 from torch import nn
 
-from defense import attacks, baselines, bundle as bundle_io, data, metrics, models, purify, salience
+from defense import attacks, baselines, data, metrics, purify, salience
+from defense import bundle as bundle_io
 from defense.cli import MODELS_DIR, load_splits_for
 from defense.runtime import configure_threads
 
@@ -56,14 +58,20 @@ SLIDER_STEP = 0.05  # the threshold slider's step; the pruning curves are measur
 SLIDER_GRID = [round(i * SLIDER_STEP, 4) for i in range(int(round(1 / SLIDER_STEP)) + 1)]
 ABSENT_S = 10.0  # a run stops once its session has been gone this long
 CURVE_METRICS = ("benign", "magnitude", "activation")
-MARKING_DEFENSES = {"bs-ar": ("benign", "ar"), "bs-l1": ("benign", "l1"), "bs-l2": ("benign", "l2"),
-                    "bs-prune": ("benign", "prune"), "mag-ar": ("magnitude", "ar")}
+MARKING_DEFENSES = {
+    "bs-ar": ("benign", "ar"),
+    "bs-l1": ("benign", "l1"),
+    "bs-l2": ("benign", "l2"),
+    "bs-prune": ("benign", "prune"),
+    "mag-ar": ("magnitude", "ar"),
+}
 LOAD_ERRORS = (bundle_io.BundleError, attacks.TriggerError, data.DataError, ValueError, KeyError)
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
 LABELS = salience.METRIC_LABELS
 
 
 # ---------------------------------------------------------------- session state
+
 
 def init_state() -> None:
     """Choices several pages use, under non-widget keys so they survive page switches."""
@@ -119,10 +127,12 @@ def synced(widget: Callable, label: str, state_key: str, **kwargs):
 
     def save():
         st.session_state[state_key] = st.session_state[wkey]
+
     return widget(label, key=wkey, on_change=save, **kwargs)
 
 
 # ---------------------------------------------------------------- models and data
+
 
 def bundled_names() -> list[str]:
     return sorted(p.name for p in MODELS_DIR.iterdir() if (p / "meta.json").is_file())
@@ -159,8 +169,13 @@ def _triggered(key: str, _test: data.TensorData, _trigger, target: int) -> data.
     return metrics.triggered_set(_test, _trigger, target)
 
 
-def read_upload(filename: str, payload: bytes, arch: str | None = None, like: str | None = None,
-                attack: tuple[str, int] | None = None) -> tuple[str, bundle_io.Bundle]:
+def read_upload(
+    filename: str,
+    payload: bytes,
+    arch: str | None = None,
+    like: str | None = None,
+    attack: tuple[str, int] | None = None,
+) -> tuple[str, bundle_io.Bundle]:
     """(key, Bundle) from an uploaded bundle (.zip) or a bare state dict (.safetensors/.pt).
 
     A bare state dict needs an architecture and the meta of a bundled model of the same
@@ -178,14 +193,20 @@ def read_upload(filename: str, payload: bytes, arch: str | None = None, like: st
         if arch is None or like is None:
             raise ValueError("a bare state dict needs an architecture and a model whose dataset and trigger it shares")
         _, base = bundled(like)
-        state = bundle_io.read_state_dict(payload, "model.safetensors" if filename.lower().endswith(".safetensors") else filename)
+        state = bundle_io.read_state_dict(
+            payload, "model.safetensors" if filename.lower().endswith(".safetensors") else filename
+        )
         meta = {k: v for k, v in copy.deepcopy(base.meta).items() if k not in ("clean_acc", "asr", "training", "seed")}
         meta.update(architecture=arch, arch_kwargs={}, name=stem)
         trigger = base.trigger
         if attack is not None:
             kind, target = attack
-            meta["attack"] = {"kind": kind, "target_label": int(target), "poison_rate": base.meta["attack"].get("poison_rate", 0.1),
-                              "params": {}}
+            meta["attack"] = {
+                "kind": kind,
+                "target_label": int(target),
+                "poison_rate": base.meta["attack"].get("poison_rate", 0.1),
+                "params": {},
+            }
             trigger = attacks.make_trigger(kind, meta["input_shape"])
             meta["attack"]["params"] = trigger.params()
         bundle_io.validate_meta(meta)
@@ -235,7 +256,9 @@ class Lab:
 
     def threshold_mask(self, metric: str | None = None) -> purify.NeuronMask:
         ss = st.session_state
-        return self.mask(metric or ss["threshold_metric"], ss["threshold_mode"], ss["threshold_value"], ss["threshold_scope"])
+        return self.mask(
+            metric or ss["threshold_metric"], ss["threshold_mode"], ss["threshold_value"], ss["threshold_scope"]
+        )
 
     def preview(self, metric: str, mode: str, value: float, scope: str) -> dict:
         """Clean accuracy and ASR with the marked neurons zeroed, and how many are marked.
@@ -246,7 +269,9 @@ class Lab:
         value = round(value, 4)
         grid = self.pruning_curve(scope) if mode == "ratio" else self.cut_curve(metric)
         if grid.done() and grid.exception() is None:
-            hit = _curve_index(self.key, self.fraction, self.seed, f"{mode}:{scope}:{metric}", grid.result()).get((metric, value))
+            hit = _curve_index(self.key, self.fraction, self.seed, f"{mode}:{scope}:{metric}", grid.result()).get(
+                (metric, value)
+            )
             if hit is not None:
                 return {**hit, "marked": purify.marked_count(self.mask(metric, mode, value, scope))}
         return _preview(self.key, self.fraction, self.seed, metric, mode, value, scope, self)
@@ -256,13 +281,26 @@ class Lab:
 
     def pruning_curve(self, scope: str) -> Future:
         scores = self.scores()
-        return background(("curve", self.key, self.fraction, self.seed, scope), _pruning_curve, self.bundle.model,
-                          [scores[m] for m in CURVE_METRICS], self.splits.test, self.triggered, scope)
+        return background(
+            ("curve", self.key, self.fraction, self.seed, scope),
+            _pruning_curve,
+            self.bundle.model,
+            [scores[m] for m in CURVE_METRICS],
+            self.splits.test,
+            self.triggered,
+            scope,
+        )
 
     def cut_curve(self, metric: str) -> Future:
         """Previews of every score cut on the slider's grid, for one score (measured in the background)."""
-        return background(("cut", self.key, self.fraction, self.seed, metric), _cut_curve, self.bundle.model,
-                          self.scores()[metric], self.splits.test, self.triggered)
+        return background(
+            ("cut", self.key, self.fraction, self.seed, metric),
+            _cut_curve,
+            self.bundle.model,
+            self.scores()[metric],
+            self.splits.test,
+            self.triggered,
+        )
 
     def attribution(self, model: nn.Module | None = None, n: int = 8, tag: str = "") -> np.ndarray:
         """IntegratedGradients of the first ``n`` triggered test images toward the target label."""
@@ -288,11 +326,20 @@ def lab() -> Lab:
     if own is None or own[0] != key:  # each session works on its own copy
         model = copy.deepcopy(b.model).eval()
         own = ss["_own_model"] = (key, model, salience.neuron_map(model))
-    return Lab(key, b, own[1], own[2], splits, _triggered(key, splits.test, b.trigger, b.target),
-               ss["clean_fraction"], ss["clean_seed"])
+    return Lab(
+        key,
+        b,
+        own[1],
+        own[2],
+        splits,
+        _triggered(key, splits.test, b.trigger, b.target),
+        ss["clean_fraction"],
+        ss["clean_seed"],
+    )
 
 
 # ---------------------------------------------------------------- cached measurements
+
 
 @st.cache_resource(show_spinner=False, max_entries=32)
 def _evaluation(key: str, _model, _test, _triggered) -> dict:
@@ -334,7 +381,7 @@ def attribution(model: nn.Module, x: torch.Tensor, target: int) -> np.ndarray:
 
 
 def trigger_share(attr: np.ndarray, trigger) -> tuple[float, float] | None:
-    """(share of the attribution that falls on the trigger's pixels, share of the image they cover), for patch triggers."""
+    """For patch triggers: (share of the attribution on the trigger's pixels, share of the image they cover)."""
     mask = getattr(trigger, "mask", None)
     if mask is None:
         return None
@@ -353,13 +400,17 @@ def _ground_truth(model, test, triggered) -> dict:
 def _pruning_curve(model, scores, test, triggered, scope) -> pd.DataFrame:
     configure_threads(share_with_server=True)
     model = copy.deepcopy(model)
-    return purify.pruning_curve(model, salience.neuron_map(model), scores, test, triggered, ratios=SLIDER_GRID, scope=scope)
+    return purify.pruning_curve(
+        model, salience.neuron_map(model), scores, test, triggered, ratios=SLIDER_GRID, scope=scope
+    )
 
 
 def _cut_curve(model, scores, test, triggered) -> pd.DataFrame:
     configure_threads(share_with_server=True)
     model = copy.deepcopy(model)
-    return purify.pruning_curve(model, salience.neuron_map(model), [scores], test, triggered, ratios=SLIDER_GRID, by="value")
+    return purify.pruning_curve(
+        model, salience.neuron_map(model), [scores], test, triggered, ratios=SLIDER_GRID, by="value"
+    )
 
 
 @st.cache_resource(show_spinner=False)
@@ -386,6 +437,7 @@ def wait_note(futures: list[Future], message: str) -> bool:
     def _poll():
         if all(f.done() for f in futures):
             st.rerun()
+
     _poll()
     return False
 
@@ -399,18 +451,32 @@ def warm(lab_: Lab) -> None:
 
 # ---------------------------------------------------------------- sidebar
 
+
 def sidebar(lab_: Lab) -> None:
     with st.sidebar:
         st.markdown("### Current model")
         ev = lab_.evaluation()
         st.markdown(f"**{lab_.name}**  \n{lab_.bundle.meta['attack']['kind']} attack → label {lab_.target}")
         c1, c2 = st.columns(2)
-        c1.metric("Clean accuracy", f"{ev['clean_acc']:.1%}", help="share of the 1,000 test images classified correctly")
-        c2.metric("Attack success", f"{ev['asr']:.1%}",
-                  help="share of triggered test images (true label not the target) classified as the target")
+        c1.metric(
+            "Clean accuracy", f"{ev['clean_acc']:.1%}", help="share of the 1,000 test images classified correctly"
+        )
+        c2.metric(
+            "Attack success",
+            f"{ev['asr']:.1%}",
+            help="share of triggered test images (true label not the target) classified as the target",
+        )
         with st.expander("Defender's clean data"):
-            synced(st.number_input, "share of the training set", "clean_fraction", min_value=0.01, max_value=1.0,
-                   step=0.01, format="%.2f", help="the clean images the defender holds (5% in the paper)")
+            synced(
+                st.number_input,
+                "share of the training set",
+                "clean_fraction",
+                min_value=0.01,
+                max_value=1.0,
+                step=0.01,
+                format="%.2f",
+                help="the clean images the defender holds (5% in the paper)",
+            )
             synced(st.number_input, "seed of the subset", "clean_seed", min_value=0, max_value=10_000, step=1)
             st.caption(f"{len(lab_.splits.clean)} clean images")
 
@@ -426,6 +492,7 @@ def points(delta: float) -> str:
 
 # ---------------------------------------------------------------- charts
 
+
 def grid_shape(n: int) -> tuple[int, int]:
     cols = max(1, math.ceil(math.sqrt(n)))
     return math.ceil(n / cols), cols
@@ -433,7 +500,7 @@ def grid_shape(n: int) -> tuple[int, int]:
 
 def _grid(values: torch.Tensor | np.ndarray, rows: int, cols: int) -> np.ndarray:
     out = np.full(rows * cols, np.nan)
-    out[:len(values)] = np.asarray(values, dtype=float)
+    out[: len(values)] = np.asarray(values, dtype=float)
     return out.reshape(rows, cols)
 
 
@@ -447,22 +514,54 @@ def _heatmap(fig: go.Figure, col: int, values, hover: dict, marked, colorbar: di
     n = len(values)
     rows, cols = grid_shape(n)
     custom = np.dstack([_grid(np.arange(n), rows, cols)] + [_grid(v, rows, cols) for v in hover.values()])
-    tip = "neuron %{customdata[0]:.0f}" + "".join(f"<br>{name} %{{customdata[{i + 1}]:.4g}}" for i, name in enumerate(hover))
-    fig.add_trace(go.Heatmap(z=_grid(values, rows, cols), customdata=custom, hovertemplate=tip + "<extra></extra>",
-                             colorscale="Viridis", showscale=colorbar is not None, colorbar=colorbar or {}), 1, col)
+    tip = "neuron %{customdata[0]:.0f}" + "".join(
+        f"<br>{name} %{{customdata[{i + 1}]:.4g}}" for i, name in enumerate(hover)
+    )
+    fig.add_trace(
+        go.Heatmap(
+            z=_grid(values, rows, cols),
+            customdata=custom,
+            hovertemplate=tip + "<extra></extra>",
+            colorscale="Viridis",
+            showscale=colorbar is not None,
+            colorbar=colorbar or {},
+        ),
+        1,
+        col,
+    )
     if marked is not None and marked.any():
         idx = marked.nonzero().flatten().numpy()
-        fig.add_trace(go.Scatter(x=idx % cols, y=idx // cols, mode="markers", hoverinfo="skip", showlegend=False, name="marked",
-                                 marker=dict(symbol="square-open", color="#ff2b2b", line=dict(width=2.5),
-                                             size=max(5, int((height - 90) / max(rows, cols) * 0.8)))), 1, col)
+        fig.add_trace(
+            go.Scatter(
+                x=idx % cols,
+                y=idx // cols,
+                mode="markers",
+                hoverinfo="skip",
+                showlegend=False,
+                name="marked",
+                marker=dict(
+                    symbol="square-open",
+                    color="#ff2b2b",
+                    line=dict(width=2.5),
+                    size=max(5, int((height - 90) / max(rows, cols) * 0.8)),
+                ),
+            ),
+            1,
+            col,
+        )
     axis = f"x{col if col > 1 else ''}"
     bare = dict(showticklabels=False, showgrid=False, zeroline=False, ticks="", showline=False)
     fig.update_xaxes(**bare, range=[-0.5, cols - 0.5], row=1, col=col)
     fig.update_yaxes(**bare, range=[rows - 0.5, -0.5], scaleanchor=axis, row=1, col=col)
 
 
-def layer_heatmaps(layer: str, panels: list[tuple[str, torch.Tensor, str]], hover: dict[str, torch.Tensor],
-                   marked: torch.Tensor | None = None, height: int = 300) -> go.Figure:
+def layer_heatmaps(
+    layer: str,
+    panels: list[tuple[str, torch.Tensor, str]],
+    hover: dict[str, torch.Tensor],
+    marked: torch.Tensor | None = None,
+    height: int = 300,
+) -> go.Figure:
     """One layer's neurons, side by side under several scores, each with its own colour scale.
 
     ``panels``: (title, values, colorbar title); ``hover``: raw scores shown on hover.
@@ -470,42 +569,86 @@ def layer_heatmaps(layer: str, panels: list[tuple[str, torch.Tensor, str]], hove
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p[0] for p in panels], horizontal_spacing=0.16)
     for i, (_, values, bar) in enumerate(panels):
         x = (i + 1) / len(panels) - 0.08 / len(panels)
-        _heatmap(fig, i + 1, values, hover, marked, dict(title=dict(text=bar, side="right"), x=x, len=0.9, thickness=12), height)
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=60, b=10),
-                      title=dict(text=layer, x=0, y=0.98, yanchor="top", font=dict(size=15)))
+        _heatmap(
+            fig,
+            i + 1,
+            values,
+            hover,
+            marked,
+            dict(title=dict(text=bar, side="right"), x=x, len=0.9, thickness=12),
+            height,
+        )
+    fig.update_layout(
+        height=height,
+        margin=dict(l=10, r=10, t=60, b=10),
+        title=dict(text=layer, x=0, y=0.98, yanchor="top", font=dict(size=15)),
+    )
     return fig
 
 
-def layers_row(values: dict[str, torch.Tensor], hover: dict[str, dict], marked: dict[str, torch.Tensor], bar: str,
-               height: int = 320) -> go.Figure:
+def layers_row(
+    values: dict[str, torch.Tensor],
+    hover: dict[str, dict],
+    marked: dict[str, torch.Tensor],
+    bar: str,
+    height: int = 320,
+) -> go.Figure:
     """Every layer side by side under one score (shared colour scale in [0, 1]), marked neurons outlined."""
     names = list(values)
-    fig = make_subplots(rows=1, cols=len(names), horizontal_spacing=0.04,
-                        subplot_titles=[f"{n} ({int(marked[n].sum())}/{len(marked[n])} marked)" for n in names])
+    fig = make_subplots(
+        rows=1,
+        cols=len(names),
+        horizontal_spacing=0.04,
+        subplot_titles=[f"{n} ({int(marked[n].sum())}/{len(marked[n])} marked)" for n in names],
+    )
     for i, n in enumerate(names):
         last = i == len(names) - 1
-        _heatmap(fig, i + 1, values[n], hover[n], marked[n], dict(title=dict(text=bar, side="right"), thickness=12)
-                 if last else None, height)
+        _heatmap(
+            fig,
+            i + 1,
+            values[n],
+            hover[n],
+            marked[n],
+            dict(title=dict(text=bar, side="right"), thickness=12) if last else None,
+            height,
+        )
     fig.update_traces(zmin=0, zmax=1, selector=dict(type="heatmap"))
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10))
     return fig
 
 
-def image_grid(rows: list[tuple[str, np.ndarray, list[str]]], colorscale="gray", height_per_row: int = 150) -> go.Figure:
+def image_grid(
+    rows: list[tuple[str, np.ndarray, list[str]]], colorscale="gray", height_per_row: int = 150
+) -> go.Figure:
     """Rows of small images: (row label, images [N, H, W], titles); ``colorscale`` one, or one per row.
 
     Grey rows are pixels in [0, 1]; other rows (attributions) are each scaled to their own maximum.
     """
     scales = [colorscale] * len(rows) if isinstance(colorscale, str) else list(colorscale)
     n = max(len(r[1]) for r in rows)
-    fig = make_subplots(rows=len(rows), cols=n, subplot_titles=[t for r in rows for t in r[2]],
-                        horizontal_spacing=0.01, vertical_spacing=0.12)
+    fig = make_subplots(
+        rows=len(rows),
+        cols=n,
+        subplot_titles=[t for r in rows for t in r[2]],
+        horizontal_spacing=0.01,
+        vertical_spacing=0.12,
+    )
     for i, (label, images, _) in enumerate(rows):
         for j, img in enumerate(images):
             scale = scales[i]
             z, what = (img, "pixel") if scale == "gray" else (img / (float(np.max(img)) or 1.0), "relative attribution")
-            fig.add_trace(go.Heatmap(z=z, colorscale=scale, zmin=0, zmax=1, showscale=False,
-                                     hovertemplate=f"x %{{x}}, y %{{y}}: {what} %{{z:.2f}}<extra></extra>"), i + 1, j + 1)
+            fig.add_trace(
+                go.Heatmap(
+                    z=z,
+                    colorscale=scale,
+                    zmin=0,
+                    zmax=1,
+                    showscale=False,
+                    hovertemplate=f"x %{{x}}, y %{{y}}: {what} %{{z:.2f}}<extra></extra>",
+                ),
+                i + 1,
+                j + 1,
+            )
         fig.update_yaxes(title_text=label, row=i + 1, col=1)
     bare = dict(showticklabels=False, showgrid=False, zeroline=False, ticks="", showline=False)
     fig.update_xaxes(**bare)
@@ -520,17 +663,31 @@ def image_grid(rows: list[tuple[str, np.ndarray, list[str]]], colorscale="gray",
 
 
 def pruning_figure(curve: pd.DataFrame, current: float | None) -> go.Figure:
-    fig = make_subplots(rows=1, cols=2, subplot_titles=["clean accuracy", "attack success rate"], horizontal_spacing=0.08)
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=["clean accuracy", "attack success rate"], horizontal_spacing=0.08
+    )
     for i, metric in enumerate(curve["metric"].unique()):
         part = curve[curve["metric"] == metric]
         for col, y in ((1, "clean_acc"), (2, "asr")):
-            fig.add_trace(go.Scatter(x=part["ratio"], y=part[y], mode="lines+markers", name=LABELS.get(metric, metric),
-                                     legendgroup=metric, showlegend=col == 1, line=dict(color=COLORS[i])), 1, col)
+            fig.add_trace(
+                go.Scatter(
+                    x=part["ratio"],
+                    y=part[y],
+                    mode="lines+markers",
+                    name=LABELS.get(metric, metric),
+                    legendgroup=metric,
+                    showlegend=col == 1,
+                    line=dict(color=COLORS[i]),
+                ),
+                1,
+                col,
+            )
     if current is not None:
         for col in (1, 2):
             fig.add_vline(x=current, line=dict(color="#ff2b2b", dash="dash"), row=1, col=col)
-        fig.add_annotation(x=current, y=1.04, xref="x", yref="y", text="your choice", showarrow=False,
-                           font=dict(color="#ff2b2b"))
+        fig.add_annotation(
+            x=current, y=1.04, xref="x", yref="y", text="your choice", showarrow=False, font=dict(color="#ff2b2b")
+        )
     fig.update_xaxes(title_text="share of neurons zeroed (most suspect first)", range=[-0.02, 1.02])
     fig.update_yaxes(range=[-0.02, 1.08], tickformat=".0%")
     fig.update_layout(height=340, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.3))
@@ -538,6 +695,7 @@ def pruning_figure(curve: pd.DataFrame, current: float | None) -> go.Figure:
 
 
 # ---------------------------------------------------------------- purification runs
+
 
 @dataclass
 class Runner:
@@ -564,7 +722,7 @@ class Runner:
     _gone_since: float | None = None
     _stop: bool = False
 
-    def start(self) -> "Runner":
+    def start(self) -> Runner:
         self.thread = threading.Thread(target=self._main, name=f"bnl-purify-{self.label}", daemon=True)
         self.thread.start()
         return self
@@ -631,21 +789,38 @@ class Runner:
 
     def report(self, lab_: Lab) -> dict:
         before, after = self.before_after()
-        pick = (lambda r: {k: r[k] for k in ("clean_acc", "asr")} if r else None)
-        return {"model": lab_.name, "model_key": self.model_key, "defense": self.defense,
-                "description": baselines.DEFENSES.get(self.defense), "status": self.status,
-                "before": pick(before), "after": pick(after), "steps": self.step,
-                "seconds": round(self.records[-1]["seconds"], 2) if self.records else 0.0,
-                "config": self.run.config.to_dict() if self.run else None,
-                "marked_neurons": self.records[0]["marked"] if self.records else None,
-                "history": [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
-                            for r in self.records]}
+
+        def pick(r):
+            return {k: r[k] for k in ("clean_acc", "asr")} if r else None
+
+        return {
+            "model": lab_.name,
+            "model_key": self.model_key,
+            "defense": self.defense,
+            "description": baselines.DEFENSES.get(self.defense),
+            "status": self.status,
+            "before": pick(before),
+            "after": pick(after),
+            "steps": self.step,
+            "seconds": round(self.records[-1]["seconds"], 2) if self.records else 0.0,
+            "config": self.run.config.to_dict() if self.run else None,
+            "marked_neurons": self.records[0]["marked"] if self.records else None,
+            "history": [
+                {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
+                for r in self.records
+            ],
+        }
 
     def bundle_zip(self, lab_: Lab) -> bytes:
         _, after = self.before_after()
-        meta = {**copy.deepcopy(lab_.bundle.meta), "name": f"{lab_.name}-{self.defense}", "purified_from": lab_.name,
-                "clean_acc": round(after["clean_acc"], 4), "asr": round(after["asr"], 4),
-                "purification": {"defense": self.defense, **self.run.config.to_dict()}}
+        meta = {
+            **copy.deepcopy(lab_.bundle.meta),
+            "name": f"{lab_.name}-{self.defense}",
+            "purified_from": lab_.name,
+            "clean_acc": round(after["clean_acc"], 4),
+            "asr": round(after["asr"], 4),
+            "purification": {"defense": self.defense, **self.run.config.to_dict()},
+        }
         return bundle_io.bundle_bytes(bundle_io.Bundle(self.run.model, meta, lab_.bundle.trigger), meta["name"])
 
 
@@ -674,15 +849,23 @@ def start_run(lab_: Lab, defense: str, cfg: purify.PurifyConfig) -> Runner:
     def build() -> purify.Purification:
         if mask is not None:
             metric, reg = MARKING_DEFENSES[defense]
-            return purify.Purification(model, clean, test, trig, replace(cfg, metric=metric, reg=reg), scores=scores[metric],
-                                       mask=mask)
+            return purify.Purification(
+                model, clean, test, trig, replace(cfg, metric=metric, reg=reg), scores=scores[metric], mask=mask
+            )
         return baselines.make(defense, model, clean, test, trig, cfg, scores=scores["benign"])
 
     runs = ss["runs"]
     ctx = get_script_run_ctx()
     number = 1 + sum(r.model_key == lab_.key for r in runs)
-    runner = Runner(f"{number}. {defense}", defense, lab_.key, cfg.steps if defense != "clp" else 0, build,
-                    session_id=ctx.session_id if ctx else None, color=COLORS[(number - 1) % len(COLORS)])
+    runner = Runner(
+        f"{number}. {defense}",
+        defense,
+        lab_.key,
+        cfg.steps if defense != "clp" else 0,
+        build,
+        session_id=ctx.session_id if ctx else None,
+        color=COLORS[(number - 1) % len(COLORS)],
+    )
     runs.append(runner)
     return runner.start()
 
@@ -695,15 +878,31 @@ def runs_figure(runs: list[Runner]) -> go.Figure:
     """
     titles = ["training loss", "clean accuracy", "attack success rate"]
     gap, width = 0.07, (1 - 2 * 0.07) / 3
-    layout = {"height": 330, "margin": {"l": 10, "r": 10, "t": 40, "b": 10}, "uirevision": "runs",
-              "legend": {"orientation": "h", "y": -0.25}, "annotations": []}
+    layout = {
+        "height": 330,
+        "margin": {"l": 10, "r": 10, "t": 40, "b": 10},
+        "uirevision": "runs",
+        "legend": {"orientation": "h", "y": -0.25},
+        "annotations": [],
+    }
     for i, title in enumerate(titles):
         n = "" if i == 0 else str(i + 1)
         x0 = i * (width + gap)
         layout[f"xaxis{n}"] = {"domain": [x0, x0 + width], "anchor": f"y{n}", "title": {"text": "step"}}
         layout[f"yaxis{n}"] = {"anchor": f"x{n}", **({"range": [-0.02, 1.04], "tickformat": ".0%"} if i else {})}
-        layout["annotations"].append({"text": title, "x": x0 + width / 2, "y": 1.0, "xref": "paper", "yref": "paper",
-                                      "xanchor": "center", "yanchor": "bottom", "showarrow": False, "font": {"size": 14}})
+        layout["annotations"].append(
+            {
+                "text": title,
+                "x": x0 + width / 2,
+                "y": 1.0,
+                "xref": "paper",
+                "yref": "paper",
+                "xanchor": "center",
+                "yanchor": "bottom",
+                "showarrow": False,
+                "font": {"size": 14},
+            }
+        )
     data = []
     for run in runs:
         recs = list(run.records)
@@ -713,8 +912,17 @@ def runs_figure(runs: list[Runner]) -> go.Figure:
         if losses:
             data.append({**common, "x": [s for s, _ in losses], "y": [v for _, v in losses], "mode": "lines"})
         for i, key in ((2, "clean_acc"), (3, "asr")):
-            data.append({**common, "x": [r["step"] for r in evals], "y": [r[key] for r in evals], "mode": "lines+markers",
-                         "xaxis": f"x{i}", "yaxis": f"y{i}", "showlegend": not losses and i == 2})
+            data.append(
+                {
+                    **common,
+                    "x": [r["step"] for r in evals],
+                    "y": [r[key] for r in evals],
+                    "mode": "lines+markers",
+                    "xaxis": f"x{i}",
+                    "yaxis": f"y{i}",
+                    "showlegend": not losses and i == 2,
+                }
+            )
     return go.Figure({"data": data, "layout": layout})
 
 

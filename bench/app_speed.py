@@ -10,6 +10,7 @@ Measures
 Appends its figures to bench/RESULTS.md (section 'app-speed', after the marker the main bench writer keeps).
 Run: .venv/bin/python bench/app_speed.py [--repeat N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,10 +31,20 @@ sys.path.insert(0, str(ROOT))
 from bench.sections import write_section  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
-PAGES = [("Neuron salience", "Which neurons look infected?"), ("Threshold", "Choose the purification threshold"),
-         ("Purify", "Purify the model"), ("Model", "The backdoored model")]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+PAGES = [
+    ("Neuron salience", "Which neurons look infected?"),
+    ("Threshold", "Choose the purification threshold"),
+    ("Purify", "Purify the model"),
+    ("Model", "The backdoored model"),
+]
 STEPS = 300  # the default purification length
 
 
@@ -45,9 +56,24 @@ def free_port() -> int:
 
 def start_server(port: int) -> tuple[subprocess.Popen, float]:
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-                             "--server.address", "127.0.0.1", "--server.port", str(port)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.headless",
+            "true",
+            "--server.address",
+            "127.0.0.1",
+            "--server.port",
+            str(port),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     while True:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1):
@@ -55,7 +81,7 @@ def start_server(port: int) -> tuple[subprocess.Popen, float]:
         except OSError:
             if time.perf_counter() - started > 60:
                 proc.terminate()
-                raise RuntimeError("streamlit did not start")
+                raise RuntimeError("streamlit did not start") from None
             time.sleep(0.05)
 
 
@@ -69,13 +95,19 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 def idle(page, timeout: float = 60_000) -> None:
     """Wait until the app's script run is over."""
-    page.wait_for_function("document.querySelector('[data-testid=\"stApp\"]')"
-                           "?.getAttribute('data-test-script-state') === 'notRunning'", timeout=timeout)
+    page.wait_for_function(
+        "document.querySelector('[data-testid=\"stApp\"]')?.getAttribute('data-test-script-state') === 'notRunning'",
+        timeout=timeout,
+    )
 
 
 def marked(page) -> str:
-    return page.locator('[data-testid="stMain"] [data-testid="stMetric"]').filter(has_text="Marked neurons") \
-        .locator('[data-testid="stMetricValue"]').inner_text()
+    return (
+        page.locator('[data-testid="stMain"] [data-testid="stMetric"]')
+        .filter(has_text="Marked neurons")
+        .locator('[data-testid="stMetricValue"]')
+        .inner_text()
+    )
 
 
 def open_model_page(browser, port: int):
@@ -93,8 +125,9 @@ def first_page(browser, repeat: int) -> list[float]:
         proc, started = start_server(port)
         try:
             page = open_model_page(browser, port)
-            page.wait_for_function("document.querySelectorAll('[data-testid=\"stMain\"] .js-plotly-plot').length >= 2",
-                                   timeout=60_000)
+            page.wait_for_function(
+                "document.querySelectorAll('[data-testid=\"stMain\"] .js-plotly-plot').length >= 2", timeout=60_000
+            )
             times.append(time.perf_counter() - started)
             page.close()
         finally:
@@ -146,7 +179,9 @@ def slider_moves(page, presses: int) -> tuple[list[float], list[float], list[flo
     """Share of neurons (read from the pruning curves), then score cut: first moves, and moves 20 s later."""
     goto(page, "Threshold", "Choose the purification threshold")
     shares = slider_sweep(page, ["ArrowLeft"] * presses + ["ArrowRight"] * presses)
-    page.locator('[data-testid="stMain"] [data-testid="stRadio"]').filter(has_text="Mark by").get_by_text("score cut").click()
+    page.locator('[data-testid="stMain"] [data-testid="stRadio"]').filter(has_text="Mark by").get_by_text(
+        "score cut"
+    ).click()
     page.get_by_text("Mark neurons with normalized importance up to").wait_for(timeout=30_000)
     idle(page)
     cuts = slider_sweep(page, ["ArrowLeft"] * presses)  # at once: measured live while the grid is measured behind
@@ -180,8 +215,13 @@ def live_run(page, steps: int) -> dict:
             break
     runs_done = page.locator('[data-testid="stMain"]').get_by_role("combobox", name="Run")
     runs_done.wait_for(timeout=60_000)
-    seconds = float(page.locator('[data-testid="stMain"] [data-testid="stMetric"]').filter(has_text="Time for")
-                    .locator('[data-testid="stMetricValue"]').inner_text().rstrip(" s"))
+    seconds = float(
+        page.locator('[data-testid="stMain"] [data-testid="stMetric"]')
+        .filter(has_text="Time for")
+        .locator('[data-testid="stMetricValue"]')
+        .inner_text()
+        .rstrip(" s")
+    )
     span = changes[-1] - changes[0] if len(changes) > 1 else float("nan")
     return {"updates_per_s": (len(changes) - 1) / span if span > 0 else float("nan"), "seconds": seconds}
 
@@ -214,8 +254,13 @@ print(out[0])
 
 def alone(steps: int) -> float:
     """The same purification (the page's settings) in a worker thread of a plain process: no server, no browser."""
-    out = subprocess.run([sys.executable, "-c", ALONE.format(root=str(ROOT), steps=steps)], capture_output=True, text=True,
-                         check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    out = subprocess.run(
+        [sys.executable, "-c", ALONE.format(root=str(ROOT), steps=steps)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -254,25 +299,58 @@ def main() -> None:
     slowdown = in_app / statistics.median(plain) - 1
     rate = [r["updates_per_s"] for r in live]
     rows = [
-        ("first page after `streamlit run` starts (fresh server)", len(first), *fmt(first), "≤ 8 s",
-         statistics.median(first) <= 8),
-        ("page switch by the sidebar (caches warm)", len(switches), *fmt(switches), "≤ 1.5 s", statistics.median(switches) <= 1.5),
-        ("threshold slider, one step, by share of neurons", len(shares), *fmt(shares), "≤ 0.5 s",
-         statistics.median(shares) <= 0.5),
-        ("threshold slider, one step, by score cut, first moves after choosing it", len(cuts), *fmt(cuts), "≤ 0.5 s",
-         statistics.median(cuts) <= 0.5),
-        ("threshold slider, one step, by score cut, 20 s later", len(cuts_later), *fmt(cuts_later), "≤ 0.5 s",
-         statistics.median(cuts_later) <= 0.5),
-        ("curve updates per second on screen during a run", len(rate), *(f"{v:.2f}" for v in (statistics.median(rate),)),
-         f"{min(rate):.2f}–{max(rate):.2f}", "≥ 2", statistics.median(rate) >= 2),
+        (
+            "first page after `streamlit run` starts (fresh server)",
+            len(first),
+            *fmt(first),
+            "≤ 8 s",
+            statistics.median(first) <= 8,
+        ),
+        (
+            "page switch by the sidebar (caches warm)",
+            len(switches),
+            *fmt(switches),
+            "≤ 1.5 s",
+            statistics.median(switches) <= 1.5,
+        ),
+        (
+            "threshold slider, one step, by share of neurons",
+            len(shares),
+            *fmt(shares),
+            "≤ 0.5 s",
+            statistics.median(shares) <= 0.5,
+        ),
+        (
+            "threshold slider, one step, by score cut, first moves after choosing it",
+            len(cuts),
+            *fmt(cuts),
+            "≤ 0.5 s",
+            statistics.median(cuts) <= 0.5,
+        ),
+        (
+            "threshold slider, one step, by score cut, 20 s later",
+            len(cuts_later),
+            *fmt(cuts_later),
+            "≤ 0.5 s",
+            statistics.median(cuts_later) <= 0.5,
+        ),
+        (
+            "curve updates per second on screen during a run",
+            len(rate),
+            *(f"{v:.2f}" for v in (statistics.median(rate),)),
+            f"{min(rate):.2f}–{max(rate):.2f}",
+            "≥ 2",
+            statistics.median(rate) >= 2,
+        ),
         (f"purification {STEPS} steps, in the app (s)", len(live), *fmt([r["seconds"] for r in live]), "", None),
-        (f"same purification alone, no server (s)", len(plain), *fmt(plain), "", None),
+        ("same purification alone, no server (s)", len(plain), *fmt(plain), "", None),
         ("training slowdown in the app", 1, f"{slowdown:+.0%}", "", "≤ 10%", slowdown <= 0.10),
     ]
     cores = os.cpu_count()
     load = os.getloadavg()[0]
-    table = "\n".join(f"| {w} | {n} | {m} | {r} | {g}{'' if ok is None else (' ✓' if ok else ' ✗')} |"
-                      for w, n, m, r, g, ok in rows)
+    table = "\n".join(
+        f"| {w} | {n} | {m} | {r} | {g}{'' if ok is None else (' ✓' if ok else ' ✗')} |" for w, n, m, r, g, ok in rows
+    )
     md = f"""## App speed
 
 `bench/app_speed.py` on {datetime.date.today()}, Chromium (Playwright) against `streamlit run app.py`, {cores} CPU cores

@@ -1,4 +1,5 @@
 """Keep named sections of bench/RESULTS.md below the marker that `python -m defense bench` preserves."""
+
 from __future__ import annotations
 
 from pathlib import Path

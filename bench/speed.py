@@ -2,6 +2,7 @@
 
 Run: .venv/bin/python bench/speed.py   (writes the 'library speed' section of bench/RESULTS.md)
 """
+
 from __future__ import annotations
 
 import statistics
@@ -61,10 +62,15 @@ def main() -> None:
     runs = [Purification(b.model, splits.clean, splits.test, triggered, PurifyConfig(seed=s)) for s in range(3)]
     t = timed(lambda: runs.pop().run(), 3)
     rows.append(("purification, default settings (300 steps)", t, 20))
-    lines = ["## Library speed", "",
-             f"`bench/speed.py` on {time.strftime('%Y-%m-%d')}, {torch.get_num_threads()} torch threads, "
-             f"{'cuda' if torch.cuda.is_available() else 'cpu'}; median (min–max) of the runs, in seconds.", "",
-             "| what | runs | median | min–max | goal |", "|---|---|---|---|---|"]
+    lines = [
+        "## Library speed",
+        "",
+        f"`bench/speed.py` on {time.strftime('%Y-%m-%d')}, {torch.get_num_threads()} torch threads, "
+        f"{'cuda' if torch.cuda.is_available() else 'cpu'}; median (min–max) of the runs, in seconds.",
+        "",
+        "| what | runs | median | min–max | goal |",
+        "|---|---|---|---|---|",
+    ]
     for what, times, goal in rows:
         med = statistics.median(times)
         verdict = "" if goal is None else (f"≤ {goal} ✓" if med <= goal else f"≤ {goal} ✗")

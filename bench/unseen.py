@@ -5,6 +5,7 @@ saw, and a blend with another pattern and strength), then runs BS + AR with defa
 settings on 3 seeds. Writes the 'unseen triggers' section of bench/RESULTS.md.
 Run: .venv/bin/python bench/unseen.py
 """
+
 from __future__ import annotations
 
 import sys
@@ -42,13 +43,20 @@ def main(seeds: int = 3) -> None:
         save_file(t.tensors(), str(path))
         cases = {
             "L-shaped patch from a file, target 9": (attacks.load_trigger_file(path, base.input_shape), 9),
-            "blend, other noise (seed 42), α = 0.15, target 2": (attacks.blend(base.input_shape, alpha=0.15, seed=42), 2),
+            "blend, other noise (seed 42), α = 0.15, target 2": (
+                attacks.blend(base.input_shape, alpha=0.15, seed=42),
+                2,
+            ),
         }
-        lines = ["## Unseen triggers: default BS + AR on backdoors the defaults were not tuned on", "",
-                 f"`bench/unseen.py` on {time.strftime('%Y-%m-%d')}; models trained here (8 epochs, 10% poisoning), "
-                 f"{seeds} seeds of the clean subset; ACC / ASR in %.", "",
-                 "| trigger | before ACC / ASR | seed | after ACC / ASR | ACC drop | goal (ASR ≤ 2, drop ≤ 1) |",
-                 "|---|---|---|---|---|---|"]
+        lines = [
+            "## Unseen triggers: default BS + AR on backdoors the defaults were not tuned on",
+            "",
+            f"`bench/unseen.py` on {time.strftime('%Y-%m-%d')}; models trained here (8 epochs, 10% poisoning), "
+            f"{seeds} seeds of the clean subset; ACC / ASR in %.",
+            "",
+            "| trigger | before ACC / ASR | seed | after ACC / ASR | ACC drop | goal (ASR ≤ 2, drop ≤ 1) |",
+            "|---|---|---|---|---|---|",
+        ]
         for label, (trigger, target) in cases.items():
             b, _ = train_backdoored(base, trigger, target, progress=False)
             for seed in range(seeds):
@@ -58,8 +66,10 @@ def main(seeds: int = 3) -> None:
                 before, after = r["before"], r["after"]
                 drop = before["clean_acc"] - after["clean_acc"]
                 ok = after["asr"] <= 0.02 and drop <= 0.01
-                lines.append(f"| {label} | {before['clean_acc']:.1%} / {before['asr']:.1%} | {seed} | "
-                             f"{after['clean_acc']:.1%} / {after['asr']:.1%} | {drop * 100:.1f} | {'✓' if ok else '✗'} |")
+                lines.append(
+                    f"| {label} | {before['clean_acc']:.1%} / {before['asr']:.1%} | {seed} | "
+                    f"{after['clean_acc']:.1%} / {after['asr']:.1%} | {drop * 100:.1f} | {'✓' if ok else '✗'} |"
+                )
     text = "\n".join(lines).replace("%", "")
     write_section("unseen-triggers", text)
     print(text)

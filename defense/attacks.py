@@ -7,6 +7,7 @@ Every trigger acts on pixels in [0, 1], before normalization, and returns pixels
 - sig: an additive horizontal sinusoid (Barni et al.), poisoned with the target label;
 - wanet: a smooth, fixed warping field (Nguyen & Tran), no noise mode.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,7 +19,13 @@ import torch.nn.functional as F
 
 ATTACKS = ("badnets", "blend", "sig", "wanet", "file")
 # the parameters each kind of trigger takes (``--attack-params``, meta.json's attack.params)
-PARAMS = {"badnets": ("size", "margin"), "blend": ("alpha",), "sig": ("delta", "frequency"), "wanet": ("k", "strength"), "file": ()}
+PARAMS = {
+    "badnets": ("size", "margin"),
+    "blend": ("alpha",),
+    "sig": ("delta", "frequency"),
+    "wanet": ("k", "strength"),
+    "file": (),
+}
 TENSOR_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -70,7 +77,8 @@ class MaskPatternTrigger(Trigger):
 
     def describe(self) -> str:
         if self.kind == "badnets":
-            return f"BadNets: a {self.extra.get('size', '?')}x{self.extra.get('size', '?')} checker patch in the bottom-right corner"
+            size = self.extra.get("size", "?")
+            return f"BadNets: a {size}x{size} checker patch in the bottom-right corner"
         if self.kind == "blend":
             return f"Blend: a fixed noise image mixed into the whole picture at alpha = {self.extra.get('alpha')}"
         covered = float((self.mask > 0).float().mean())
@@ -84,7 +92,9 @@ def validate_mask_pattern(mask: torch.Tensor, pattern: torch.Tensor, input_shape
             raise TriggerError(f"{name} must be a dense float tensor (float32 expected), found {kind}")
     problems = []
     if mask.dim() != 3 or pattern.dim() != 3 or 0 in mask.shape:
-        problems.append(f"mask and pattern must be non-empty [C, H, W], got {list(mask.shape)} and {list(pattern.shape)}")
+        problems.append(
+            f"mask and pattern must be non-empty [C, H, W], got {list(mask.shape)} and {list(pattern.shape)}"
+        )
     elif mask.shape != pattern.shape:
         problems.append(f"mask {list(mask.shape)} and pattern {list(pattern.shape)} differ in shape")
     elif input_shape is not None and list(mask.shape) != list(input_shape):
@@ -103,16 +113,17 @@ def badnets(input_shape, size: int = 3, margin: int = 1) -> MaskPatternTrigger:
     mask = torch.zeros(c, h, w)
     pattern = torch.zeros(c, h, w)
     top, left = h - margin - size, w - margin - size
-    mask[:, top:top + size, left:left + size] = 1
+    mask[:, top : top + size, left : left + size] = 1
     checker = (torch.arange(size).view(-1, 1) + torch.arange(size).view(1, -1)) % 2 == 0
-    pattern[:, top:top + size, left:left + size] = checker.float()
+    pattern[:, top : top + size, left : left + size] = checker.float()
     return MaskPatternTrigger(mask, pattern, kind="badnets", extra={"size": size, "margin": margin})
 
 
 def blend(input_shape, alpha: float = 0.2, seed: int = 0) -> MaskPatternTrigger:
     pattern = torch.rand(*input_shape, generator=torch.Generator().manual_seed(seed))
-    return MaskPatternTrigger(torch.full(tuple(input_shape), alpha), pattern, kind="blend",
-                              extra={"alpha": alpha, "seed": seed})
+    return MaskPatternTrigger(
+        torch.full(tuple(input_shape), alpha), pattern, kind="blend", extra={"alpha": alpha, "seed": seed}
+    )
 
 
 @dataclass
@@ -130,7 +141,10 @@ class SigTrigger(Trigger):
         return {"delta": self.delta, "frequency": self.frequency}
 
     def describe(self) -> str:
-        return f"SIG: a faint vertical-stripe sinusoid (amplitude {self.delta}, {self.frequency} periods) added to the image"
+        return (
+            f"SIG: a faint vertical-stripe sinusoid (amplitude {self.delta}, {self.frequency} periods) "
+            "added to the image"
+        )
 
 
 @dataclass
@@ -143,7 +157,9 @@ class WaNetTrigger(Trigger):
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=x.device), torch.linspace(-1, 1, w, device=x.device), indexing="ij")
+        ys, xs = torch.meshgrid(
+            torch.linspace(-1, 1, h, device=x.device), torch.linspace(-1, 1, w, device=x.device), indexing="ij"
+        )
         identity = torch.stack((xs, ys), dim=-1)
         grid = (identity + self.strength * self.flow.to(x.device) / h).clamp(-1, 1)
         return F.grid_sample(x, grid.expand(x.shape[0], -1, -1, -1), align_corners=True).clamp(0, 1)
@@ -169,11 +185,17 @@ def wanet(input_shape, k: int = 4, strength: float = 0.5, seed: int = 0) -> WaNe
 def _number(params: dict, key: str, default, low, high, integer: bool = False):
     """A trigger parameter checked for type and range (they come from files and the command line)."""
     value = params.get(key, default)
-    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
-          and (isinstance(value, int) or math.isfinite(value)))
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and low <= value <= high
+        and (isinstance(value, int) or math.isfinite(value))
+    )
     if not ok or (integer and not float(value).is_integer()):
-        raise TriggerError(f"trigger parameter '{key}' must be {'an integer' if integer else 'a number'} in [{low}, {high}], "
-                           f"found {value!r}")
+        raise TriggerError(
+            f"trigger parameter '{key}' must be {'an integer' if integer else 'a number'} in [{low}, {high}], "
+            f"found {value!r}"
+        )
     return int(value) if integer else float(value)
 
 
@@ -214,10 +236,17 @@ def make_trigger(kind: str, input_shape, seed: int = 0, trigger_file: str | Path
     if kind == "blend":
         return blend(input_shape, alpha=_number(params, "alpha", 0.2, 0, 1), seed=seed)
     if kind == "sig":
-        return SigTrigger(delta=_number(params, "delta", 0.2, 0, 1), frequency=_number(params, "frequency", 6, 0, 10_000, integer=True))
+        return SigTrigger(
+            delta=_number(params, "delta", 0.2, 0, 1),
+            frequency=_number(params, "frequency", 6, 0, 10_000, integer=True),
+        )
     if kind == "wanet":
-        return wanet(input_shape, k=_number(params, "k", 4, 2, 256, integer=True), strength=_number(params, "strength", 0.5, 0, 100),
-                     seed=seed)
+        return wanet(
+            input_shape,
+            k=_number(params, "k", 4, 2, 256, integer=True),
+            strength=_number(params, "strength", 0.5, 0, 100),
+            seed=seed,
+        )
     if kind == "file":
         if trigger_file is None:
             raise TriggerError("attack 'file' needs --trigger-file PATH (a safetensors file with 'mask' and 'pattern')")
@@ -237,12 +266,22 @@ def trigger_from_meta(attack: dict, tensors: dict[str, torch.Tensor], input_shap
         validate_mask_pattern(tensors["mask"], tensors["pattern"], input_shape)
         return MaskPatternTrigger(tensors["mask"], tensors["pattern"], kind=kind, extra=params)
     if kind == "sig":
-        return SigTrigger(delta=_number(params, "delta", 0.2, 0, 1), frequency=_number(params, "frequency", 6, 0, 10_000, integer=True))
+        return SigTrigger(
+            delta=_number(params, "delta", 0.2, 0, 1),
+            frequency=_number(params, "frequency", 6, 0, 10_000, integer=True),
+        )
     if kind == "wanet":
         flow = tensors.get("flow")
-        if (flow is None or flow.layout != torch.strided or flow.dtype not in TENSOR_DTYPES
-                or list(flow.shape) != [input_shape[1], input_shape[2], 2] or not torch.isfinite(flow).all()):
-            raise TriggerError(f"attack 'wanet' needs a finite float 'flow' tensor of shape {[input_shape[1], input_shape[2], 2]}")
+        if (
+            flow is None
+            or flow.layout != torch.strided
+            or flow.dtype not in TENSOR_DTYPES
+            or list(flow.shape) != [input_shape[1], input_shape[2], 2]
+            or not torch.isfinite(flow).all()
+        ):
+            raise TriggerError(
+                f"attack 'wanet' needs a finite float 'flow' tensor of shape {[input_shape[1], input_shape[2], 2]}"
+            )
         return WaNetTrigger(flow.float(), _number(params, "strength", 0.5, 0, 100))
     raise TriggerError(f"unknown attack '{kind}': expected one of {', '.join(ATTACKS)}")
 

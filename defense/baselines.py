@@ -12,6 +12,7 @@
   instead of benign salience (isolates what benign salience adds).
 - ``bs-ar``, ``bs-l1``, ``bs-l2``, ``bs-prune``: benign salience with each regularizer.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -49,7 +50,7 @@ def fine_pruning_mask(model: nn.Module, clean: TensorData, max_drop: float = 0.0
     ratio = step
     while ratio < 1:
         trial = torch.zeros(layers[last].size, dtype=torch.bool)
-        trial[order[:int(round(ratio * len(order)))]] = True
+        trial[order[: int(round(ratio * len(order)))]] = True
         acc = preview(model, layers, {last: trial}, clean, TensorData(clean.x[:0], clean.y[:0]))["clean_acc"]
         if base - acc > max_drop:
             break
@@ -65,19 +66,35 @@ def clp_mask(model: nn.Module, u: float = 3.0):
     mask = {}
     for n, nl in layers.items():
         s = scores[n]
-        mask[n] = (s > s.mean() + u * s.std()) if isinstance(nl.layer, nn.Conv2d) else torch.zeros(len(s), dtype=torch.bool)
+        mask[n] = (
+            (s > s.mean() + u * s.std()) if isinstance(nl.layer, nn.Conv2d) else torch.zeros(len(s), dtype=torch.bool)
+        )
     return mask
 
 
-def make(name: str, model: nn.Module, clean: TensorData, test: TensorData, triggered: TensorData,
-         config: PurifyConfig | None = None, scores=None) -> Purification:
+def make(
+    name: str,
+    model: nn.Module,
+    clean: TensorData,
+    test: TensorData,
+    triggered: TensorData,
+    config: PurifyConfig | None = None,
+    scores=None,
+) -> Purification:
     """A ready-to-run Purification for defense ``name`` (settings from ``config`` where they apply)."""
     base = config if config is not None else PurifyConfig()
     if name not in DEFENSES:
         raise ValueError(f"unknown defense '{name}': expected one of {', '.join(DEFENSES)}")
     if name.startswith("bs-"):
         cfg = replace(base, metric="benign", reg=name[3:])
-        return Purification(model, clean, test, triggered, cfg, scores=scores if scores is not None and scores.metric == "benign" else None)
+        return Purification(
+            model,
+            clean,
+            test,
+            triggered,
+            cfg,
+            scores=scores if scores is not None and scores.metric == "benign" else None,
+        )
     if name == "mag-ar":
         return Purification(model, clean, test, triggered, replace(base, metric="magnitude", reg="ar"))
     if name == "ft":
@@ -85,7 +102,14 @@ def make(name: str, model: nn.Module, clean: TensorData, test: TensorData, trigg
     if name == "ft-kd":
         return Purification(model, clean, test, triggered, replace(base, reg="none"))
     if name == "fp":  # published form: plain cross-entropy fine-tuning after pruning
-        return Purification(model, clean, test, triggered, replace(base, metric="activation", reg="prune", distill=0.0),
-                            mask=fine_pruning_mask(model, clean))
-    return Purification(model, clean, test, triggered, replace(base, metric="clp", reg="prune", steps=0),
-                        mask=clp_mask(model))
+        return Purification(
+            model,
+            clean,
+            test,
+            triggered,
+            replace(base, metric="activation", reg="prune", distill=0.0),
+            mask=fine_pruning_mask(model, clean),
+        )
+    return Purification(
+        model, clean, test, triggered, replace(base, metric="clp", reg="prune", steps=0), mask=clp_mask(model)
+    )

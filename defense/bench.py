@@ -4,6 +4,7 @@ Each seed draws its own defender clean subset and fine-tuning order; every defen
 seed starts from the same bundled model and sees the same clean images, so the figures
 in one table are side by side in one run.
 """
+
 from __future__ import annotations
 
 import platform
@@ -15,7 +16,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from . import baselines, bundle as bundle_io, data, metrics, salience
+from . import baselines, data, metrics, salience
+from . import bundle as bundle_io
 from .purify import PurifyConfig
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
@@ -40,8 +42,13 @@ def steps_to_goal(history: list[dict], goal: float = ASR_GOAL) -> float:
     return next((h["step"] for h in history if "asr" in h and h["asr"] <= goal), float("nan"))
 
 
-def run_bench(seeds: int = 3, models: list[str] | None = None, out: str | Path = "bench/RESULTS.md",
-              defenses: list[str] | None = None, eval_every: int = 10) -> pd.DataFrame:
+def run_bench(
+    seeds: int = 3,
+    models: list[str] | None = None,
+    out: str | Path = "bench/RESULTS.md",
+    defenses: list[str] | None = None,
+    eval_every: int = 10,
+) -> pd.DataFrame:
     models = models or bundled_models()
     defenses = defenses or list(baselines.DEFENSES)
     rows, ident = [], []
@@ -66,11 +73,21 @@ def run_bench(seeds: int = 3, models: list[str] | None = None, out: str | Path =
                 config = replace(PurifyConfig(), seed=seed, eval_every=eval_every)
                 run = baselines.make(defense, b.model, splits.clean, splits.test, triggered, config)
                 result = run.run()
-                rows.append({"model": name, "seed": seed, "defense": defense,
-                             "acc_before": result["before"]["clean_acc"], "asr_before": result["before"]["asr"],
-                             "acc_after": result["after"]["clean_acc"], "asr_after": result["after"]["asr"],
-                             "seconds": result["seconds"], "steps": result["steps"],
-                             "steps_to_goal": steps_to_goal(run.history), "bs_seconds": bs_seconds})
+                rows.append(
+                    {
+                        "model": name,
+                        "seed": seed,
+                        "defense": defense,
+                        "acc_before": result["before"]["clean_acc"],
+                        "asr_before": result["before"]["asr"],
+                        "acc_after": result["after"]["clean_acc"],
+                        "asr_after": result["after"]["asr"],
+                        "seconds": result["seconds"],
+                        "steps": result["steps"],
+                        "steps_to_goal": steps_to_goal(run.history),
+                        "bs_seconds": bs_seconds,
+                    }
+                )
                 bar.update(1)
     bar.close()
     frame = pd.DataFrame(rows)
@@ -92,7 +109,8 @@ def write_results(frame: pd.DataFrame, ident: pd.DataFrame, out: Path, seeds: in
     lines = [
         "# Benchmark results",
         "",
-        f"Written by `python -m defense bench` on {time.strftime('%Y-%m-%d')}; {platform.processor() or platform.machine()}, "
+        f"Written by `python -m defense bench` on {time.strftime('%Y-%m-%d')}; "
+        f"{platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} torch threads, device {'cuda' if torch.cuda.is_available() else 'cpu'}. "
         f"{seeds} seeds per cell (each seed its own clean subset); figures are mean ± half-range over seeds, "
         "accuracy (ACC) and attack success rate (ASR) in % on the model's test split. "
@@ -101,39 +119,70 @@ def write_results(frame: pd.DataFrame, ident: pd.DataFrame, out: Path, seeds: in
         "",
         "## Defenses on every bundled model",
         "",
-        "| model | defense | ACC before | ASR before | ACC after | ASR after | ACC drop | steps to ASR ≤ 5% | seconds |",
+        "| model | defense | ACC before | ASR before | ACC after | ASR after | ACC drop "
+        "| steps to ASR ≤ 5% | seconds |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for (model, defense), g in frame.groupby(["model", "defense"], sort=False):
-        lines.append(f"| {model} | {defense} | {_pm(g.acc_before)} | {_pm(g.asr_before)} | {_pm(g.acc_after)} | "
-                     f"{_pm(g.asr_after)} | {_pm(g.acc_before - g.acc_after)} | {_pm(g.steps_to_goal, 1, 0)} | "
-                     f"{_pm(g.seconds, 1, 1)} |")
-    lines += ["", "## Goal check: BS + AR with default settings", "",
-              "Goal: ASR ≤ 2% and clean-accuracy drop ≤ 1 point on every model and seed.", ""]
+        lines.append(
+            f"| {model} | {defense} | {_pm(g.acc_before)} | {_pm(g.asr_before)} | {_pm(g.acc_after)} | "
+            f"{_pm(g.asr_after)} | {_pm(g.acc_before - g.acc_after)} | {_pm(g.steps_to_goal, 1, 0)} | "
+            f"{_pm(g.seconds, 1, 1)} |"
+        )
+    lines += [
+        "",
+        "## Goal check: BS + AR with default settings",
+        "",
+        "Goal: ASR ≤ 2% and clean-accuracy drop ≤ 1 point on every model and seed.",
+        "",
+    ]
     ours = frame[frame.defense == "bs-ar"]
     for model, g in ours.groupby("model", sort=False):
-        ok = ((g.asr_after <= 0.02) & (g.acc_before - g.acc_after <= 0.01))
-        lines.append(f"- {model}: {int(ok.sum())}/{len(g)} seeds meet the goal "
-                     f"(ASR {_pm(g.asr_after)}, drop {_pm(g.acc_before - g.acc_after)} points)")
-    lines += ["", "## Ratios (mean over models and seeds)", "",
-              "A ratio below 1 means the first defense needs fewer steps, or leaves a lower ASR, than the second.", "",
-              "| comparison | steps to ASR ≤ 5% | final ASR | final ACC |", "|---|---|---|---|"]
+        ok = (g.asr_after <= 0.02) & (g.acc_before - g.acc_after <= 0.01)
+        lines.append(
+            f"- {model}: {int(ok.sum())}/{len(g)} seeds meet the goal "
+            f"(ASR {_pm(g.asr_after)}, drop {_pm(g.acc_before - g.acc_after)} points)"
+        )
+    lines += [
+        "",
+        "## Ratios (mean over models and seeds)",
+        "",
+        "A ratio below 1 means the first defense needs fewer steps, or leaves a lower ASR, than the second.",
+        "",
+        "| comparison | steps to ASR ≤ 5% | final ASR | final ACC |",
+        "|---|---|---|---|",
+    ]
     means = frame.groupby("defense")[["steps_to_goal", "asr_after", "acc_after"]].mean()
     for a, b in (("bs-ar", "mag-ar"), ("bs-ar", "bs-l1"), ("bs-ar", "bs-l2"), ("bs-ar", "ft"), ("bs-ar", "fp")):
         if a in means.index and b in means.index:
-            def ratio(col):
+
+            def ratio(col, a=a, b=b):
                 x, y = means.loc[a, col], means.loc[b, col]
                 return "n/a" if pd.isna(x) or pd.isna(y) or y == 0 else f"{x / y:.2f}"
+
             lines.append(f"| {a} / {b} | {ratio('steps_to_goal')} | {ratio('asr_after')} | {ratio('acc_after')} |")
-    lines += ["", "## Identification of infected neurons", "",
-              "Ground truth by ablation (defense/metrics.py `backdoor_ground_truth`); AUC 0.5 is chance.", "",
-              "| model | " + " | ".join(f"{m} AUC" for m in salience.METRICS) + " | " +
-              " | ".join(f"{m} P@k" for m in salience.METRICS) + " |",
-              "|---|" + "---|" * (2 * len(salience.METRICS))]
+    lines += [
+        "",
+        "## Identification of infected neurons",
+        "",
+        "Ground truth by ablation (defense/metrics.py `backdoor_ground_truth`); AUC 0.5 is chance.",
+        "",
+        "| model | "
+        + " | ".join(f"{m} AUC" for m in salience.METRICS)
+        + " | "
+        + " | ".join(f"{m} P@k" for m in salience.METRICS)
+        + " |",
+        "|---|" + "---|" * (2 * len(salience.METRICS)),
+    ]
     for model, g in ident.groupby("model", sort=False):
         by = g.groupby("metric")
-        lines.append(f"| {model} | " + " | ".join(_pm(by.get_group(m).auc, 1, 2) for m in salience.METRICS) + " | " +
-                     " | ".join(_pm(by.get_group(m).precision_at_k, 1, 2) for m in salience.METRICS) + " |")
+        lines.append(
+            f"| {model} | "
+            + " | ".join(_pm(by.get_group(m).auc, 1, 2) for m in salience.METRICS)
+            + " | "
+            + " | ".join(_pm(by.get_group(m).precision_at_k, 1, 2) for m in salience.METRICS)
+            + " |"
+        )
     lines += ["", "## Peers, for context", "", PEERS]
     out.parent.mkdir(parents=True, exist_ok=True)
     text = "\n".join(lines) + "\n"

@@ -7,6 +7,7 @@ Everything read here is treated as hostile data: weights come from safetensors o
 ``torch.load(..., weights_only=True)``, never from arbitrary unpickling; zip members are
 read into memory by name, never extracted, and their sizes are capped.
 """
+
 from __future__ import annotations
 
 import io
@@ -54,7 +55,8 @@ class Bundle:
 
     def describe_attack(self) -> str:
         a = self.meta["attack"]
-        return f"{self.trigger.describe()}; target label {a['target_label']}, {a.get('poison_rate', 0):.0%} of training images poisoned"
+        rate = a.get("poison_rate", 0)
+        return f"{self.trigger.describe()}; target label {a['target_label']}, {rate:.0%} of training images poisoned"
 
 
 # ---------------------------------------------------------------- meta.json
@@ -112,7 +114,9 @@ def validate_meta(meta) -> dict:
         problems.append(f"'attack.kind' must be one of {', '.join(attacks.ATTACKS)}, found {attack.get('kind')!r}")
     target = attack.get("target_label")
     if not isinstance(target, int) or isinstance(target, bool) or not 0 <= target < max(meta["num_classes"], 1):
-        problems.append(f"'attack.target_label' must be an integer class in [0, {meta['num_classes'] - 1}], found {target!r}")
+        problems.append(
+            f"'attack.target_label' must be an integer class in [0, {meta['num_classes'] - 1}], found {target!r}"
+        )
     if not _is_number(attack.get("poison_rate", 0)) or not 0 <= attack.get("poison_rate", 0) <= 1:
         problems.append("'attack.poison_rate' must be a number in [0, 1]")
     if not isinstance(attack.get("params", {}), dict):
@@ -133,6 +137,7 @@ def _is_number(v) -> bool:
 
 # ---------------------------------------------------------------- weights
 
+
 def read_state_dict(data: bytes, filename: str) -> dict[str, torch.Tensor]:
     """Tensors from safetensors bytes, or from a .pt state dict loaded with weights_only=True."""
     if filename.endswith(".safetensors"):
@@ -152,11 +157,14 @@ def read_state_dict(data: bytes, filename: str) -> dict[str, torch.Tensor]:
         # torch's message opens with advice to retry with weights_only=False: quote only the reason
         reason = re.search(r"WeightsUnpickler error: ([^\n]*?)(?:\.\s|\.?$)", text, re.MULTILINE)
         detail = reason.group(1) if reason else (text.splitlines()[0] if text else type(err).__name__)
-        raise BundleError(f"{filename} was refused: it is not a plain state dict of tensors ({detail}); "
-                          "nothing in it was run") from None
+        raise BundleError(
+            f"{filename} was refused: it is not a plain state dict of tensors ({detail}); nothing in it was run"
+        ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
         raise BundleError(f"{filename} does not hold a state dict (a mapping of names to tensors)")
     return state
 
@@ -172,8 +180,11 @@ def check_weights(expected: dict[str, torch.Tensor], state: dict[str, torch.Tens
     """Raise BundleError unless ``state`` has exactly the keys, shapes and kinds of ``expected`` and finite values."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k}: file {list(state[k].shape)} vs model {list(expected[k].shape)}"
-             for k in sorted(set(state) & set(expected)) if state[k].shape != expected[k].shape]
+    wrong = [
+        f"{k}: file {list(state[k].shape)} vs model {list(expected[k].shape)}"
+        for k in sorted(set(state) & set(expected))
+        if state[k].shape != expected[k].shape
+    ]
     problems = []
     if missing:
         problems.append("missing keys " + ", ".join(missing[:12]) + (" ..." if len(missing) > 12 else ""))
@@ -183,12 +194,18 @@ def check_weights(expected: dict[str, torch.Tensor], state: dict[str, torch.Tens
         problems.append("shape mismatches " + "; ".join(wrong[:12]) + (" ..." if len(wrong) > 12 else ""))
     if problems:
         raise BundleError("the weights do not fit the architecture in meta.json: " + " | ".join(problems))
-    odd = [f"{k} ({v.dtype}, {v.layout})" for k, v in sorted(state.items())
-           if v.layout != torch.strided or (v.dtype in WEIGHT_DTYPES) != expected[k].is_floating_point()
-           or (not expected[k].is_floating_point() and v.dtype != expected[k].dtype)]
+    odd = [
+        f"{k} ({v.dtype}, {v.layout})"
+        for k, v in sorted(state.items())
+        if v.layout != torch.strided
+        or (v.dtype in WEIGHT_DTYPES) != expected[k].is_floating_point()
+        or (not expected[k].is_floating_point() and v.dtype != expected[k].dtype)
+    ]
     if odd:
-        raise BundleError("the weights have the wrong kind of tensor (expected dense float16/bfloat16/float32/float64 "
-                          "weights and int64 counters) in " + ", ".join(odd[:12]))
+        raise BundleError(
+            "the weights have the wrong kind of tensor (expected dense float16/bfloat16/float32/float64 "
+            "weights and int64 counters) in " + ", ".join(odd[:12])
+        )
     bad = [k for k, v in sorted(state.items()) if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise BundleError("the weights hold NaN or infinite values in " + ", ".join(bad[:12]))
@@ -196,8 +213,14 @@ def check_weights(expected: dict[str, torch.Tensor], state: dict[str, torch.Tens
 
 def build_model(meta: dict) -> nn.Module:
     norm = meta["normalization"]
-    return models.build(meta["architecture"], meta["num_classes"], meta["input_shape"], norm["mean"], norm["std"],
-                        **meta.get("arch_kwargs", {}))
+    return models.build(
+        meta["architecture"],
+        meta["num_classes"],
+        meta["input_shape"],
+        norm["mean"],
+        norm["std"],
+        **meta.get("arch_kwargs", {}),
+    )
 
 
 def _skeleton(meta: dict) -> nn.Module:
@@ -216,15 +239,20 @@ def _skeleton(meta: dict) -> nn.Module:
                 out = model(torch.zeros(1, c, h, w))
     except Exception as err:  # noqa: BLE001 - arch_kwargs and shapes come from the file
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise BundleError(f"meta.json describes a '{meta['architecture']}' that cannot be built for input {meta['input_shape']} "
-                          f"with arch_kwargs {meta.get('arch_kwargs', {})} ({first_line})") from None
+        raise BundleError(
+            f"meta.json describes a '{meta['architecture']}' that cannot be built for input {meta['input_shape']} "
+            f"with arch_kwargs {meta.get('arch_kwargs', {})} ({first_line})"
+        ) from None
     if list(out.shape) != [1, meta["num_classes"]]:
-        raise BundleError(f"meta.json describes a model whose output has shape {list(out.shape)[1:]}, "
-                          f"not the {meta['num_classes']} classes it declares")
+        raise BundleError(
+            f"meta.json describes a model whose output has shape {list(out.shape)[1:]}, "
+            f"not the {meta['num_classes']} classes it declares"
+        )
     return model
 
 
 # ---------------------------------------------------------------- files
+
 
 class _Source:
     """Named files of a bundle, from a directory or from a zip read in memory."""
@@ -251,7 +279,9 @@ class _Source:
             with zipfile.ZipFile(path) as archive:
                 entries = archive.infolist()
                 if len(entries) > MAX_ARCHIVE_MEMBERS:
-                    raise BundleError(f"the archive holds {len(entries)} entries; a bundle has at most {MAX_ARCHIVE_MEMBERS}")
+                    raise BundleError(
+                        f"the archive holds {len(entries)} entries; a bundle has at most {MAX_ARCHIVE_MEMBERS}"
+                    )
                 total = 0
                 for info in entries:
                     name = PurePosixPath(info.filename.replace("\\", "/"))
@@ -262,14 +292,23 @@ class _Source:
                     if len(name.parts) > 2:
                         continue  # a bundle is flat, or inside one top-level folder
                     if info.file_size > MAX_MEMBER_BYTES:
-                        raise BundleError(f"the archive entry '{info.filename}' would unpack to {info.file_size / 2**20:.0f} MiB; "
-                                          f"the limit is {MAX_MEMBER_BYTES // 2**20} MiB")
+                        raise BundleError(
+                            f"the archive entry '{info.filename}' would unpack to {info.file_size / 2**20:.0f} MiB; "
+                            f"the limit is {MAX_MEMBER_BYTES // 2**20} MiB"
+                        )
                     total += info.file_size
                     if total > MAX_TOTAL_BYTES:
-                        raise BundleError(f"the archive would unpack to more than {MAX_TOTAL_BYTES // 2**20} MiB; refused")
-                    if info.file_size > RATIO_CHECK_BYTES and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
-                        raise BundleError(f"the archive entry '{info.filename}' is compressed {info.file_size // max(info.compress_size, 1)}:1, "
-                                          "which looks like a zip bomb; refused")
+                        raise BundleError(
+                            f"the archive would unpack to more than {MAX_TOTAL_BYTES // 2**20} MiB; refused"
+                        )
+                    if info.file_size > RATIO_CHECK_BYTES and info.file_size > MAX_COMPRESSION_RATIO * max(
+                        info.compress_size, 1
+                    ):
+                        raise BundleError(
+                            f"the archive entry '{info.filename}' is compressed "
+                            f"{info.file_size // max(info.compress_size, 1)}:1, "
+                            "which looks like a zip bomb; refused"
+                        )
                     if name.name in self.files:
                         raise BundleError(f"the archive holds more than one '{name.name}'")
                     with archive.open(info) as member:
@@ -277,7 +316,15 @@ class _Source:
                     if len(data) > MAX_MEMBER_BYTES:
                         raise BundleError(f"the archive entry '{info.filename}' is larger than it claims; refused")
                     self.files[name.name] = data
-        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError, OSError) as err:
+        except (
+            zipfile.BadZipFile,
+            zlib.error,
+            EOFError,
+            NotImplementedError,
+            RuntimeError,
+            ValueError,
+            OSError,
+        ) as err:
             # corrupt data, truncated members, unsupported compression, encrypted entries
             if isinstance(err, BundleError):
                 raise
@@ -326,7 +373,11 @@ def load_bundle(path: str | Path) -> Bundle:
     model = build_model(meta)
     load_weights(model, state)
     model.eval()
-    trigger_tensors = read_state_dict(source.read("trigger.safetensors"), "trigger.safetensors") if source.has("trigger.safetensors") else {}
+    trigger_tensors = (
+        read_state_dict(source.read("trigger.safetensors"), "trigger.safetensors")
+        if source.has("trigger.safetensors")
+        else {}
+    )
     try:
         trigger = attacks.trigger_from_meta(meta["attack"], trigger_tensors, meta["input_shape"])
     except attacks.TriggerError as err:
@@ -343,10 +394,14 @@ def save_bundle(bundle: Bundle, path: str | Path) -> Path:
     meta["name"] = meta.get("name") or path.stem
     files = {
         "meta.json": json.dumps(meta, indent=2).encode(),
-        "model.safetensors": save_safetensors({k: v.detach().cpu().contiguous() for k, v in bundle.model.state_dict().items()}),
+        "model.safetensors": save_safetensors(
+            {k: v.detach().cpu().contiguous() for k, v in bundle.model.state_dict().items()}
+        ),
     }
     if bundle.trigger.tensors():
-        files["trigger.safetensors"] = save_safetensors({k: v.detach().cpu().contiguous() for k, v in bundle.trigger.tensors().items()})
+        files["trigger.safetensors"] = save_safetensors(
+            {k: v.detach().cpu().contiguous() for k, v in bundle.trigger.tensors().items()}
+        )
     if path.suffix == ".zip":
         path.parent.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:

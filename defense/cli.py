@@ -1,4 +1,5 @@
 """``python -m defense``: train, evaluate, salience, purify, bench."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from . import attacks, bundle as bundle_io, data, models
+from . import attacks, data, models
+from . import bundle as bundle_io
 from .runtime import configure_threads
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
@@ -21,7 +23,9 @@ def _number(text: str, kind=float):
     try:
         return kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+        ) from None
 
 
 def _integer(text: str) -> int:
@@ -59,9 +63,13 @@ def _seed(text: str) -> int:
 def load_splits_for(meta: dict, data_root: str | None, seed: int = 0, clean_fraction: float = data.CLEAN_FRACTION):
     splits = data.load_dataset(meta["dataset"], data_root, clean_fraction=clean_fraction, seed=seed)
     if list(splits.input_shape) != list(meta["input_shape"]):
-        raise UsageError(f"the model takes images {meta['input_shape']}, but dataset '{meta['dataset']}' holds {splits.input_shape}")
+        raise UsageError(
+            f"the model takes images {meta['input_shape']}, but dataset '{meta['dataset']}' holds {splits.input_shape}"
+        )
     if splits.num_classes > meta["num_classes"]:
-        raise UsageError(f"the model has {meta['num_classes']} classes, but dataset '{meta['dataset']}' has {splits.num_classes}")
+        raise UsageError(
+            f"the model has {meta['num_classes']} classes, but dataset '{meta['dataset']}' has {splits.num_classes}"
+        )
     return splits
 
 
@@ -73,15 +81,35 @@ def cmd_train(args) -> int:
         raise UsageError(f"--target {args.target} is out of range: the dataset has classes 0..{splits.num_classes - 1}")
     params = json.loads(args.attack_params) if args.attack_params else {}
     if not isinstance(params, dict):
-        raise UsageError(f"--attack-params must be a JSON object such as '{{\"alpha\": 0.2}}', got {args.attack_params}")
-    trigger = attacks.make_trigger(args.attack, splits.input_shape, seed=args.seed, trigger_file=args.trigger_file, **params)
+        raise UsageError(
+            f"--attack-params must be a JSON object such as '{{\"alpha\": 0.2}}', got {args.attack_params}"
+        )
+    trigger = attacks.make_trigger(
+        args.attack, splits.input_shape, seed=args.seed, trigger_file=args.trigger_file, **params
+    )
     start = time.perf_counter()
-    result, _ = train_backdoored(splits, trigger, args.target, args.poison_rate, arch=args.arch, epochs=args.epochs,
-                                 seed=args.seed, progress=not args.quiet)
+    result, _ = train_backdoored(
+        splits,
+        trigger,
+        args.target,
+        args.poison_rate,
+        arch=args.arch,
+        epochs=args.epochs,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
     result.meta["training"]["seconds"] = round(time.perf_counter() - start, 1)
     out = bundle_io.save_bundle(result, args.out)
-    print(json.dumps({"out": str(out), "clean_acc": result.meta["clean_acc"], "asr": result.meta["asr"],
-                      "seconds": result.meta["training"]["seconds"]}))
+    print(
+        json.dumps(
+            {
+                "out": str(out),
+                "clean_acc": result.meta["clean_acc"],
+                "asr": result.meta["asr"],
+                "seconds": result.meta["training"]["seconds"],
+            }
+        )
+    )
     return 0
 
 
@@ -122,9 +150,21 @@ def cmd_purify(args) -> int:
 
     b = bundle_io.load_bundle(args.bundle)
     defaults = PurifyConfig()
-    overrides = {k: v for k, v in {"metric": args.metric, "reg": args.reg, "ratio": args.ratio, "steps": args.steps,
-                                    "seed": args.seed, "lam": args.lam, "lr": args.lr, "scope": args.scope,
-                                    "schedule": args.schedule}.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "metric": args.metric,
+            "reg": args.reg,
+            "ratio": args.ratio,
+            "steps": args.steps,
+            "seed": args.seed,
+            "lam": args.lam,
+            "lr": args.lr,
+            "scope": args.scope,
+            "schedule": args.schedule,
+        }.items()
+        if v is not None
+    }
     try:
         config = replace(defaults, **overrides).validate()
     except ValueError as err:
@@ -137,20 +177,33 @@ def cmd_purify(args) -> int:
             if "asr" in record:
                 bar.set_postfix(acc=f"{record['clean_acc']:.3f}", asr=f"{record['asr']:.3f}")
     first, last = run.history[0], run.history[-1]
-    report = {"before": {k: first[k] for k in ("clean_acc", "asr")}, "after": {k: last[k] for k in ("clean_acc", "asr")},
-              "steps": last["step"], "seconds": round(last["seconds"], 2), "config": config.to_dict()}
+    report = {
+        "before": {k: first[k] for k in ("clean_acc", "asr")},
+        "after": {k: last[k] for k in ("clean_acc", "asr")},
+        "steps": last["step"],
+        "seconds": round(last["seconds"], 2),
+        "config": config.to_dict(),
+    }
     if args.out:
         from .bundle import Bundle
 
-        meta = {**b.meta, "name": Path(args.out).stem, "clean_acc": round(report["after"]["clean_acc"], 4),
-                "asr": round(report["after"]["asr"], 4), "purified_from": b.name, "purification": config.to_dict()}
+        meta = {
+            **b.meta,
+            "name": Path(args.out).stem,
+            "clean_acc": round(report["after"]["clean_acc"], 4),
+            "asr": round(report["after"]["asr"], 4),
+            "purified_from": b.name,
+            "purification": config.to_dict(),
+        }
         report["out"] = str(bundle_io.save_bundle(Bundle(run.model, meta, b.trigger), args.out))
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"{b.name}: accuracy {report['before']['clean_acc']:.2%} -> {report['after']['clean_acc']:.2%}, "
-              f"attack success {report['before']['asr']:.2%} -> {report['after']['asr']:.2%} "
-              f"({report['steps']} steps, {report['seconds']} s)")
+        print(
+            f"{b.name}: accuracy {report['before']['clean_acc']:.2%} -> {report['after']['clean_acc']:.2%}, "
+            f"attack success {report['before']['asr']:.2%} -> {report['after']['asr']:.2%} "
+            f"({report['steps']} steps, {report['seconds']} s)"
+        )
     return 0
 
 

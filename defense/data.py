@@ -5,6 +5,7 @@ Three sources, none of which downloads anything:
 - ``cifar10``: a CIFAR-10 folder in torchvision's layout (``cifar-10-batches-py``);
 - ``imagefolder``: a directory of class sub-folders, as torchvision's ImageFolder reads it.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,14 +35,14 @@ class TensorData:
     def __len__(self) -> int:
         return len(self.y)
 
-    def subset(self, index: torch.Tensor) -> "TensorData":
+    def subset(self, index: torch.Tensor) -> TensorData:
         return TensorData(self.x[index], self.y[index])
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None):
         """Mini-batches, shuffled when a generator is given."""
         order = torch.randperm(len(self), generator=generator) if generator is not None else torch.arange(len(self))
         for start in range(0, len(self), batch_size):
-            index = order[start:start + batch_size]
+            index = order[start : start + batch_size]
             yield self.x[index], self.y[index]
 
 
@@ -123,7 +124,9 @@ def load_cifar10(root: str | Path) -> tuple[TensorData, TensorData]:
         return TensorData(x, torch.as_tensor(ds.targets, dtype=torch.int64))
 
     try:
-        return convert(CIFAR10(str(root), train=True, download=False)), convert(CIFAR10(str(root), train=False, download=False))
+        return convert(CIFAR10(str(root), train=True, download=False)), convert(
+            CIFAR10(str(root), train=False, download=False)
+        )
     except RuntimeError as err:  # torchvision's own integrity check
         raise DataError(f"CIFAR-10 at {root} is incomplete or corrupt: {err}") from None
 
@@ -135,9 +138,13 @@ def load_imagefolder(root: str | Path, size: int = 32) -> TensorData:
     if not root.is_dir():
         raise DataError(f"image folder not found: expected a directory of class sub-folders at {root}")
     try:
-        ds = datasets.ImageFolder(str(root), transform=transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor()]))
+        ds = datasets.ImageFolder(
+            str(root), transform=transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor()])
+        )
     except (FileNotFoundError, RuntimeError) as err:
-        raise DataError(f"no images found in {root}: expected one sub-folder per class holding .png/.jpg files ({err})") from None
+        raise DataError(
+            f"no images found in {root}: expected one sub-folder per class holding .png/.jpg files ({err})"
+        ) from None
     if len(ds.classes) < 2:
         raise DataError(f"the image folder {root} has {len(ds.classes)} class sub-folder(s); at least 2 are needed")
     xs, ys = [], []
@@ -151,8 +158,9 @@ def load_imagefolder(root: str | Path, size: int = 32) -> TensorData:
     return TensorData(torch.stack(xs), torch.as_tensor(ys, dtype=torch.int64))
 
 
-def load_dataset(name: str = "mnist5k", root: str | Path | None = None, clean_fraction: float = CLEAN_FRACTION,
-                 seed: int = 0) -> DataSplits:
+def load_dataset(
+    name: str = "mnist5k", root: str | Path | None = None, clean_fraction: float = CLEAN_FRACTION, seed: int = 0
+) -> DataSplits:
     """Train/test split (fixed seed) and the defender's clean subset (seeded by ``seed``)."""
     if name == "mnist5k":
         train, test = _split(load_mnist5k(), TEST_FRACTION)
@@ -166,6 +174,8 @@ def load_dataset(name: str = "mnist5k", root: str | Path | None = None, clean_fr
     else:
         raise DataError(f"unknown dataset '{name}': expected one of {', '.join(DATASETS)}")
     if len(train) == 0 or len(test) == 0:
-        raise DataError(f"dataset '{name}' at {root} has too few images ({len(train) + len(test)}) to split into train and test")
+        raise DataError(
+            f"dataset '{name}' at {root} has too few images ({len(train) + len(test)}) to split into train and test"
+        )
     num_classes = int(max(train.y.max(), test.y.max())) + 1
     return DataSplits(name, train, test, clean_subset(train, clean_fraction, seed), num_classes)

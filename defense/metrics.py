@@ -1,4 +1,5 @@
 """Clean accuracy and attack success rate (ASR)."""
+
 from __future__ import annotations
 
 import torch
@@ -13,7 +14,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
-    out = torch.cat([model(x[i:i + batch_size].to(dev)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
+    out = torch.cat([model(x[i : i + batch_size].to(dev)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
     model.train(was_training)
     return out
 
@@ -30,8 +31,9 @@ def accuracy(model: nn.Module, data: TensorData) -> float:
     return float((predict(model, data.x) == data.y).float().mean())
 
 
-def evaluate(model: nn.Module, test: TensorData, trigger: Trigger, target: int,
-             triggered: TensorData | None = None) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, test: TensorData, trigger: Trigger, target: int, triggered: TensorData | None = None
+) -> dict[str, float]:
     """{'clean_acc', 'asr'} as fractions; ASR counts only images whose true label is not the target."""
     triggered = triggered if triggered is not None else triggered_set(test, trigger, target)
     return {"clean_acc": accuracy(model, test), "asr": accuracy(model, triggered)}
@@ -39,9 +41,16 @@ def evaluate(model: nn.Module, test: TensorData, trigger: Trigger, target: int,
 
 # ---------------------------------------------------------------- identification quality
 
+
 @torch.no_grad()
-def backdoor_ground_truth(model: nn.Module, layers, test: TensorData, triggered: TensorData,
-                          infected_fraction: float = 0.1, max_images: int = 256) -> dict:
+def backdoor_ground_truth(
+    model: nn.Module,
+    layers,
+    test: TensorData,
+    triggered: TensorData,
+    infected_fraction: float = 0.1,
+    max_images: int = 256,
+) -> dict:
     """Which neurons carry the backdoor, measured by ablation when the trigger is known.
 
     Each neuron is zeroed on its own; its *backdoor effect* is the rise of the

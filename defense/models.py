@@ -4,9 +4,10 @@ Every model takes pixels in [0, 1]; normalization is its first step (non-persist
 buffers, so the state dict holds only learned weights). A neuron is one output channel
 of a Conv2d or one output unit of a Linear layer.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -19,6 +20,7 @@ def register(name: str):
     def wrap(builder):
         _REGISTRY[name] = builder
         return builder
+
     return wrap
 
 

@@ -8,14 +8,15 @@
   marked neurons' parameters: ``ar`` (adaptive), ``l1``, ``l2``, ``none`` (plain
   fine-tuning) or ``prune`` (zeroed, then fine-tuned with them held at zero).
 """
+
 from __future__ import annotations
 
 import copy
 import math
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
 
 import pandas as pd
 import torch
@@ -34,8 +35,10 @@ NeuronMask = dict[str, torch.Tensor]
 
 # ---------------------------------------------------------------- marking
 
-def mark(scores: NeuronScores, ratio: float | None = None, threshold: float | None = None,
-         scope: str = "layer") -> NeuronMask:
+
+def mark(
+    scores: NeuronScores, ratio: float | None = None, threshold: float | None = None, scope: str = "layer"
+) -> NeuronMask:
     """Mark the most suspect neurons.
 
     ``ratio``: the share to mark, in each layer (scope 'layer') or over all layers on the
@@ -49,8 +52,10 @@ def mark(scores: NeuronScores, ratio: float | None = None, threshold: float | No
     if not 0 <= value <= 1:
         raise ValueError(f"{'ratio' if ratio is not None else 'threshold'} must be in [0, 1], got {value}")
     if threshold is not None:
-        return {n: v <= threshold if threshold < 1 else torch.ones_like(v, dtype=torch.bool)
-                for n, v in scores.normalized("minmax").items()}
+        return {
+            n: v <= threshold if threshold < 1 else torch.ones_like(v, dtype=torch.bool)
+            for n, v in scores.normalized("minmax").items()
+        }
     if scope == "layer":
         out = {}
         for name, s in scores.suspicion().items():
@@ -86,6 +91,7 @@ def neuron_masking(layers: dict[str, NeuronLayer], mask: NeuronMask):
         def hook(_mod, _inp, out, keep=keep):
             k = keep.to(out.device)
             return out * (k.view(1, -1, 1, 1) if out.dim() == 4 else k.view(1, -1))
+
         hooks.append(layers[name].output.register_forward_hook(hook))
     try:
         yield
@@ -94,8 +100,9 @@ def neuron_masking(layers: dict[str, NeuronLayer], mask: NeuronMask):
             h.remove()
 
 
-def preview(model: nn.Module, layers: dict[str, NeuronLayer], mask: NeuronMask, test: TensorData,
-            triggered: TensorData) -> dict[str, float]:
+def preview(
+    model: nn.Module, layers: dict[str, NeuronLayer], mask: NeuronMask, test: TensorData, triggered: TensorData
+) -> dict[str, float]:
     """Clean accuracy and ASR with the marked neurons zeroed (the model is left as it was)."""
     with neuron_masking(layers, mask):
         return evaluate(model, test, None, 0, triggered=triggered)
@@ -109,8 +116,16 @@ def prune(layers: dict[str, NeuronLayer], mask: NeuronMask) -> None:
             p[m.to(p.device)] = 0
 
 
-def pruning_curve(model: nn.Module, layers: dict[str, NeuronLayer], scores: list[NeuronScores], test: TensorData,
-                  triggered: TensorData, ratios=None, scope: str = "layer", by: str = "ratio") -> pd.DataFrame:
+def pruning_curve(
+    model: nn.Module,
+    layers: dict[str, NeuronLayer],
+    scores: list[NeuronScores],
+    test: TensorData,
+    triggered: TensorData,
+    ratios=None,
+    scope: str = "layer",
+    by: str = "ratio",
+) -> pd.DataFrame:
     """Clean accuracy and ASR against the marked ratio, for each metric.
 
     ``by='value'`` cuts by normalized score instead (``mark(threshold=...)``); the column is still 'ratio'.
@@ -127,6 +142,7 @@ def pruning_curve(model: nn.Module, layers: dict[str, NeuronLayer], scores: list
 
 
 # ---------------------------------------------------------------- penalties
+
 
 def ar_penalty(w: torch.Tensor, knee: float | torch.Tensor = 1.0) -> torch.Tensor:
     """Adaptive regularization φ summed: |w| up to the knee κ, κ·exp(|w|/κ − 1) beyond.
@@ -150,6 +166,7 @@ def penalty(kind: str, w: torch.Tensor, knee: float | torch.Tensor = 1.0) -> tor
 
 
 # ---------------------------------------------------------------- purification
+
 
 @dataclass
 class PurifyConfig:
@@ -175,7 +192,7 @@ class PurifyConfig:
     eval_every: int = 25
     layer_names: list[str] | None = None  # None: every hidden neuron layer
 
-    def validate(self) -> "PurifyConfig":
+    def validate(self) -> PurifyConfig:
         problems = []
         if self.metric not in salience.METRICS:
             problems.append(f"metric must be one of {', '.join(salience.METRICS)}")
@@ -216,7 +233,9 @@ class PurifyConfig:
 def _shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
     """Random translation by up to ``max_shift`` pixels: cheap augmentation for a small clean set."""
     dx, dy = (torch.randint(-max_shift, max_shift + 1, (2,), generator=generator)).tolist()
-    return torch.roll(F.pad(x, [max_shift] * 4), shifts=(dy, dx), dims=(2, 3))[..., max_shift:-max_shift, max_shift:-max_shift]
+    return torch.roll(F.pad(x, [max_shift] * 4), shifts=(dy, dx), dims=(2, 3))[
+        ..., max_shift:-max_shift, max_shift:-max_shift
+    ]
 
 
 @dataclass
@@ -311,18 +330,36 @@ class Purification:
         torch.manual_seed(cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)
         dev = next(self.model.parameters()).device
-        self._knees = {id(p): (1.0 if cfg.knee == "reference" else max(cfg.knee_scale * float(p.detach().pow(2).mean().sqrt()), 1e-3))
-                       for nl in self.layers.values() for p in nl.neuron_params()}
+        self._knees = {
+            id(p): (
+                1.0 if cfg.knee == "reference" else max(cfg.knee_scale * float(p.detach().pow(2).mean().sqrt()), 1e-3)
+            )
+            for nl in self.layers.values()
+            for p in nl.neuron_params()
+        }
         opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=0.9)
         warmup = max(1, int(cfg.warmup * cfg.steps))
         # a short linear warm-up, then cosine decay: the first large steps are what costs clean accuracy
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / warmup) * 0.5 * (
-            1 + math.cos(math.pi * min(t, cfg.steps) / max(cfg.steps, 1))))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt,
+            lambda t: (
+                min(1.0, (t + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(t, cfg.steps) / max(cfg.steps, 1)))
+            ),
+        )
         loss_fn = nn.CrossEntropyLoss()
         start = time.perf_counter()
         before = self._evaluate()
-        self.history.append({"step": 0, "task_loss": float("nan"), "penalty": 0.0, "marked_norm": self.marked_norm(),
-                             "marked": marked_count(self.mask), "seconds": 0.0, **before})
+        self.history.append(
+            {
+                "step": 0,
+                "task_loss": float("nan"),
+                "penalty": 0.0,
+                "marked_norm": self.marked_norm(),
+                "marked": marked_count(self.mask),
+                "seconds": 0.0,
+                **before,
+            }
+        )
         yield self.history[-1]
         if cfg.reg == "prune":
             prune(self.layers, self.mask)
@@ -345,10 +382,11 @@ class Purification:
                 with torch.no_grad():
                     soft = F.softmax(self.teacher(xb) / cfg.temperature, dim=1)
                 kd = F.kl_div(F.log_softmax(logits / cfg.temperature, dim=1), soft, reduction="batchmean")
-                task = (1 - cfg.distill) * task + cfg.distill * cfg.temperature ** 2 * kd
+                task = (1 - cfg.distill) * task + cfg.distill * cfg.temperature**2 * kd
             if not torch.isfinite(task):
-                raise FloatingPointError(f"training diverged at step {step} (the loss is not finite): "
-                                         "lower the learning rate or λ")
+                raise FloatingPointError(
+                    f"training diverged at step {step} (the loss is not finite): lower the learning rate or λ"
+                )
             task.backward()
             if self.tracker is not None and cfg.schedule == "dynamic":
                 self.tracker.update()
@@ -365,15 +403,27 @@ class Purification:
                 self.mask = self._mark(step)
             elif cfg.schedule == "dynamic":
                 self.mask = self._mark(step)
-            record = {"step": step, "task_loss": float(task.detach()), "penalty": float(pen.detach()), "marked_norm": self.marked_norm(),
-                      "marked": marked_count(self.mask), "seconds": time.perf_counter() - start}
+            record = {
+                "step": step,
+                "task_loss": float(task.detach()),
+                "penalty": float(pen.detach()),
+                "marked_norm": self.marked_norm(),
+                "marked": marked_count(self.mask),
+                "seconds": time.perf_counter() - start,
+            }
             if step % cfg.eval_every == 0 or step == cfg.steps or self._stop:
                 record.update(self._evaluate())
             self.history.append(record)
             yield record
         if cfg.reg == "prune" and step == 0:
-            self.history.append({**self.history[-1], "marked_norm": self.marked_norm(),
-                                 "seconds": time.perf_counter() - start, **self._evaluate()})
+            self.history.append(
+                {
+                    **self.history[-1],
+                    "marked_norm": self.marked_norm(),
+                    "seconds": time.perf_counter() - start,
+                    **self._evaluate(),
+                }
+            )
             yield self.history[-1]
         if "clean_acc" not in self.history[-1]:
             self.history[-1].update(self._evaluate())
@@ -384,5 +434,9 @@ class Purification:
         for _ in self:
             pass
         first, last = self.history[0], self.history[-1]
-        return {"before": {k: first[k] for k in ("clean_acc", "asr")}, "after": {k: last[k] for k in ("clean_acc", "asr")},
-                "steps": last["step"], "seconds": round(last["seconds"], 2)}
+        return {
+            "before": {k: first[k] for k in ("clean_acc", "asr")},
+            "after": {k: last[k] for k in ("clean_acc", "asr")},
+            "steps": last["step"],
+            "seconds": round(last["seconds"], 2),
+        }

@@ -1,4 +1,5 @@
 """Where tensors live and how many CPU threads torch may use."""
+
 import os
 
 import torch

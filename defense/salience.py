@@ -14,6 +14,7 @@ Metrics (``METRICS``), each with the direction in which a neuron looks suspect:
 - ``clp``: Channel Lipschitz bound, data-free (CLP): largest singular value of the
   kernel scaled by |γ/σ| of its BatchNorm. High = suspect.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,12 +24,15 @@ import torch
 from torch import nn
 
 from .data import TensorData
-from .models import neuron_layers
 
 METRICS = ("benign", "magnitude", "activation", "clp")
 LOW_IS_SUSPECT = {"benign": True, "magnitude": True, "activation": True, "clp": False}
-METRIC_LABELS = {"benign": "benign salience", "magnitude": "weight magnitude", "activation": "mean activation",
-                 "clp": "channel Lipschitz (CLP)"}
+METRIC_LABELS = {
+    "benign": "benign salience",
+    "magnitude": "weight magnitude",
+    "activation": "mean activation",
+    "clp": "channel Lipschitz (CLP)",
+}
 
 
 @dataclass
@@ -67,8 +71,13 @@ def neuron_map(model: nn.Module, include_output: bool = False) -> dict[str, Neur
         if not isinstance(m, (nn.Conv2d, nn.Linear)):
             continue
         follower = modules[i + 1][1] if i + 1 < len(modules) else None
-        bn = follower if isinstance(follower, nn.BatchNorm2d) and isinstance(m, nn.Conv2d) \
-            and follower.num_features == m.out_channels else None
+        bn = (
+            follower
+            if isinstance(follower, nn.BatchNorm2d)
+            and isinstance(m, nn.Conv2d)
+            and follower.num_features == m.out_channels
+            else None
+        )
         result[name] = NeuronLayer(name, m, bn if bn is not None else m, bn)
     if not include_output and result:
         last = list(result)[-1]
@@ -105,8 +114,13 @@ class NeuronScores:
         return out
 
     def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame([{"layer": name, "neuron": i, self.metric: float(v)}
-                             for name, values in self.layers.items() for i, v in enumerate(values)])
+        return pd.DataFrame(
+            [
+                {"layer": name, "neuron": i, self.metric: float(v)}
+                for name, values in self.layers.items()
+                for i, v in enumerate(values)
+            ]
+        )
 
 
 def _eval_copyless(model: nn.Module):
@@ -153,8 +167,13 @@ class BenignSalience:
         return NeuronScores("benign", scores)
 
 
-def benign_salience(model: nn.Module, clean: TensorData, batch_size: int = 64, momentum: float = 0.9,
-                    layers: dict[str, NeuronLayer] | None = None) -> tuple[NeuronScores, BenignSalience]:
+def benign_salience(
+    model: nn.Module,
+    clean: TensorData,
+    batch_size: int = 64,
+    momentum: float = 0.9,
+    layers: dict[str, NeuronLayer] | None = None,
+) -> tuple[NeuronScores, BenignSalience]:
     """A warm-up pass of benign salience over the clean data (eval mode, no weight change)."""
     layers = layers if layers is not None else neuron_map(model)
     was = _eval_copyless(model)
@@ -172,20 +191,25 @@ def benign_salience(model: nn.Module, clean: TensorData, batch_size: int = 64, m
 
 def magnitude(model: nn.Module, layers: dict[str, NeuronLayer] | None = None) -> NeuronScores:
     layers = layers if layers is not None else neuron_map(model)
-    return NeuronScores("magnitude", {n: nl.layer.weight.detach().flatten(1).norm(dim=1).cpu() for n, nl in layers.items()})
+    return NeuronScores(
+        "magnitude", {n: nl.layer.weight.detach().flatten(1).norm(dim=1).cpu() for n, nl in layers.items()}
+    )
 
 
 @torch.no_grad()
-def activation(model: nn.Module, clean: TensorData, layers: dict[str, NeuronLayer] | None = None,
-               batch_size: int = 500) -> NeuronScores:
+def activation(
+    model: nn.Module, clean: TensorData, layers: dict[str, NeuronLayer] | None = None, batch_size: int = 500
+) -> NeuronScores:
     """Mean post-ReLU output of each neuron over the clean data."""
     layers = layers if layers is not None else neuron_map(model)
     sums = {n: 0.0 for n in layers}
     hooks = []
     for name, nl in layers.items():
+
         def hook(_m, _inp, out, name=name):
             a = torch.relu(out)
             sums[name] = sums[name] + (a.mean(dim=(2, 3)) if a.dim() == 4 else a).sum(0)
+
         hooks.append(nl.output.register_forward_hook(hook))
     was = _eval_copyless(model)
     dev = next(model.parameters()).device
@@ -216,8 +240,9 @@ def clp(model: nn.Module, layers: dict[str, NeuronLayer] | None = None) -> Neuro
     return NeuronScores("clp", scores)
 
 
-def compute(metric: str, model: nn.Module, clean: TensorData | None = None,
-            layers: dict[str, NeuronLayer] | None = None) -> NeuronScores:
+def compute(
+    metric: str, model: nn.Module, clean: TensorData | None = None, layers: dict[str, NeuronLayer] | None = None
+) -> NeuronScores:
     """Per-neuron scores of one metric; ``clean`` is needed for the data-driven ones."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric '{metric}': expected one of {', '.join(METRICS)}")

@@ -1,4 +1,5 @@
 """Training a backdoored model: the attacker's side, used to build the bundled models."""
+
 from __future__ import annotations
 
 import torch
@@ -13,9 +14,18 @@ from .metrics import evaluate
 from .runtime import device
 
 
-def train_backdoored(splits: DataSplits, trigger: Trigger, target: int, poison_rate: float = 0.1,
-                     arch: str = models.DEFAULT_ARCH, epochs: int = 8, seed: int = 0, lr: float = 0.05,
-                     batch_size: int = 64, progress: bool = True) -> tuple[Bundle, torch.Tensor]:
+def train_backdoored(
+    splits: DataSplits,
+    trigger: Trigger,
+    target: int,
+    poison_rate: float = 0.1,
+    arch: str = models.DEFAULT_ARCH,
+    epochs: int = 8,
+    seed: int = 0,
+    lr: float = 0.05,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> tuple[Bundle, torch.Tensor]:
     """Train on a poisoned copy of the training set. Returns the bundle and the poisoned-sample mask."""
     if not 0 <= target < splits.num_classes:
         raise ValueError(f"target label {target} is out of range for {splits.num_classes} classes")
@@ -32,7 +42,7 @@ def train_backdoored(splits: DataSplits, trigger: Trigger, target: int, poison_r
     for _ in tqdm(range(epochs), desc="train", unit="epoch", disable=not progress):
         order = torch.randperm(len(y), generator=gen)
         for start in range(0, len(y), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             xb, yb = x[idx].to(device()), y[idx].to(device())
             opt.zero_grad()
             loss_fn(model(xb), yb).backward()
@@ -47,7 +57,12 @@ def train_backdoored(splits: DataSplits, trigger: Trigger, target: int, poison_r
         "num_classes": splits.num_classes,
         "input_shape": splits.input_shape,
         "normalization": {"mean": mean, "std": std},
-        "attack": {"kind": trigger.kind, "target_label": target, "poison_rate": poison_rate, "params": trigger.params()},
+        "attack": {
+            "kind": trigger.kind,
+            "target_label": target,
+            "poison_rate": poison_rate,
+            "params": trigger.params(),
+        },
         "clean_acc": round(scores["clean_acc"], 4),
         "asr": round(scores["asr"], 4),
         "seed": seed,

@@ -1,4 +1,5 @@
 """Purify page: run purification live (or a baseline), overlay the runs, compare, download."""
+
 import streamlit as st
 
 import appkit
@@ -10,36 +11,69 @@ appkit.intro(
     "Purification fine-tunes the model on the defender's few clean images while a penalty pushes the marked "
     "neurons' weights toward zero (**bs-ar**: benign salience + adaptive regularization, this paper's method). "
     "Watch the attack success rate fall while the clean accuracy holds; then run a baseline such as plain "
-    "fine-tuning (ft) or Fine-Pruning (fp) and compare the curves.")
+    "fine-tuning (ft) or Fine-Pruning (fp) and compare the curves."
+)
 
 ss = st.session_state
 lab = appkit.lab()
 defaults = purify.PurifyConfig()
-for key, value in {"purify_defense": "bs-ar", "purify_steps": defaults.steps, "purify_lr": defaults.lr,
-                   "purify_lam": defaults.lam}.items():
+for key, value in {
+    "purify_defense": "bs-ar",
+    "purify_steps": defaults.steps,
+    "purify_lr": defaults.lr,
+    "purify_lam": defaults.lam,
+}.items():
     ss.setdefault(key, value)
 runs = [r for r in ss["runs"] if r.model_key == lab.key]
 busy = any(r.active for r in runs)
 
 c1, c2, c3, c4 = st.columns([3, 1, 1, 1])
 with c1:
-    appkit.synced(st.selectbox, "Defense", "purify_defense", options=list(baselines.DEFENSES),
-                  format_func=lambda d: f"{d}: {baselines.DEFENSES[d]}")
+    appkit.synced(
+        st.selectbox,
+        "Defense",
+        "purify_defense",
+        options=list(baselines.DEFENSES),
+        format_func=lambda d: f"{d}: {baselines.DEFENSES[d]}",
+    )
 with c2:
-    appkit.synced(st.number_input, "Steps", "purify_steps", min_value=1, max_value=5000, step=50,
-                  help="fine-tuning steps of 64 clean images each (CLP does none)")
+    appkit.synced(
+        st.number_input,
+        "Steps",
+        "purify_steps",
+        min_value=1,
+        max_value=5000,
+        step=50,
+        help="fine-tuning steps of 64 clean images each (CLP does none)",
+    )
 with c3:
-    appkit.synced(st.number_input, "Learning rate", "purify_lr", min_value=0.0001, max_value=1.0, step=0.005, format="%.4f")
+    appkit.synced(
+        st.number_input, "Learning rate", "purify_lr", min_value=0.0001, max_value=1.0, step=0.005, format="%.4f"
+    )
 with c4:
-    appkit.synced(st.number_input, "Penalty λ", "purify_lam", min_value=0.0, max_value=10.0, step=0.01, format="%.3f",
-                  help="strength of the penalty on the marked neurons (bs-… and mag-ar)")
+    appkit.synced(
+        st.number_input,
+        "Penalty λ",
+        "purify_lam",
+        min_value=0.0,
+        max_value=10.0,
+        step=0.01,
+        format="%.3f",
+        help="strength of the penalty on the marked neurons (bs-… and mag-ar)",
+    )
 defense = ss["purify_defense"]
 if defense in appkit.MARKING_DEFENSES:
     metric = appkit.MARKING_DEFENSES[defense][0]
     marked = purify.marked_count(lab.threshold_mask(metric))
-    how = (f"the {ss['threshold_value']:.0%} most suspect {'in each layer' if ss['threshold_scope'] == 'layer' else 'overall'}"
-           if ss["threshold_mode"] == "ratio" else f"normalized importance ≤ {ss['threshold_value']:.2f}")
-    st.caption(f"Marked by {appkit.LABELS[metric]}: {marked} of {lab.neurons} neurons ({how}), as set on the Threshold page.")
+    how = (
+        f"the {ss['threshold_value']:.0%} most suspect "
+        f"{'in each layer' if ss['threshold_scope'] == 'layer' else 'overall'}"
+        if ss["threshold_mode"] == "ratio"
+        else f"normalized importance ≤ {ss['threshold_value']:.2f}"
+    )
+    st.caption(
+        f"Marked by {appkit.LABELS[metric]}: {marked} of {lab.neurons} neurons ({how}), as set on the Threshold page."
+    )
 
 
 def start() -> None:
@@ -80,19 +114,38 @@ def live():
         c2.button("Stop", key=f"w_stop_{r.label}", on_click=r.stop, disabled=r.status == "stopping")
     if now:
         st.plotly_chart(appkit.runs_figure(now), width="stretch", key="runs")
-    if now and not active:  # the table waits for the end: redrawing it twice a second costs the browser more than it tells
+    if (
+        now and not active
+    ):  # the table waits for the end: redrawing it twice a second costs the browser more than it tells
         rows = []
         for r in now:
             before, after = r.before_after()
-            pct = (lambda rec, k: round(100 * rec[k], 1) if rec else None)
-            rows.append({"run": r.label, "status": r.status, "steps": r.step,
-                         "seconds": round(r.records[-1]["seconds"], 1) if r.records else 0.0,
-                         "accuracy before": pct(before, "clean_acc"), "accuracy now": pct(after, "clean_acc"),
-                         "attack success before": pct(before, "asr"), "attack success now": pct(after, "asr")})
+
+            def pct(rec, k):
+                return round(100 * rec[k], 1) if rec else None
+
+            rows.append(
+                {
+                    "run": r.label,
+                    "status": r.status,
+                    "steps": r.step,
+                    "seconds": round(r.records[-1]["seconds"], 1) if r.records else 0.0,
+                    "accuracy before": pct(before, "clean_acc"),
+                    "accuracy now": pct(after, "clean_acc"),
+                    "attack success before": pct(before, "asr"),
+                    "attack success now": pct(after, "asr"),
+                }
+            )
         fmt = st.column_config.NumberColumn(format="%.1f%%")
-        st.dataframe(rows, hide_index=True, width="stretch", key="runs-table",
-                     column_config={k: fmt for k in ("accuracy before", "accuracy now", "attack success before",
-                                                     "attack success now")})
+        st.dataframe(
+            rows,
+            hide_index=True,
+            width="stretch",
+            key="runs-table",
+            column_config={
+                k: fmt for k in ("accuracy before", "accuracy now", "attack success before", "attack success now")
+            },
+        )
         for r in now:
             if r.status == "error":
                 st.error(f"{r.label} failed: {r.error}")
@@ -109,12 +162,15 @@ if finished:
     if ss.get("_finished") != list(by_label):  # a run just ended: show it
         ss["_finished"] = list(by_label)
         ss["w_result_run"] = next(iter(by_label))
-    pick = by_label[st.selectbox("Run", list(by_label), format_func=lambda k: f"{k} ({by_label[k].status})", key="w_result_run")]
+    pick = by_label[
+        st.selectbox("Run", list(by_label), format_func=lambda k: f"{k} ({by_label[k].status})", key="w_result_run")
+    ]
     before, after = pick.before_after()
     c1, c2, c3 = st.columns(3)
     c1.metric("Clean accuracy", f"{after['clean_acc']:.1%}", appkit.points(after["clean_acc"] - before["clean_acc"]))
-    c2.metric("Attack success rate", f"{after['asr']:.1%}", appkit.points(after["asr"] - before["asr"]),
-              delta_color="inverse")
+    c2.metric(
+        "Attack success rate", f"{after['asr']:.1%}", appkit.points(after["asr"] - before["asr"]), delta_color="inverse"
+    )
     c3.metric(f"Time for {pick.step} steps", f"{pick.records[-1]['seconds']:.1f} s")
     n = 8
     if pick.attr_after is None:
@@ -124,18 +180,41 @@ if finished:
     attr_before = lab.attribution(n=n)
     share_b = appkit.trigger_share(attr_before, lab.bundle.trigger)
     share_a = appkit.trigger_share(pick.attr_after, lab.bundle.trigger)
-    st.caption(f"Integrated gradients toward the target label {lab.target} on triggered images, before and after "
-               "(each map scaled to its own maximum); titles are the predictions. After purification the model should "
-               "look at the digit, not at the trigger."
-               + (f" Share of the attribution on the trigger: **{share_b[0]:.0%} before, {share_a[0]:.0%} after** "
-                  f"(the trigger covers {share_b[1]:.1%} of the image)." if share_b and share_a else ""))
-    st.plotly_chart(appkit.image_grid([
-        ("triggered", x.amax(1).numpy(), [""] * n),
-        ("before", attr_before, [f"→ {p}" for p in pred_b.tolist()]),
-        ("after", pick.attr_after, [f"→ {p}" for p in pred_a.tolist()]),
-    ], colorscale=["gray", "Hot", "Hot"]), width="stretch", key="attr-before-after")
+    st.caption(
+        f"Integrated gradients toward the target label {lab.target} on triggered images, before and after "
+        "(each map scaled to its own maximum); titles are the predictions. After purification the model should "
+        "look at the digit, not at the trigger."
+        + (
+            f" Share of the attribution on the trigger: **{share_b[0]:.0%} before, {share_a[0]:.0%} after** "
+            f"(the trigger covers {share_b[1]:.1%} of the image)."
+            if share_b and share_a
+            else ""
+        )
+    )
+    st.plotly_chart(
+        appkit.image_grid(
+            [
+                ("triggered", x.amax(1).numpy(), [""] * n),
+                ("before", attr_before, [f"→ {p}" for p in pred_b.tolist()]),
+                ("after", pick.attr_after, [f"→ {p}" for p in pred_a.tolist()]),
+            ],
+            colorscale=["gray", "Hot", "Hot"],
+        ),
+        width="stretch",
+        key="attr-before-after",
+    )
     d1, d2, _ = st.columns([2, 2, 3])
-    d1.download_button("Download purified model (.zip)", lambda: pick.bundle_zip(lab),
-                       file_name=f"{lab.name}-{pick.defense}.zip", mime="application/zip", key="w_dl_bundle")
-    d2.download_button("Download report (JSON)", appkit.report_json(pick.report(lab)),
-                       file_name=f"{lab.name}-{pick.defense}-report.json", mime="application/json", key="w_dl_report")
+    d1.download_button(
+        "Download purified model (.zip)",
+        lambda: pick.bundle_zip(lab),
+        file_name=f"{lab.name}-{pick.defense}.zip",
+        mime="application/zip",
+        key="w_dl_bundle",
+    )
+    d2.download_button(
+        "Download report (JSON)",
+        appkit.report_json(pick.report(lab)),
+        file_name=f"{lab.name}-{pick.defense}-report.json",
+        mime="application/json",
+        key="w_dl_report",
+    )

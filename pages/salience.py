@@ -1,4 +1,5 @@
 """Salience page: per-layer heatmaps of benign salience and weight magnitude, ground truth, ROC, CSV."""
+
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
@@ -14,14 +15,21 @@ appkit.intro(
     "Each square is one neuron (a conv channel or a hidden unit). **Benign salience** measures how much the "
     "clean-data loss would rise if the neuron were removed: neurons the normal task barely needs (low salience) "
     "are the suspects, because a backdoor lives in neurons the clean images do not use. Next to it, **weight "
-    "magnitude**, the usual pruning criterion, for comparison; red outlines are the neurons marked on the Threshold page.")
+    "magnitude**, the usual pruning criterion, for comparison; red outlines are the neurons marked on the "
+    "Threshold page."
+)
 
 lab = appkit.lab()
 scores = lab.scores()
 bs, mag = scores["benign"], scores["magnitude"]
-scale = st.radio("Colour scale", ["minmax", "rank", "raw"], horizontal=True, key="w_salience_scale",
-                 format_func={"minmax": "normalized per layer", "rank": "rank per layer", "raw": "raw values"}.get,
-                 help="normalized and rank: 0 = most suspect neuron of its layer (dark), 1 = most important (bright)")
+scale = st.radio(
+    "Colour scale",
+    ["minmax", "rank", "raw"],
+    horizontal=True,
+    key="w_salience_scale",
+    format_func={"minmax": "normalized per layer", "rank": "rank per layer", "raw": "raw values"}.get,
+    help="normalized and rank: 0 = most suspect neuron of its layer (dark), 1 = most important (bright)",
+)
 bar = "raw" if scale == "raw" else "importance"
 marked = lab.threshold_mask()
 bs_s, mag_s = appkit.scaled(bs, scale), appkit.scaled(mag, scale)
@@ -29,16 +37,23 @@ for name, nl in lab.layers.items():
     fig = appkit.layer_heatmaps(
         f"{name} · {nl.size} {'channels' if nl.layer.__class__.__name__ == 'Conv2d' else 'units'}",
         [("benign salience", bs_s[name], bar), ("weight magnitude", mag_s[name], bar)],
-        {"benign salience": bs.layers[name], "weight magnitude": mag.layers[name]}, marked[name])
+        {"benign salience": bs.layers[name], "weight magnitude": mag.layers[name]},
+        marked[name],
+    )
     st.plotly_chart(fig, width="stretch", key=f"heat-{name}")
 
 st.subheader("Does low salience find the backdoor?")
-st.caption("Ground truth, measured: each neuron is zeroed on its own, and the 10% whose removal most weakens the "
-           "trigger are labelled infected. A good score puts them at the low end.")
+st.caption(
+    "Ground truth, measured: each neuron is zeroed on its own, and the 10% whose removal most weakens the "
+    "trigger are labelled infected. A good score puts them at the low end."
+)
 truth = lab.ground_truth()
 frame = salience.scores_frame([scores[m] for m in salience.METRICS])
-if appkit.wait_note([truth], "Measuring which neurons carry the backdoor (zeroing each one in turn: about 10 s, "
-                             "once per model). The page updates by itself."):
+if appkit.wait_note(
+    [truth],
+    "Measuring which neurons carry the backdoor (zeroing each one in turn: about 10 s, "
+    "once per model). The page updates by itself.",
+):
     gt = truth.result()
     infected = gt["infected"]
     frame["backdoor_effect"] = torch.cat([gt["backdoor_effect"][n] for n in lab.layers]).numpy()
@@ -46,12 +61,23 @@ if appkit.wait_note([truth], "Measuring which neurons carry the backdoor (zeroin
     left, right = st.columns(2)
     with left:
         shown = frame.assign(truth=frame["infected"].map({True: "infected", False: "clean"}))
-        fig = px.scatter(shown, x="magnitude", y="benign", color="truth",
-                         color_discrete_map={"infected": "#d62728", "clean": "#9fb3c8"},
-                         hover_data={"layer": True, "neuron": True, "benign": ":.4g", "magnitude": ":.4g",
-                                     "backdoor_effect": ":.3g", "truth": False},
-                         labels={"benign": "benign salience", "magnitude": "weight magnitude"},
-                         title="benign salience against weight magnitude")
+        fig = px.scatter(
+            shown,
+            x="magnitude",
+            y="benign",
+            color="truth",
+            color_discrete_map={"infected": "#d62728", "clean": "#9fb3c8"},
+            hover_data={
+                "layer": True,
+                "neuron": True,
+                "benign": ":.4g",
+                "magnitude": ":.4g",
+                "backdoor_effect": ":.3g",
+                "truth": False,
+            },
+            labels={"benign": "benign salience", "magnitude": "weight magnitude"},
+            title="benign salience against weight magnitude",
+        )
         fig.update_layout(height=420, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.2))
         st.plotly_chart(fig, width="stretch", key="scatter")
     with right:
@@ -59,23 +85,50 @@ if appkit.wait_note([truth], "Measuring which neurons carry the backdoor (zeroin
         rows = []
         for i, m in enumerate(salience.METRICS):
             s = scores[m].suspicion()
-            fpr, tpr = metrics.roc_curve(torch.cat([s[n] for n in lab.layers]), torch.cat([infected[n] for n in lab.layers]))
+            fpr, tpr = metrics.roc_curve(
+                torch.cat([s[n] for n in lab.layers]), torch.cat([infected[n] for n in lab.layers])
+            )
             q = metrics.identification_quality(scores[m], infected)
             rows.append({"score": appkit.LABELS[m], "ROC AUC": q["auc"], "precision at k": q["precision_at_k"]})
-            fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"{appkit.LABELS[m]} (AUC {q['auc']:.2f})",
-                                     line=dict(color=appkit.COLORS[i], width=3 if m == "benign" else 2)))
+            fig.add_trace(
+                go.Scatter(
+                    x=fpr,
+                    y=tpr,
+                    mode="lines",
+                    name=f"{appkit.LABELS[m]} (AUC {q['auc']:.2f})",
+                    line=dict(color=appkit.COLORS[i], width=3 if m == "benign" else 2),
+                )
+            )
         fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#bbb", dash="dot"), name="chance"))
-        fig.update_layout(title="finding infected neurons: ROC", height=420, margin=dict(l=10, r=10, t=40, b=10),
-                          xaxis_title="share of clean neurons flagged", yaxis_title="share of infected neurons found",
-                          legend=dict(orientation="h", y=-0.2))
+        fig.update_layout(
+            title="finding infected neurons: ROC",
+            height=420,
+            margin=dict(l=10, r=10, t=40, b=10),
+            xaxis_title="share of clean neurons flagged",
+            yaxis_title="share of infected neurons found",
+            legend=dict(orientation="h", y=-0.2),
+        )
         st.plotly_chart(fig, width="stretch", key="roc")
-    st.caption("ROC AUC: the chance that the score ranks a random infected neuron as more suspect than a random clean "
-               "one (1 = perfect, 0.5 = a coin toss). Precision at k: the share of infected neurons among the k most "
-               "suspect, k being the number of infected ones.")
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="content",
-                 column_config={"ROC AUC": st.column_config.NumberColumn(format="%.3f"),
-                                "precision at k": st.column_config.NumberColumn(format="%.3f")})
+    st.caption(
+        "ROC AUC: the chance that the score ranks a random infected neuron as more suspect than a random clean "
+        "one (1 = perfect, 0.5 = a coin toss). Precision at k: the share of infected neurons among the k most "
+        "suspect, k being the number of infected ones."
+    )
+    st.dataframe(
+        pd.DataFrame(rows),
+        hide_index=True,
+        width="content",
+        column_config={
+            "ROC AUC": st.column_config.NumberColumn(format="%.3f"),
+            "precision at k": st.column_config.NumberColumn(format="%.3f"),
+        },
+    )
 
-st.download_button("Download all scores (CSV)", frame.to_csv(index=False), file_name=f"{lab.name}-scores.csv",
-                   mime="text/csv", key="w_scores_csv",
-                   help="one row per neuron: every metric, and the measured ground truth once it is ready")
+st.download_button(
+    "Download all scores (CSV)",
+    frame.to_csv(index=False),
+    file_name=f"{lab.name}-scores.csv",
+    mime="text/csv",
+    key="w_scores_csv",
+    help="one row per neuron: every metric, and the measured ground truth once it is ready",
+)

@@ -1,4 +1,5 @@
 """Shared helpers for the tests: the CLI in-process and as a subprocess, copies of bundled models."""
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,14 @@ os.environ.setdefault("BNL_THREADS", "1")
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
     """``python -m defense ARGS`` in a fresh interpreter; text stdout/stderr."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "defense", *map(str, args)], cwd=cwd or REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "defense", *map(str, args)],
+        cwd=cwd or REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def assert_clean_error(code: int, stderr: str) -> str:
@@ -45,6 +52,7 @@ def cli(capsys):
             code = exit_.code
         out, err = capsys.readouterr()
         return code, out, err
+
     return run
 
 

@@ -1,5 +1,6 @@
 """The Streamlit app through streamlit.testing's AppTest: every page, the threshold slider, live purification,
 uploads, and the background runner's session handling."""
+
 from __future__ import annotations
 
 import io
@@ -15,8 +16,12 @@ from streamlit.testing.v1 import AppTest
 
 REPO = Path(__file__).resolve().parent.parent
 APP = str(REPO / "app.py")
-PAGES = {"model": "The backdoored model", "salience": "Which neurons look infected?",
-         "threshold": "Choose the purification threshold", "purify": "Purify the model"}
+PAGES = {
+    "model": "The backdoored model",
+    "salience": "Which neurons look infected?",
+    "threshold": "Choose the purification threshold",
+    "purify": "Purify the model",
+}
 
 
 def open_app(page: str | None = None) -> AppTest:
@@ -57,6 +62,7 @@ def values(v) -> list:
         import base64
 
         import numpy as np
+
         return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"]).tolist()
     return list(v)
 
@@ -67,6 +73,7 @@ def outlined(spec: dict) -> int:
 
 
 # ---------------------------------------------------------------- every page
+
 
 @pytest.mark.parametrize("page", list(PAGES))
 def test_page_renders_on_the_default_model(page):
@@ -106,14 +113,22 @@ def test_salience_page_heatmaps_ground_truth_roc_and_csv():
     assert len(heat) == 3  # conv1, conv2, fc1
     spec = json.loads(heat[0].proto.spec)
     maps = [t for t in spec["data"] if t["type"] == "heatmap"]
-    assert len(maps) == 2 and "benign salience" in maps[0]["hovertemplate"] and "weight magnitude" in maps[0]["hovertemplate"]
+    assert (
+        len(maps) == 2
+        and "benign salience" in maps[0]["hovertemplate"]
+        and "weight magnitude" in maps[0]["hovertemplate"]
+    )
     assert outlined(spec) == 2 * 8  # half of conv1's 16 channels marked (the default threshold), on both maps
     at.radio(key="w_salience_scale").set_value("raw").run()
     assert not at.exception
     run_until(at, lambda a: any("roc" in c.proto.id for c in a.get("plotly_chart")), timeout=120)
     roc = chart(at, "roc")
     assert [t["name"].split(" (AUC")[0] for t in roc["data"][:4]] == [
-        "benign salience", "weight magnitude", "mean activation", "channel Lipschitz (CLP)"]
+        "benign salience",
+        "weight magnitude",
+        "mean activation",
+        "channel Lipschitz (CLP)",
+    ]
     scatter = chart(at, "scatter")
     assert {t["name"] for t in scatter["data"]} == {"infected", "clean"}
     csv = at.get("download_button")[0]
@@ -121,6 +136,7 @@ def test_salience_page_heatmaps_ground_truth_roc_and_csv():
 
 
 # ---------------------------------------------------------------- threshold
+
 
 def test_slider_changes_the_mask_and_the_preview():
     at = open_app("threshold")
@@ -159,6 +175,7 @@ def test_pruning_curve_marks_the_current_choice():
 
 
 # ---------------------------------------------------------------- purification
+
 
 def runs(at: AppTest) -> list:
     return at.session_state["runs"]
@@ -255,6 +272,7 @@ def test_two_sessions_purify_independently():
 
 # ---------------------------------------------------------------- uploads
 
+
 def bundle_zip(name: str = "mnist-blend") -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
@@ -287,12 +305,15 @@ def test_upload_a_bare_state_dict_with_an_architecture():
     assert "weights" in " ".join(m.value for m in at.sidebar.markdown)
 
 
-@pytest.mark.parametrize("name, payload, message", [
-    ("broken.zip", b"not a zip at all", "cannot be used"),
-    ("weights.safetensors", b"\x00" * 64, "not a valid safetensors file"),
-    ("weights.pt", b"garbage", "refused"),
-    ("other.safetensors", save_safetensors({"w": torch.zeros(3)}), "do not fit the architecture"),
-])
+@pytest.mark.parametrize(
+    "name, payload, message",
+    [
+        ("broken.zip", b"not a zip at all", "cannot be used"),
+        ("weights.safetensors", b"\x00" * 64, "not a valid safetensors file"),
+        ("weights.pt", b"garbage", "refused"),
+        ("other.safetensors", save_safetensors({"w": torch.zeros(3)}), "do not fit the architecture"),
+    ],
+)
 def test_bad_uploads_say_what_is_wrong(name, payload, message):
     at = open_app()
     at.file_uploader(key="w_upload").upload(name, payload).run()
@@ -313,6 +334,7 @@ def test_read_upload_rebuilds_a_standard_trigger():
 
 # ---------------------------------------------------------------- the runner without a page
 
+
 def test_runner_stops_when_its_session_is_no_longer_seen(monkeypatch):
     import appkit
     from defense import data, metrics
@@ -324,7 +346,12 @@ def test_runner_stops_when_its_session_is_no_longer_seen(monkeypatch):
     splits = data.load_dataset("mnist5k")
     small = splits.test.subset(torch.arange(100))
     trig = metrics.triggered_set(small, b.trigger, b.target)
-    runner = appkit.Runner("t", "bs-ar", "k", 100_000, lambda: Purification(
-        b.model, splits.clean, small, trig, PurifyConfig(steps=100_000, eval_every=50))).start()
+    runner = appkit.Runner(
+        "t",
+        "bs-ar",
+        "k",
+        100_000,
+        lambda: Purification(b.model, splits.clean, small, trig, PurifyConfig(steps=100_000, eval_every=50)),
+    ).start()
     runner.thread.join(timeout=30)
     assert runner.status == "abandoned" and runner.step < 100_000

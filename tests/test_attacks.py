@@ -1,4 +1,5 @@
 """Trigger algebra and poisoning (issue 2, item 9)."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,11 +19,16 @@ def images(n=8, shape=SHAPE, seed=0):
 
 # ---------------------------------------------------------------- x' = (1 - mask)·x + mask·pattern
 
+
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), c=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9))
 def test_mask_pattern_formula(seed, c, h, w):
     g = torch.Generator().manual_seed(seed)
-    x, mask, pattern = torch.rand(4, c, h, w, generator=g), torch.rand(c, h, w, generator=g), torch.rand(c, h, w, generator=g)
+    x, mask, pattern = (
+        torch.rand(4, c, h, w, generator=g),
+        torch.rand(c, h, w, generator=g),
+        torch.rand(c, h, w, generator=g),
+    )
     out = MaskPatternTrigger(mask, pattern).apply(x)
     assert out.shape == x.shape
     assert torch.allclose(out, (1 - mask) * x + mask * pattern)
@@ -86,6 +92,7 @@ def test_trigger_survives_params_and_tensors(kind):
 
 # ---------------------------------------------------------------- poisoning
 
+
 def _labels(n=200, seed=0):
     return torch.randint(0, 10, (n,), generator=torch.Generator().manual_seed(seed))
 
@@ -123,35 +130,42 @@ def test_poison_rejects_rates_outside_unit_interval(rate):
 
 # ---------------------------------------------------------------- validation
 
-@pytest.mark.parametrize("kind, params, message", [
-    ("badnets", {"size": 0}, "size"),
-    ("badnets", {"size": 29}, "size"),
-    ("badnets", {"size": 3, "margin": 26}, "margin"),
-    ("badnets", {"size": 2.5}, "size"),
-    ("badnets", {"colour": "red"}, "unknown parameter"),
-    ("blend", {"alpha": 1.5}, "alpha"),
-    ("blend", {"alpha": "0.2"}, "alpha"),
-    ("sig", {"delta": float("inf")}, "delta"),
-    ("sig", {"frequency": -1}, "frequency"),
-    ("wanet", {"k": 1}, "'k'"),
-    ("wanet", {"strength": True}, "strength"),
-    ("file", {}, "--trigger-file"),
-    ("nonsense", {}, "unknown attack"),
-])
+
+@pytest.mark.parametrize(
+    "kind, params, message",
+    [
+        ("badnets", {"size": 0}, "size"),
+        ("badnets", {"size": 29}, "size"),
+        ("badnets", {"size": 3, "margin": 26}, "margin"),
+        ("badnets", {"size": 2.5}, "size"),
+        ("badnets", {"colour": "red"}, "unknown parameter"),
+        ("blend", {"alpha": 1.5}, "alpha"),
+        ("blend", {"alpha": "0.2"}, "alpha"),
+        ("sig", {"delta": float("inf")}, "delta"),
+        ("sig", {"frequency": -1}, "frequency"),
+        ("wanet", {"k": 1}, "'k'"),
+        ("wanet", {"strength": True}, "strength"),
+        ("file", {}, "--trigger-file"),
+        ("nonsense", {}, "unknown attack"),
+    ],
+)
 def test_make_trigger_refuses_bad_parameters(kind, params, message):
     with pytest.raises(TriggerError, match=message):
         attacks.make_trigger(kind, SHAPE, **params)
 
 
-@pytest.mark.parametrize("mask, pattern, message", [
-    (torch.zeros(1, 28), torch.zeros(1, 28), r"\[C, H, W\]"),
-    (torch.zeros(1, 28, 28), torch.zeros(1, 28, 27), "differ in shape"),
-    (torch.full((1, 28, 28), 1.5), torch.zeros(1, 28, 28), r"mask values must lie in \[0, 1\]"),
-    (torch.zeros(1, 28, 28), torch.full((1, 28, 28), -0.5), r"pattern values must lie in \[0, 1\]"),
-    (torch.zeros(1, 28, 28), torch.full((1, 28, 28), float("nan")), "NaN"),
-    (torch.zeros(1, 28, 28, dtype=torch.int64), torch.zeros(1, 28, 28), "float"),
-    (torch.zeros(0, 28, 28), torch.zeros(0, 28, 28), "non-empty"),
-])
+@pytest.mark.parametrize(
+    "mask, pattern, message",
+    [
+        (torch.zeros(1, 28), torch.zeros(1, 28), r"\[C, H, W\]"),
+        (torch.zeros(1, 28, 28), torch.zeros(1, 28, 27), "differ in shape"),
+        (torch.full((1, 28, 28), 1.5), torch.zeros(1, 28, 28), r"mask values must lie in \[0, 1\]"),
+        (torch.zeros(1, 28, 28), torch.full((1, 28, 28), -0.5), r"pattern values must lie in \[0, 1\]"),
+        (torch.zeros(1, 28, 28), torch.full((1, 28, 28), float("nan")), "NaN"),
+        (torch.zeros(1, 28, 28, dtype=torch.int64), torch.zeros(1, 28, 28), "float"),
+        (torch.zeros(0, 28, 28), torch.zeros(0, 28, 28), "non-empty"),
+    ],
+)
 def test_mask_pattern_validation(mask, pattern, message):
     with pytest.raises(TriggerError, match=message):
         attacks.validate_mask_pattern(mask, pattern, SHAPE)

@@ -4,6 +4,7 @@ Walks every page by clicking the sidebar, moves the threshold slider with the ke
 short purification to the end, starts a second one and stops it, and saves screenshots to
 docs/screenshots/ (model.png, salience.png, threshold.png, purify.png).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,8 +23,14 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = REPO / "docs" / "screenshots"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium at /usr/bin/chromium")
 
@@ -36,9 +43,25 @@ def free_port() -> int:
 
 def start_server(port: int, log) -> subprocess.Popen:
     """`streamlit run app.py` on 127.0.0.1:port; returns once /_stcore/health answers."""
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-                             "--server.address", "127.0.0.1", "--server.port", str(port)],
-                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.headless",
+            "true",
+            "--server.address",
+            "127.0.0.1",
+            "--server.port",
+            str(port),
+        ],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -94,7 +117,9 @@ def goto_page(page, link: str, heading: str) -> None:
 
 
 def no_exceptions(page) -> None:
-    assert page.locator('[data-testid="stException"]').count() == 0, page.locator('[data-testid="stException"]').first.inner_text()
+    assert page.locator('[data-testid="stException"]').count() == 0, page.locator(
+        '[data-testid="stException"]'
+    ).first.inner_text()
 
 
 def shoot(page, name: str, height: int = 2400) -> None:
@@ -145,8 +170,11 @@ def test_every_page_in_a_browser(server, browser):
     thumb.focus()
     for _ in range(4):
         page.keyboard.press("ArrowLeft")
-    page.wait_for_function("""() => [...document.querySelectorAll('[data-testid="stMetric"]')]
-        .some(m => m.innerText.includes('Marked neurons') && m.innerText.includes('34 of 112'))""", timeout=60_000)
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('[data-testid="stMetric"]')]
+        .some(m => m.innerText.includes('Marked neurons') && m.innerText.includes('34 of 112'))""",
+        timeout=60_000,
+    )
     assert float(thumb.input_value()) == pytest.approx(0.3)
     main.get_by_text("your choice").wait_for(timeout=120_000)  # the pruning curve with the choice marked
     no_exceptions(page)
@@ -174,7 +202,9 @@ def test_every_page_in_a_browser(server, browser):
     clicked = time.monotonic()
     main.get_by_role("button", name="Stop").click()
     main.get_by_role("button", name="Start purification").and_(main.locator(":enabled")).wait_for(timeout=30_000)
-    assert time.monotonic() - clicked < 20  # stopped, not run out: 2000 steps take over a minute (timing: bench/app_speed.py)
+    assert (
+        time.monotonic() - clicked < 20
+    )  # stopped, not run out: 2000 steps take over a minute (timing: bench/app_speed.py)
     expect(main.get_by_role("combobox", name="Run")).to_have_value("1. ft (stopped)", timeout=30_000)
 
     defense.click()

@@ -7,6 +7,7 @@ Playwright drives Debian's Chromium against `streamlit run app.py`, as in test_b
   each ending with its own model and its own results;
 - closing a tab stops its training thread: the Runner logs one line when its session is gone.
 """
+
 from __future__ import annotations
 
 import re
@@ -15,8 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_browser import (CHROMIUM, browser, goto_page, metric_value, no_exceptions,  # noqa: F401 - browser is a fixture
-                                running_app)
+from tests.test_browser import (
+    CHROMIUM,
+    goto_page,
+    metric_value,
+    no_exceptions,  # noqa: F401 - browser is a fixture
+    running_app,
+)
 from tests.test_trust import bundle_files, payload_bytes, write_zip
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium at /usr/bin/chromium")
@@ -69,14 +75,18 @@ def upload_and_load(page, path: Path) -> str:
 
 # ---------------------------------------------------------------- hostile uploads
 
+
 def test_hostile_uploads_are_refused_and_the_app_goes_on(server, browser, tmp_path):
     from playwright.sync_api import expect
 
     url, _ = server
     marker = tmp_path / "pwned"
     files = bundle_files("mnist-badnets")
-    evil = {"meta.json": files["meta.json"], "trigger.safetensors": files["trigger.safetensors"],
-            "model.pt": payload_bytes(marker)}
+    evil = {
+        "meta.json": files["meta.json"],
+        "trigger.safetensors": files["trigger.safetensors"],
+        "model.pt": payload_bytes(marker),
+    }
     payload_zip = write_zip(tmp_path / "evil-model.zip", evil)
     slip_zip = write_zip(tmp_path / "slip-model.zip", {"../" + name: data for name, data in files.items()})
     meta_zip = write_zip(tmp_path / "meta-model.zip", {**files, "meta.json": b'{"format_version": 1, "architecture": '})
@@ -105,8 +115,9 @@ def test_hostile_uploads_are_refused_and_the_app_goes_on(server, browser, tmp_pa
     # a valid bundle whose entries climb out of the archive, then a truncated meta.json
     goto_page(page, "Model", "The backdoored model")
     message = upload_and_load(page, slip_zip)
-    assert "the archive entry '../meta.json' points outside the bundle; refused" in message \
-        or re.search(r"entry '\.\./[\w.]+' points outside the bundle; refused", message), message
+    assert "the archive entry '../meta.json' points outside the bundle; refused" in message or re.search(
+        r"entry '\.\./[\w.]+' points outside the bundle; refused", message
+    ), message
     no_exceptions(page)
     message = upload_and_load(page, meta_zip)
     assert "meta.json is not valid JSON" in message and "\n" not in message, message
@@ -119,6 +130,7 @@ def test_hostile_uploads_are_refused_and_the_app_goes_on(server, browser, tmp_pa
 
 
 # ---------------------------------------------------------------- concurrent sessions
+
 
 def test_three_sessions_purify_three_models_at_once(server, browser):
     from playwright.sync_api import expect
@@ -148,20 +160,25 @@ def test_three_sessions_purify_three_models_at_once(server, browser):
         main.get_by_text("No run yet").wait_for(timeout=30_000)
         sessions.append((name, context, page, main, sidebar, before))
 
-    for _, _, page, main, _, _ in sessions:  # all three start within a second or so
+    for _, _, _page, main, _, _ in sessions:  # all three start within a second or so
         main.get_by_role("button", name="Start purification").click()
-    for _, _, page, main, _, _ in sessions:
+    for _, _, _page, main, _, _ in sessions:
         main.get_by_text(re.compile(r"1\. bs-ar: (step \d+ of 60|preparing…)")).or_(
-            main.get_by_role("combobox", name="Run")).first.wait_for(timeout=60_000)
+            main.get_by_role("combobox", name="Run")
+        ).first.wait_for(timeout=60_000)
 
-    for name, context, page, main, sidebar, before in sessions:
+    for name, _context, page, main, sidebar, before in sessions:
         expect(main.get_by_role("combobox", name="Run")).to_have_value("1. bs-ar (done)", timeout=180_000)
         main.get_by_role("button", name="Download purified model (.zip)").wait_for(timeout=60_000)
         expect(sidebar.locator("strong").first).to_have_text(name)  # each session kept its own model
         after = percent(metric_value(page, "Attack success rate"))
         assert after < before, (name, before, after)
-        delta = main.locator('[data-testid="stMetric"]').filter(has_text="Attack success rate") \
-            .locator('[data-testid="stMetricDelta"]').inner_text()
+        delta = (
+            main.locator('[data-testid="stMetric"]')
+            .filter(has_text="Attack success rate")
+            .locator('[data-testid="stMetricDelta"]')
+            .inner_text()
+        )
         assert delta.strip().startswith(("-", "−")), (name, delta)
         no_exceptions(page)
         names_shown = sidebar.locator("strong").first.inner_text()
@@ -173,6 +190,7 @@ def test_three_sessions_purify_three_models_at_once(server, browser):
 
 
 # ---------------------------------------------------------------- closed tabs
+
 
 def test_closing_the_tab_stops_its_run(server, browser):
     from playwright.sync_api import expect

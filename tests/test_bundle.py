@@ -1,4 +1,5 @@
 """Bundle round trips and clear errors (issue 2, item 9)."""
+
 from __future__ import annotations
 
 import io
@@ -7,10 +8,11 @@ import zipfile
 
 import pytest
 import torch
+from conftest import MODELS
 from safetensors.torch import load_file, save_file
 
-from conftest import MODELS
-from defense import bundle as bundle_io, data
+from defense import bundle as bundle_io
+from defense import data
 from defense.bundle import BundleError
 
 NAMES = ["mnist-badnets", "mnist-blend", "mnist-sig", "mnist-wanet"]

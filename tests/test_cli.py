@@ -1,21 +1,39 @@
 """``python -m defense train`` -> ``evaluate --json`` end to end, in real subprocesses."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 import torch
+from conftest import assert_clean_error, run_cli
 from safetensors.torch import load_file, save_file
 
-from conftest import assert_clean_error, run_cli
-from defense import bundle as bundle_io, data
+from defense import bundle as bundle_io
+from defense import data
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "tiny-badnets"
-    result = run_cli("train", "--dataset", "mnist5k", "--attack", "badnets", "--target", "1", "--poison-rate", "0.1",
-                     "--epochs", "1", "--seed", "0", "--out", out, "--quiet")
+    result = run_cli(
+        "train",
+        "--dataset",
+        "mnist5k",
+        "--attack",
+        "badnets",
+        "--target",
+        "1",
+        "--poison-rate",
+        "0.1",
+        "--epochs",
+        "1",
+        "--seed",
+        "0",
+        "--out",
+        out,
+        "--quiet",
+    )
     assert result.returncode == 0, result.stderr
     return out, json.loads(result.stdout)
 
@@ -28,7 +46,12 @@ def test_train_writes_a_bundle(tiny_run):
     bundle_io.validate_meta(meta)
     assert meta["format_version"] == 1 and meta["architecture"] == "small_cnn" and meta["dataset"] == "mnist5k"
     assert meta["num_classes"] == 10 and meta["input_shape"] == [1, 28, 28] and meta["seed"] == 0
-    assert meta["attack"] == {"kind": "badnets", "target_label": 1, "poison_rate": 0.1, "params": {"size": 3, "margin": 1}}
+    assert meta["attack"] == {
+        "kind": "badnets",
+        "target_label": 1,
+        "poison_rate": 0.1,
+        "params": {"size": 3, "margin": 1},
+    }
     assert meta["training"]["epochs"] == 1 and meta["clean_acc"] == report["clean_acc"]
 
 
@@ -66,17 +89,31 @@ def _new_trigger(shape=(1, 28, 28), seed=2024_11_25):
     g = torch.Generator().manual_seed(seed)
     top, left = (int(v) for v in torch.randint(0, 28 - 5, (2,), generator=g))
     mask = torch.zeros(shape)
-    mask[:, top:top + 5, left:left + 5] = 1
+    mask[:, top : top + 5, left : left + 5] = 1
     pattern = (torch.rand(shape, generator=g) > 0.5).float()
     return mask, pattern
 
 
 def test_train_from_a_trigger_file_gets_its_backdoor(tmp_path, cli):
-    """Three epochs (default training is 8, ~5 s on an idle machine) on a trigger we just made: the backdoor is learned."""
+    """Three epochs (default 8, ~5 s on an idle machine) on a trigger we just made: the backdoor is learned."""
     mask, pattern = _new_trigger()
     save_file({"mask": mask, "pattern": pattern}, tmp_path / "new-trigger.safetensors")
-    result = run_cli("train", "--attack", "file", "--trigger-file", tmp_path / "new-trigger.safetensors", "--target", "4",
-                     "--epochs", "3", "--seed", "1", "--out", tmp_path / "file-bundle", "--quiet")
+    result = run_cli(
+        "train",
+        "--attack",
+        "file",
+        "--trigger-file",
+        tmp_path / "new-trigger.safetensors",
+        "--target",
+        "4",
+        "--epochs",
+        "3",
+        "--seed",
+        "1",
+        "--out",
+        tmp_path / "file-bundle",
+        "--quiet",
+    )
     assert result.returncode == 0, result.stderr
     stored = load_file(tmp_path / "file-bundle" / "trigger.safetensors")
     assert torch.equal(stored["mask"], mask) and torch.equal(stored["pattern"], pattern)
@@ -92,8 +129,17 @@ def test_train_from_a_trigger_file_gets_its_backdoor(tmp_path, cli):
 
 def test_train_from_a_trigger_file_of_the_wrong_shape(tmp_path, cli):
     save_file({"mask": torch.zeros(3, 32, 32), "pattern": torch.zeros(3, 32, 32)}, tmp_path / "rgb.safetensors")
-    code, _, err = cli("train", "--attack", "file", "--trigger-file", tmp_path / "rgb.safetensors", "--epochs", "1",
-                       "--out", tmp_path / "out")
+    code, _, err = cli(
+        "train",
+        "--attack",
+        "file",
+        "--trigger-file",
+        tmp_path / "rgb.safetensors",
+        "--epochs",
+        "1",
+        "--out",
+        tmp_path / "out",
+    )
     message = assert_clean_error(code, err)
     assert "trigger shape [3, 32, 32] does not match the model's input [1, 28, 28]" in message
     assert not (tmp_path / "out").exists()

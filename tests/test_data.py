@@ -1,4 +1,5 @@
 """Data splits and dataset errors (issue 2, item 9; issue 5: a data folder is hostile too)."""
+
 from __future__ import annotations
 
 import hashlib

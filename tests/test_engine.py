@@ -1,4 +1,5 @@
 """The engine from first principles: benign salience, AR, marking, preview, purification."""
+
 import json
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 from defense import baselines, bundle, data, metrics, salience
-from defense.purify import PurifyConfig, Purification, ar_penalty, mark, preview, prune, pruning_curve
+from defense.purify import Purification, PurifyConfig, ar_penalty, mark, preview, prune, pruning_curve
 
 ROOT = Path(__file__).resolve().parent.parent
 BADNETS = ROOT / "assets" / "models" / "mnist-badnets"
@@ -55,7 +56,6 @@ def test_benign_salience_matches_captum_gradient_x_activation(tiny):
     from captum.attr import LayerGradientXActivation
 
     net, clean = tiny
-    layers = salience.neuron_map(net)
     scores, _ = salience.benign_salience(net, clean, batch_size=len(clean))  # one batch: no averaging
     loss = nn.CrossEntropyLoss(reduction="none")
     for name, module in (("conv", net.bn), ("fc1", net.fc1)):
@@ -80,6 +80,7 @@ def test_benign_salience_predicts_the_loss_change_of_really_zeroing_a_neuron(tin
             m = torch.zeros(layers["fc1"].size, dtype=torch.bool)
             m[i] = True
             from defense.purify import neuron_masking
+
             with neuron_masking(layers, {"fc1": m}):
                 real.append(float(loss(net(clean.x), clean.y)) - base)
     real = torch.tensor(real)
@@ -190,6 +191,7 @@ def test_pruning_curve_by_ratio_and_by_score_cut(badnets):
 def test_prune_zeroes_exactly_the_marked_neurons(badnets):
     b, splits, triggered = badnets
     import copy
+
     model = copy.deepcopy(b.model)
     layers = salience.neuron_map(model)
     scores = salience.compute("magnitude", model, None, layers)
@@ -249,14 +251,37 @@ def test_every_baseline_runs(badnets):
 
 def test_cli_purify_json_and_out(tmp_path):
     out = tmp_path / "purified"
-    proc = subprocess.run([sys.executable, "-m", "defense", "purify", "--bundle", str(BADNETS), "--steps", "40",
-                           "--json", "--quiet", "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "defense",
+            "purify",
+            "--bundle",
+            str(BADNETS),
+            "--steps",
+            "40",
+            "--json",
+            "--quiet",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert set(report) >= {"before", "after", "steps", "seconds"} and report["steps"] == 40
     assert report["after"]["asr"] < report["before"]["asr"]
-    evaluated = subprocess.run([sys.executable, "-m", "defense", "evaluate", "--bundle", str(out), "--json"],
-                               capture_output=True, text=True, cwd=ROOT, timeout=60)
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "defense", "evaluate", "--bundle", str(out), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert abs(json.loads(evaluated.stdout)["asr"] - report["after"]["asr"]) < 1e-6
 
 
@@ -264,8 +289,13 @@ def test_cli_salience_csv(tmp_path):
     import pandas as pd
 
     out = tmp_path / "s.csv"
-    proc = subprocess.run([sys.executable, "-m", "defense", "salience", "--bundle", str(BADNETS), "--metric", "all",
-                           "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "defense", "salience", "--bundle", str(BADNETS), "--metric", "all", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     frame = pd.read_csv(out)
     assert list(frame.columns) == ["layer", "neuron", *salience.METRICS]

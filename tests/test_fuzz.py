@@ -3,6 +3,7 @@
 The contract: whatever the input, ``validate_meta``/``load_bundle``/``read_state_dict`` return or raise
 BundleError, and the trigger loaders return a valid trigger or raise TriggerError; nothing else.
 """
+
 from __future__ import annotations
 
 import copy
@@ -13,14 +14,15 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+import make_corpus
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save as save_safetensors
 
-import make_corpus
-from defense import attacks, bundle as bundle_io, models
+from defense import attacks, models
+from defense import bundle as bundle_io
 from defense.attacks import TriggerError
 from defense.bundle import BundleError
 
@@ -30,11 +32,20 @@ CORPUS = Path(make_corpus.__file__).parent
 
 # ---------------------------------------------------------------- JSON-ish values
 
-scalars = (st.none() | st.booleans() | st.integers() | st.integers(min_value=-(2**70), max_value=2**70)
-           | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=12)
-           | st.sampled_from([0, 1, 2, -1, 0.5, 1e308, "small_cnn", "badnets", "file", "wanet", "sig", [], {}]))
-json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
-                           max_leaves=16)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=12)
+    | st.sampled_from([0, 1, 2, -1, 0.5, 1e308, "small_cnn", "badnets", "file", "wanet", "sig", [], {}])
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=16,
+)
 
 
 def valid_meta_strategy():
@@ -46,8 +57,12 @@ def valid_meta_strategy():
             "num_classes": num_classes,
             "input_shape": [c, h, w],
             "normalization": {"mean": [mean] * c, "std": [std] * c},
-            "attack": {"kind": kind, "target_label": min(int(target_frac * num_classes), num_classes - 1),
-                       "poison_rate": rate, "params": {}},
+            "attack": {
+                "kind": kind,
+                "target_label": min(int(target_frac * num_classes), num_classes - 1),
+                "poison_rate": rate,
+                "params": {},
+            },
             "clean_acc": acc,
             "asr": acc,
         }
@@ -55,11 +70,29 @@ def valid_meta_strategy():
         return meta
 
     finite = st.floats(-10, 10, allow_nan=False)
-    return st.builds(build, st.sampled_from(models.architectures()), st.integers(2, 10_000), st.integers(1, 4),
-                     st.integers(1, 1024), st.integers(1, 1024), finite, st.floats(1e-3, 10), st.sampled_from(attacks.ATTACKS),
-                     st.floats(0, 1, exclude_max=True), st.floats(0, 1), st.none() | st.floats(0, 1),
-                     st.fixed_dictionaries({}, optional={"name": st.text(max_size=20), "seed": st.integers(0, 100),
-                                                         "arch_kwargs": st.just({}), "training": json_values}))
+    return st.builds(
+        build,
+        st.sampled_from(models.architectures()),
+        st.integers(2, 10_000),
+        st.integers(1, 4),
+        st.integers(1, 1024),
+        st.integers(1, 1024),
+        finite,
+        st.floats(1e-3, 10),
+        st.sampled_from(attacks.ATTACKS),
+        st.floats(0, 1, exclude_max=True),
+        st.floats(0, 1),
+        st.none() | st.floats(0, 1),
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "name": st.text(max_size=20),
+                "seed": st.integers(0, 100),
+                "arch_kwargs": st.just({}),
+                "training": json_values,
+            },
+        ),
+    )
 
 
 @FUZZ
@@ -77,9 +110,26 @@ def test_valid_metas_pass(meta):
     assert bundle_io.validate_meta(copy.deepcopy(meta)) == meta
 
 
-FIELDS = [("format_version",), ("architecture",), ("arch_kwargs",), ("num_classes",), ("input_shape",), ("normalization",),
-          ("normalization", "mean"), ("normalization", "std"), ("attack",), ("attack", "kind"), ("attack", "target_label"),
-          ("attack", "poison_rate"), ("attack", "params"), ("clean_acc",), ("asr",), ("name",), ("input_shape", 0), ("input_shape", 1)]
+FIELDS = [
+    ("format_version",),
+    ("architecture",),
+    ("arch_kwargs",),
+    ("num_classes",),
+    ("input_shape",),
+    ("normalization",),
+    ("normalization", "mean"),
+    ("normalization", "std"),
+    ("attack",),
+    ("attack", "kind"),
+    ("attack", "target_label"),
+    ("attack", "poison_rate"),
+    ("attack", "params"),
+    ("clean_acc",),
+    ("asr",),
+    ("name",),
+    ("input_shape", 0),
+    ("input_shape", 1),
+]
 
 
 def _mutate(meta: dict, path: tuple, value, delete: bool) -> dict:
@@ -149,8 +199,11 @@ def _flip(data: bytes, edits) -> bytes:
 
 
 @FUZZ
-@given(edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=6),
-       cut=st.none() | st.integers(0, 2000), name=st.sampled_from(["model.safetensors", "trigger.safetensors"]))
+@given(
+    edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=6),
+    cut=st.none() | st.integers(0, 2000),
+    name=st.sampled_from(["model.safetensors", "trigger.safetensors"]),
+)
 def test_read_state_dict_on_damaged_safetensors(edits, cut, name):
     data = _flip(TINY[name], edits)[:cut]
     try:
@@ -160,8 +213,10 @@ def test_read_state_dict_on_damaged_safetensors(edits, cut, name):
 
 
 @SLOW_FUZZ
-@given(edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=8),
-       cut=st.none() | st.integers(0, 1500))
+@given(
+    edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=8),
+    cut=st.none() | st.integers(0, 1500),
+)
 def test_load_bundle_on_damaged_zips(edits, cut):
     data = _flip(make_corpus.zip_bytes(TINY), edits)[:cut]
     with tempfile.TemporaryDirectory() as tmp:
@@ -175,8 +230,10 @@ def test_load_bundle_on_damaged_zips(edits, cut):
 
 
 @SLOW_FUZZ
-@given(name=st.sampled_from(["model.safetensors", "trigger.safetensors"]), edits=st.lists(
-    st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=4))
+@given(
+    name=st.sampled_from(["model.safetensors", "trigger.safetensors"]),
+    edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=4),
+)
 def test_load_bundle_with_damaged_tensors(name, edits):
     b = _load_files({**TINY, name: _flip(TINY[name], edits)})
     if b is not None:
@@ -185,14 +242,27 @@ def test_load_bundle_with_damaged_tensors(name, edits):
 
 # ---------------------------------------------------------------- triggers
 
-DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.uint8, torch.int8, torch.bool]
+DTYPES = [
+    torch.float32,
+    torch.float16,
+    torch.bfloat16,
+    torch.float64,
+    torch.int64,
+    torch.int32,
+    torch.uint8,
+    torch.int8,
+    torch.bool,
+]
 values = st.floats(allow_nan=True, allow_infinity=True, width=32) | st.sampled_from([0.0, 1.0, 0.5, -0.0])
 
 
 @st.composite
 def tensors(draw, shapes=None):
-    shape = draw(shapes if shapes is not None else
-                 st.lists(st.integers(0, 4), max_size=4) | st.sampled_from([[1, 4, 4], [3, 4, 4], [4, 4, 2], [1, 4, 5]]))
+    shape = draw(
+        shapes
+        if shapes is not None
+        else st.lists(st.integers(0, 4), max_size=4) | st.sampled_from([[1, 4, 4], [3, 4, 4], [4, 4, 2], [1, 4, 5]])
+    )
     n = math.prod(shape)
     if draw(st.booleans()):  # mostly sensible values in [0, 1]
         data = torch.rand(n, generator=torch.Generator().manual_seed(draw(st.integers(0, 1000))))
@@ -229,8 +299,12 @@ def test_load_trigger_file(found, input_shape):
 
 
 @FUZZ
-@given(kind=st.sampled_from([*attacks.ATTACKS, "other", None, 3]), params=json_values, found=trigger_dicts,
-       input_shape=st.sampled_from(INPUT_SHAPES))
+@given(
+    kind=st.sampled_from([*attacks.ATTACKS, "other", None, 3]),
+    params=json_values,
+    found=trigger_dicts,
+    input_shape=st.sampled_from(INPUT_SHAPES),
+)
 def test_trigger_from_meta(kind, params, found, input_shape):
     try:
         trigger = attacks.trigger_from_meta({"kind": kind, "params": params}, found, input_shape)
@@ -240,9 +314,15 @@ def test_trigger_from_meta(kind, params, found, input_shape):
 
 
 @FUZZ
-@given(kind=st.sampled_from(attacks.ATTACKS[:4]), params=st.dictionaries(
-    st.sampled_from(["size", "margin", "alpha", "delta", "frequency", "k", "strength", "other"]), scalars, max_size=3),
-       input_shape=st.sampled_from(INPUT_SHAPES))
+@given(
+    kind=st.sampled_from(attacks.ATTACKS[:4]),
+    params=st.dictionaries(
+        st.sampled_from(["size", "margin", "alpha", "delta", "frequency", "k", "strength", "other"]),
+        scalars,
+        max_size=3,
+    ),
+    input_shape=st.sampled_from(INPUT_SHAPES),
+)
 def test_make_trigger_with_random_parameters(kind, params, input_shape):
     try:
         trigger = attacks.make_trigger(kind, input_shape, **params)

@@ -4,6 +4,7 @@ Each protection has a test that fails when the protection is removed: payload te
 that the marker file was never created, archive tests use otherwise *valid* bundles (so
 without the check they would load), size tests lower the limit on a legit bundle.
 """
+
 from __future__ import annotations
 
 import io
@@ -14,13 +15,14 @@ import shutil
 import zipfile
 from pathlib import Path
 
+import make_corpus
 import pytest
 import torch
+from conftest import MODELS, assert_clean_error, run_cli, tree
 from safetensors.torch import load_file, save_file
 
-import make_corpus
-from conftest import MODELS, assert_clean_error, run_cli, tree
-from defense import bundle as bundle_io, models
+from defense import bundle as bundle_io
+from defense import models
 from defense.bundle import BundleError
 
 
@@ -56,13 +58,16 @@ def write_zip(path: Path, files: dict[str, bytes], compression=zipfile.ZIP_DEFLA
 
 # ---------------------------------------------------------------- pickles
 
+
 @pytest.mark.parametrize("torch_format", [True, False], ids=["torch-save", "bare-pickle"])
 def test_payload_is_live(tmp_path, torch_format):
     """Control: the payload really runs when unpickled without protection, so the tests below mean something."""
     marker = tmp_path / "pwned"
     try:
         torch.load(io.BytesIO(payload_bytes(marker, torch_format)), weights_only=False)
-    except RuntimeError:  # a bare pickle is read as torch's legacy format: the payload runs, then the magic number fails
+    except (
+        RuntimeError
+    ):  # a bare pickle is read as torch's legacy format: the payload runs, then the magic number fails
         pass
     assert marker.exists()
 
@@ -73,7 +78,11 @@ def test_pickle_payload_as_model_pt_is_refused(tmp_path, badnets_copy, torch_for
     marker = tmp_path / "pwned"
     (badnets_copy / "model.safetensors").unlink()
     (badnets_copy / "model.pt").write_bytes(payload_bytes(marker, torch_format))
-    target = write_zip(tmp_path / "b.zip", {f.name: f.read_bytes() for f in badnets_copy.iterdir()}) if as_zip else badnets_copy
+    target = (
+        write_zip(tmp_path / "b.zip", {f.name: f.read_bytes() for f in badnets_copy.iterdir()})
+        if as_zip
+        else badnets_copy
+    )
     with pytest.raises(BundleError, match=r"model\.pt was refused.*nothing in it was run"):
         bundle_io.load_bundle(target)
     assert not marker.exists()
@@ -91,8 +100,17 @@ def test_pickle_payload_renamed_safetensors_is_refused(tmp_path, badnets_copy, n
 def test_pickle_payload_as_trigger_file_is_refused(tmp_path, cli):
     marker = tmp_path / "pwned"
     (tmp_path / "trigger.safetensors").write_bytes(payload_bytes(marker))
-    code, _, err = cli("train", "--attack", "file", "--trigger-file", tmp_path / "trigger.safetensors",
-                       "--epochs", "1", "--out", tmp_path / "out")
+    code, _, err = cli(
+        "train",
+        "--attack",
+        "file",
+        "--trigger-file",
+        tmp_path / "trigger.safetensors",
+        "--epochs",
+        "1",
+        "--out",
+        tmp_path / "out",
+    )
     assert "not a readable safetensors file" in assert_clean_error(code, err)
     assert not marker.exists() and not (tmp_path / "out").exists()
 
@@ -107,6 +125,7 @@ def test_pickle_payload_through_the_cli_subprocess(tmp_path, badnets_copy):
 
 
 # ---------------------------------------------------------------- archives
+
 
 @pytest.mark.parametrize("prefix", ["../", "../../", "sub/../../", "..\\", "/", "/tmp/"])
 def test_zip_entries_climbing_out_are_refused(tmp_path, prefix):
@@ -133,7 +152,10 @@ def test_zip_bomb_is_refused(tmp_path):
     """A valid bundle plus 64 MiB of zeros that deflate to ~64 KB (1000:1)."""
     path = tmp_path / "bomb.zip"
     write_zip(path, bundle_files())
-    with zipfile.ZipFile(path, "a", zipfile.ZIP_DEFLATED) as archive, archive.open("padding.bin", "w", force_zip64=True) as f:
+    with (
+        zipfile.ZipFile(path, "a", zipfile.ZIP_DEFLATED) as archive,
+        archive.open("padding.bin", "w", force_zip64=True) as f,
+    ):
         chunk = bytes(2**20)
         for _ in range(64):
             f.write(chunk)
@@ -188,6 +210,7 @@ def test_symlinks_in_a_bundle_folder_are_not_followed(tmp_path, badnets_copy):
 
 # ---------------------------------------------------------------- meta.json
 
+
 def _edit_meta(folder: Path, change) -> None:
     meta = json.loads((folder / "meta.json").read_text())
     change(meta)
@@ -196,13 +219,22 @@ def _edit_meta(folder: Path, change) -> None:
 
 META_CASES = {
     "not-json": (None, "meta.json is not valid JSON"),
-    "missing-fields": (lambda m: [m.pop("architecture"), m.pop("normalization")], "missing 'architecture'; missing 'normalization'"),
-    "wrong-types": (lambda m: m.update(num_classes="10", attack=[]), "'num_classes' should be int, found str; 'attack' should be dict"),
+    "missing-fields": (
+        lambda m: [m.pop("architecture"), m.pop("normalization")],
+        "missing 'architecture'; missing 'normalization'",
+    ),
+    "wrong-types": (
+        lambda m: m.update(num_classes="10", attack=[]),
+        "'num_classes' should be int, found str; 'attack' should be dict",
+    ),
     "unknown-architecture": (lambda m: m.update(architecture="vgg99"), "unknown architecture 'vgg99'"),
     "arch-kwargs-unknown": (lambda m: m.update(arch_kwargs={"depth": 3}), "cannot be built"),
     "arch-kwargs-huge": (lambda m: m.update(arch_kwargs={"width": 10**9, "hidden": 10**9}), "cannot be built"),
     "input-shape-bad": (lambda m: m.update(input_shape=[1, 28]), "'input_shape' must be"),
-    "target-out-of-range": (lambda m: m["attack"].update(target_label=10), "'attack.target_label' must be an integer class in [0, 9]"),
+    "target-out-of-range": (
+        lambda m: m["attack"].update(target_label=10),
+        "'attack.target_label' must be an integer class in [0, 9]",
+    ),
     "negative-std": (lambda m: m["normalization"].update(std=[-1.0]), "'normalization.std' values must be positive"),
     "wrong-attack": (lambda m: m["attack"].update(kind="sleeper"), "'attack.kind' must be one of"),
 }
@@ -241,6 +273,7 @@ def test_output_size_must_match_num_classes(tmp_path, badnets_copy):
 
 # ---------------------------------------------------------------- weights and triggers
 
+
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_weights_are_refused(badnets_copy, value):
     state = load_file(badnets_copy / "model.safetensors")
@@ -259,13 +292,20 @@ def test_weights_of_the_wrong_kind_are_refused(badnets_copy, dtype):
         bundle_io.load_bundle(badnets_copy)
 
 
-@pytest.mark.parametrize("mask, pattern, message", [
-    (torch.zeros(1, 32, 32), torch.zeros(1, 32, 32), r"trigger shape \[1, 32, 32\] does not match the model's input \[1, 28, 28\]"),
-    (torch.zeros(3, 28, 28), torch.zeros(3, 28, 28), "does not match the model's input"),
-    (torch.full((1, 28, 28), 2.0), torch.zeros(1, 28, 28), r"mask values must lie in \[0, 1\]"),
-    (torch.zeros(1, 28, 28), torch.full((1, 28, 28), -1.0), r"pattern values must lie in \[0, 1\]"),
-    (torch.zeros(1, 28, 28), torch.full((1, 28, 28), float("nan")), "pattern holds NaN"),
-])
+@pytest.mark.parametrize(
+    "mask, pattern, message",
+    [
+        (
+            torch.zeros(1, 32, 32),
+            torch.zeros(1, 32, 32),
+            r"trigger shape \[1, 32, 32\] does not match the model's input \[1, 28, 28\]",
+        ),
+        (torch.zeros(3, 28, 28), torch.zeros(3, 28, 28), "does not match the model's input"),
+        (torch.full((1, 28, 28), 2.0), torch.zeros(1, 28, 28), r"mask values must lie in \[0, 1\]"),
+        (torch.zeros(1, 28, 28), torch.full((1, 28, 28), -1.0), r"pattern values must lie in \[0, 1\]"),
+        (torch.zeros(1, 28, 28), torch.full((1, 28, 28), float("nan")), "pattern holds NaN"),
+    ],
+)
 def test_bad_trigger_tensors_are_refused(badnets_copy, mask, pattern, message):
     save_file({"mask": mask, "pattern": pattern}, badnets_copy / "trigger.safetensors")
     with pytest.raises(BundleError, match="trigger: .*" + message):
@@ -284,14 +324,27 @@ def test_bad_wanet_flow_is_refused(tmp_path):
 CORPUS = Path(make_corpus.__file__).parent
 
 
-@pytest.mark.parametrize("case", ["meta_not_json", "meta_unknown_architecture", "weights_wrong_shape", "weights_nan",
-                                  "trigger_out_of_range", "zip_slip_parent", "zip_declares_huge_member", "weights_pickle_pt",
-                                  "not_a_zip"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "meta_not_json",
+        "meta_unknown_architecture",
+        "weights_wrong_shape",
+        "weights_nan",
+        "trigger_out_of_range",
+        "zip_slip_parent",
+        "zip_declares_huge_member",
+        "weights_pickle_pt",
+        "not_a_zip",
+    ],
+)
 def test_cli_refuses_hostile_bundles_in_one_line(tmp_path, cli, monkeypatch, case):
     monkeypatch.setenv("BNL_CORPUS_MARKER", str(tmp_path / "pwned"))
-    for command in (["evaluate", "--bundle", CORPUS / f"{case}.zip", "--json"],
-                    ["salience", "--bundle", CORPUS / f"{case}.zip", "--out", tmp_path / "s.csv"],
-                    ["purify", "--bundle", CORPUS / f"{case}.zip", "--out", tmp_path / "p"]):
+    for command in (
+        ["evaluate", "--bundle", CORPUS / f"{case}.zip", "--json"],
+        ["salience", "--bundle", CORPUS / f"{case}.zip", "--out", tmp_path / "s.csv"],
+        ["purify", "--bundle", CORPUS / f"{case}.zip", "--out", tmp_path / "p"],
+    ):
         code, out, err = cli(*command)
         assert_clean_error(code, err)
         assert out == ""
@@ -300,10 +353,14 @@ def test_cli_refuses_hostile_bundles_in_one_line(tmp_path, cli, monkeypatch, cas
 
 def test_cli_refuses_a_bundle_that_does_not_fit_its_dataset(tmp_path, cli):
     """A well-formed RGB model claiming to be for mnist5k: refused before torch crashes on the shapes."""
-    meta = {**json.loads((MODELS / "mnist-sig" / "meta.json").read_text()), "input_shape": [3, 28, 28],
-            "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}}
+    meta = {
+        **json.loads((MODELS / "mnist-sig" / "meta.json").read_text()),
+        "input_shape": [3, 28, 28],
+        "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3},
+    }
     model = models.build("small_cnn", 10, [3, 28, 28], [0.5] * 3, [0.25] * 3)
     from defense.attacks import SigTrigger
+
     bundle_io.save_bundle(bundle_io.Bundle(model, meta, SigTrigger()), tmp_path / "rgb")
     code, _, err = cli("evaluate", "--bundle", tmp_path / "rgb")
     assert "takes images [3, 28, 28], but dataset 'mnist5k' holds [1, 28, 28]" in assert_clean_error(code, err)
@@ -311,26 +368,30 @@ def test_cli_refuses_a_bundle_that_does_not_fit_its_dataset(tmp_path, cli):
 
 # ---------------------------------------------------------------- parameters
 
-@pytest.mark.parametrize("args, message", [
-    (["purify", "--ratio", "1.5"], "--ratio: must be in [0, 1]"),
-    (["purify", "--ratio", "-0.1"], "--ratio: must be in [0, 1]"),
-    (["purify", "--ratio", "nan"], "--ratio: must be in [0, 1]"),
-    (["purify", "--ratio", "half"], "--ratio: expected a number"),
-    (["purify", "--lam", "-1"], "--lam: must be zero or positive"),
-    (["purify", "--lam", "inf"], "must be zero or positive"),
-    (["purify", "--lr", "-1"], "learning rate must be positive"),
-    (["purify", "--lr", "0"], "learning rate must be positive"),
-    (["purify", "--lr", "nan"], "learning rate must be positive"),
-    (["purify", "--steps", "0"], "--steps: must be a positive integer"),
-    (["purify", "--steps", "-5"], "--steps: must be a positive integer"),
-    (["purify", "--steps", "1.5"], "--steps: expected an integer"),
-    (["purify", "--seed", "-1"], "--seed: must be an integer in [0, 2^63)"),
-    (["purify", "--clean-fraction", "0"], "clean fraction must be in (0, 1]"),
-    (["purify", "--clean-fraction", "2"], "--clean-fraction: must be in [0, 1]"),
-    (["purify", "--reg", "l3"], "--reg: invalid choice"),
-    (["salience", "--clean-fraction", "0", "--out", "{tmp}/s.csv"], "clean fraction must be in (0, 1]"),
-    (["salience", "--metric", "vibes", "--out", "{tmp}/s.csv"], "--metric: invalid choice"),
-])
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["purify", "--ratio", "1.5"], "--ratio: must be in [0, 1]"),
+        (["purify", "--ratio", "-0.1"], "--ratio: must be in [0, 1]"),
+        (["purify", "--ratio", "nan"], "--ratio: must be in [0, 1]"),
+        (["purify", "--ratio", "half"], "--ratio: expected a number"),
+        (["purify", "--lam", "-1"], "--lam: must be zero or positive"),
+        (["purify", "--lam", "inf"], "must be zero or positive"),
+        (["purify", "--lr", "-1"], "learning rate must be positive"),
+        (["purify", "--lr", "0"], "learning rate must be positive"),
+        (["purify", "--lr", "nan"], "learning rate must be positive"),
+        (["purify", "--steps", "0"], "--steps: must be a positive integer"),
+        (["purify", "--steps", "-5"], "--steps: must be a positive integer"),
+        (["purify", "--steps", "1.5"], "--steps: expected an integer"),
+        (["purify", "--seed", "-1"], "--seed: must be an integer in [0, 2^63)"),
+        (["purify", "--clean-fraction", "0"], "clean fraction must be in (0, 1]"),
+        (["purify", "--clean-fraction", "2"], "--clean-fraction: must be in [0, 1]"),
+        (["purify", "--reg", "l3"], "--reg: invalid choice"),
+        (["salience", "--clean-fraction", "0", "--out", "{tmp}/s.csv"], "clean fraction must be in (0, 1]"),
+        (["salience", "--metric", "vibes", "--out", "{tmp}/s.csv"], "--metric: invalid choice"),
+    ],
+)
 def test_purify_and_salience_parameters(cli, tmp_path, args, message):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     code, out, err = cli(args[0], "--bundle", MODELS / "mnist-badnets", *args[1:])
@@ -338,30 +399,39 @@ def test_purify_and_salience_parameters(cli, tmp_path, args, message):
     assert out == "" and tree(tmp_path) == set()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--target", "12"], "--target 12 is out of range: the dataset has classes 0..9"),
-    (["--target", "-1"], "--target -1 is out of range"),
-    (["--target", "two"], "--target: expected an integer"),
-    (["--poison-rate", "1.5"], "--poison-rate: must be in [0, 1]"),
-    (["--epochs", "0"], "--epochs: must be a positive integer"),
-    (["--seed", str(2**64)], "--seed: must be an integer in [0, 2^63)"),
-    (["--attack-params", "[1, 2]"], "--attack-params must be a JSON object"),
-    (["--attack-params", "{not json"], "a JSON argument is malformed"),
-    (["--attack-params", '{"size": 40}'], "trigger parameter 'size' must be an integer in [1, 28]"),
-    (["--attack-params", '{"sise": 4}'], "unknown parameter(s) sise for attack 'badnets'"),
-    (["--attack", "file"], "attack 'file' needs --trigger-file"),
-    (["--attack", "file", "--trigger-file", "{tmp}/nope.safetensors"], "is not a readable safetensors file"),
-    (["--arch", "vgg"], "--arch: invalid choice"),
-    (["--dataset", "cifar10"], "dataset 'cifar10' needs a local folder"),
-    (["--dataset", "cifar10", "--data-root", "{tmp}"], "expected the folder 'cifar-10-batches-py'"),
-    (["--dataset", "imagefolder", "--data-root", "{tmp}/none"], "image folder not found"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--target", "12"], "--target 12 is out of range: the dataset has classes 0..9"),
+        (["--target", "-1"], "--target -1 is out of range"),
+        (["--target", "two"], "--target: expected an integer"),
+        (["--poison-rate", "1.5"], "--poison-rate: must be in [0, 1]"),
+        (["--epochs", "0"], "--epochs: must be a positive integer"),
+        (["--seed", str(2**64)], "--seed: must be an integer in [0, 2^63)"),
+        (["--attack-params", "[1, 2]"], "--attack-params must be a JSON object"),
+        (["--attack-params", "{not json"], "a JSON argument is malformed"),
+        (["--attack-params", '{"size": 40}'], "trigger parameter 'size' must be an integer in [1, 28]"),
+        (["--attack-params", '{"sise": 4}'], "unknown parameter(s) sise for attack 'badnets'"),
+        (["--attack", "file"], "attack 'file' needs --trigger-file"),
+        (["--attack", "file", "--trigger-file", "{tmp}/nope.safetensors"], "is not a readable safetensors file"),
+        (["--arch", "vgg"], "--arch: invalid choice"),
+        (["--dataset", "cifar10"], "dataset 'cifar10' needs a local folder"),
+        (["--dataset", "cifar10", "--data-root", "{tmp}"], "expected the folder 'cifar-10-batches-py'"),
+        (["--dataset", "imagefolder", "--data-root", "{tmp}/none"], "image folder not found"),
+    ],
+)
 def test_train_parameters(cli, tmp_path, args, message):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     if "--attack" not in args:
         args = ["--attack", "badnets", *args]
-    code, out, err = cli("train", *args, "--epochs" if "--epochs" not in args else "--quiet", *(["1"] if "--epochs" not in args else []),
-                         "--out", tmp_path / "out")
+    code, out, err = cli(
+        "train",
+        *args,
+        "--epochs" if "--epochs" not in args else "--quiet",
+        *(["1"] if "--epochs" not in args else []),
+        "--out",
+        tmp_path / "out",
+    )
     assert message in assert_clean_error(code, err)
     assert not (tmp_path / "out").exists()
 
@@ -369,15 +439,31 @@ def test_train_parameters(cli, tmp_path, args, message):
 def test_train_on_a_data_folder_with_no_images(cli, tmp_path):
     (tmp_path / "photos" / "cats").mkdir(parents=True)
     (tmp_path / "photos" / "dogs").mkdir(parents=True)
-    code, _, err = cli("train", "--dataset", "imagefolder", "--data-root", tmp_path / "photos", "--attack", "badnets",
-                       "--out", tmp_path / "out")
+    code, _, err = cli(
+        "train",
+        "--dataset",
+        "imagefolder",
+        "--data-root",
+        tmp_path / "photos",
+        "--attack",
+        "badnets",
+        "--out",
+        tmp_path / "out",
+    )
     assert "no images found in" in assert_clean_error(code, err)
 
 
 def test_unwritable_out_is_one_line(cli, tmp_path):
     (tmp_path / "file.txt").write_text("I am a file")
-    code, _, err = cli("salience", "--bundle", MODELS / "mnist-badnets", "--metric", "magnitude",
-                       "--out", tmp_path / "file.txt" / "scores.csv")
+    code, _, err = cli(
+        "salience",
+        "--bundle",
+        MODELS / "mnist-badnets",
+        "--metric",
+        "magnitude",
+        "--out",
+        tmp_path / "file.txt" / "scores.csv",
+    )
     assert assert_clean_error(code, err)
 
 

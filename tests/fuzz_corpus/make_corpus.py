@@ -9,6 +9,7 @@ The two pickle cases hold a payload that, if it were ever unpickled, would creat
 named by the environment variable BNL_CORPUS_MARKER (and do nothing when it is unset); the
 tests set it and check the file is never created.
 """
+
 from __future__ import annotations
 
 import io
@@ -30,8 +31,9 @@ from defense import attacks, models  # noqa: E402
 INPUT_SHAPE = [1, 8, 8]
 ARCH_KWARGS = {"width": 1, "hidden": 2}
 FIXED_TIME = (2024, 1, 1, 0, 0, 0)
-PAYLOAD = ("import os\np = os.environ.get('BNL_CORPUS_MARKER')\n"
-           "if p:\n    open(p, 'w').write('the pickle payload ran')\n")
+PAYLOAD = (
+    "import os\np = os.environ.get('BNL_CORPUS_MARKER')\nif p:\n    open(p, 'w').write('the pickle payload ran')\n"
+)
 
 
 def tiny_meta(**changes) -> dict:
@@ -109,14 +111,15 @@ def _patch_sizes(data: bytes, name: str, file_size: int) -> bytes:
     for signature, size_offset, name_offset in ((b"PK\x03\x04", 22, 30), (b"PK\x01\x02", 24, 46)):
         start = 0
         while (i := raw.find(signature, start)) >= 0:
-            if raw[i + name_offset:i + name_offset + len(encoded)] == encoded:
+            if raw[i + name_offset : i + name_offset + len(encoded)] == encoded:
                 struct.pack_into("<I", raw, i + size_offset, file_size)
             start = i + 4
     return bytes(raw)
 
 
-def _set_header_field(data: bytes, local_offset: int, central_offset: int, value: int, fmt: str = "<H",
-                      combine=lambda old, new: new) -> bytes:
+def _set_header_field(
+    data: bytes, local_offset: int, central_offset: int, value: int, fmt: str = "<H", combine=lambda old, new: new
+) -> bytes:
     raw = bytearray(data)
     for signature, offset in ((b"PK\x03\x04", local_offset), (b"PK\x01\x02", central_offset)):
         start = 0
@@ -164,10 +167,13 @@ def cases() -> dict[str, bytes]:
     out["meta_bool_as_int"] = with_meta({**meta, "num_classes": True})
     out["meta_unknown_architecture"] = with_meta({**meta, "architecture": "os.system"})
     out["meta_future_format"] = with_meta({**meta, "format_version": 99})
-    out["meta_nan_normalization"] = with_meta(json.dumps({**meta, "normalization": {"mean": [0.5], "std": [0.25]}})
-                                              .replace("0.25", "NaN"))
+    out["meta_nan_normalization"] = with_meta(
+        json.dumps({**meta, "normalization": {"mean": [0.5], "std": [0.25]}}).replace("0.25", "NaN")
+    )
     out["meta_zero_std"] = with_meta({**meta, "normalization": {"mean": [0.5], "std": [0]}})
-    out["meta_normalization_channels"] = with_meta({**meta, "normalization": {"mean": [0.5, 0.5, 0.5], "std": [0.25] * 3}})
+    out["meta_normalization_channels"] = with_meta(
+        {**meta, "normalization": {"mean": [0.5, 0.5, 0.5], "std": [0.25] * 3}}
+    )
     out["meta_input_shape_2d"] = with_meta({**meta, "input_shape": [8, 8]})
     out["meta_input_shape_negative"] = with_meta({**meta, "input_shape": [1, -8, 8]})
     out["meta_input_shape_degenerate"] = with_meta({**meta, "input_shape": [1, 2, 2]})
@@ -178,14 +184,16 @@ def cases() -> dict[str, bytes]:
     out["meta_poison_rate"] = with_meta({**meta, "attack": {**meta["attack"], "poison_rate": 1.5}})
     out["meta_asr_out_of_range"] = with_meta({**meta, "asr": 3})
     out["meta_name_not_string"] = with_meta({**meta, "name": ["a"]})
-    out["meta_sig_params"] = with_meta({**meta, "attack": {**meta["attack"], "kind": "sig", "params": {"frequency": "x"}}})
+    out["meta_sig_params"] = with_meta(
+        {**meta, "attack": {**meta["attack"], "kind": "sig", "params": {"frequency": "x"}}}
+    )
     out["meta_wanet_without_flow"] = with_meta({**meta, "attack": {**meta["attack"], "kind": "wanet", "params": {}}})
     # weights
     full = base["model.safetensors"]
     out["weights_missing"] = with_files(model__safetensors=None)
     out["weights_empty"] = with_files(model__safetensors=b"")
     out["weights_truncated"] = with_files(model__safetensors=full[: len(full) // 2])
-    out["weights_garbled_header"] = with_files(model__safetensors=full[:8] + b"{\"a\": [" + full[15:])
+    out["weights_garbled_header"] = with_files(model__safetensors=full[:8] + b'{"a": [' + full[15:])
     out["weights_header_too_long"] = with_files(model__safetensors=struct.pack("<Q", 2**40) + full[8:])
     out["weights_random_bytes"] = with_files(model__safetensors=bytes(range(256)) * 2)
     out["weights_wrong_shape"] = with_state({**state, "net.fc1.weight": torch.zeros(2, 9)})
@@ -193,7 +201,9 @@ def cases() -> dict[str, bytes]:
     out["weights_unexpected_key"] = with_state({**state, "net.extra": torch.zeros(1)})
     out["weights_nan"] = with_state({**state, "net.fc2.bias": torch.tensor([float("nan"), 0.0])})
     out["weights_inf"] = with_state({**state, "net.conv1.weight": torch.full((1, 1, 3, 3), float("inf"))})
-    out["weights_integer_dtype"] = with_state({k: v.to(torch.int32) if v.is_floating_point() else v for k, v in state.items()})
+    out["weights_integer_dtype"] = with_state(
+        {k: v.to(torch.int32) if v.is_floating_point() else v for k, v in state.items()}
+    )
     out["weights_bool_dtype"] = with_state({k: v.bool() for k, v in state.items()})
     out["weights_pickle_pt"] = with_files(model__safetensors=None, model__pt=pickle_payload(True))
     out["weights_bare_pickle_pt"] = with_files(model__safetensors=None, model__pt=pickle_payload(False))
@@ -208,7 +218,9 @@ def cases() -> dict[str, bytes]:
     out["trigger_negative_mask"] = with_trigger({"mask": -trigger["mask"], "pattern": trigger["pattern"]})
     out["trigger_nan"] = with_trigger({"mask": trigger["mask"], "pattern": torch.full((1, 8, 8), float("nan"))})
     out["trigger_no_pattern"] = with_trigger({"mask": trigger["mask"]})
-    out["trigger_integer_dtype"] = with_trigger({"mask": trigger["mask"].to(torch.uint8), "pattern": trigger["pattern"]})
+    out["trigger_integer_dtype"] = with_trigger(
+        {"mask": trigger["mask"].to(torch.uint8), "pattern": trigger["pattern"]}
+    )
     out["trigger_pickle"] = with_files(trigger__safetensors=pickle_payload(True))
     # archive
     out["zip_slip_parent"] = zip_bytes({f"../{n}": d for n, d in base.items()})
@@ -249,10 +261,10 @@ def _corrupt_deflate(data: bytes) -> bytes:
     i = raw.find(b"PK\x03\x04")
     while i >= 0:
         name_len, extra_len = struct.unpack_from("<HH", raw, i + 26)
-        name = bytes(raw[i + 30:i + 30 + name_len])
+        name = bytes(raw[i + 30 : i + 30 + name_len])
         start = i + 30 + name_len + extra_len
         if name == b"model.safetensors":
-            raw[start:start + 16] = b"\xff" * 16
+            raw[start : start + 16] = b"\xff" * 16
             break
         i = raw.find(b"PK\x03\x04", start)
     return bytes(raw)
