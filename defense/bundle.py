@@ -10,10 +10,13 @@ read into memory by name, never extracted, and their sizes are capped.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
+import os
 import re
+import shutil
 import warnings
 import zipfile
 import zlib
@@ -23,10 +26,10 @@ from pathlib import Path, PurePosixPath
 import torch
 from torch import nn
 
-from . import attacks, models
+from . import attacks, guards, models
 
 FORMAT_VERSION = 1
-MAX_MEMBER_BYTES = 256 * 2**20  # a ResNet-18 state dict is ~45 MB
+MAX_MEMBER_BYTES = guards.MAX_MEMBER_BYTES  # a ResNet-18 state dict is ~45 MB
 MAX_TOTAL_BYTES = 512 * 2**20  # all members of an archive together, unpacked
 MAX_META_BYTES = 2**20  # meta.json is a few hundred bytes
 MAX_ARCHIVE_MEMBERS = 64
@@ -57,6 +60,28 @@ class Bundle:
         a = self.meta["attack"]
         rate = a.get("poison_rate", 0)
         return f"{self.trigger.describe()}; target label {a['target_label']}, {rate:.0%} of training images poisoned"
+
+
+def fingerprint(bundle: Bundle) -> str:
+    """A content hash of everything that changes a result: meta.json (architecture, arch_kwargs, normalization,
+    attack and its parameters, ...), every weight (name, dtype, shape, bytes) and the trigger (kind, parameters,
+    tensors). Two bundles with equal fingerprints give equal numbers on equal data; the clean-data choice is
+    not part of a bundle, so callers add it to their own keys.
+    """
+    h = hashlib.sha256()
+
+    def tensors(prefix: str, items: dict[str, torch.Tensor]) -> None:
+        for k in sorted(items):
+            v = items[k].detach().cpu().contiguous()
+            h.update(f"{prefix}:{k}:{v.dtype}:{list(v.shape)}\n".encode())
+            h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+
+    h.update(json.dumps(bundle.meta, sort_keys=True, default=str).encode())
+    tensors("weight", bundle.model.state_dict())
+    trig = bundle.trigger
+    h.update(f"trigger:{trig.kind}:{json.dumps(trig.params(), sort_keys=True, default=str)}\n".encode())
+    tensors("trigger", trig.tensors())
+    return h.hexdigest()[:24]
 
 
 # ---------------------------------------------------------------- meta.json
@@ -166,6 +191,10 @@ def read_state_dict(data: bytes, filename: str) -> dict[str, torch.Tensor]:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
         raise BundleError(f"{filename} does not hold a state dict (a mapping of names to tensors)")
+    try:
+        guards.dense_tensors(state, filename)  # before anything copies a stride-0 view to its full size
+    except guards.LimitError as err:
+        raise BundleError(str(err)) from None
     return state
 
 
@@ -227,16 +256,19 @@ def _skeleton(meta: dict) -> nn.Module:
     """The architecture meta.json describes, on torch's 'meta' device: shapes only, no memory, no arithmetic.
 
     Building it and pushing one dummy image through it checks arch_kwargs and input_shape before any real
-    allocation (a hostile meta.json could ask for a layer of 10^15 weights); the real model is built only once
-    the file's weights have been found to fit, so its size is bounded by the size of the weights file.
+    allocation (a hostile meta.json could ask for a layer of 10^15 weights); its parameter count is capped
+    (guards.max_params), and the real model is built only once the file's weights have been found to fit.
     """
     c, h, w = meta["input_shape"]
     try:
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = build_model(meta).eval()
+            guards.check_parameter_count(model, f"the '{meta['architecture']}' that meta.json describes")
             with torch.no_grad():
                 out = model(torch.zeros(1, c, h, w))
+    except guards.LimitError as err:
+        raise BundleError(str(err)) from None
     except Exception as err:  # noqa: BLE001 - arch_kwargs and shapes come from the file
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise BundleError(
@@ -267,6 +299,8 @@ class _Source:
                         self.files[child.name] = child
             except OSError as err:
                 raise BundleError(f"cannot read the bundle folder {path} ({err.strerror or err})") from None
+        elif path.exists() and not path.is_file():
+            raise BundleError(f"{path} is not a regular file or folder (a pipe, device or socket); refused")
         elif zipfile.is_zipfile(path):
             self._read_zip(path)
         elif path.exists():
@@ -275,6 +309,12 @@ class _Source:
             raise BundleError(f"no bundle at {path}")
 
     def _read_zip(self, path: Path) -> None:
+        try:
+            guards.zip_directory(path, MAX_ARCHIVE_MEMBERS)  # from the end record, before zipfile parses entries
+        except guards.LimitError as err:
+            raise BundleError(str(err)) from None
+        except OSError as err:
+            raise BundleError(f"cannot read {path.name} ({err.strerror or err})") from None
         try:
             with zipfile.ZipFile(path) as archive:
                 entries = archive.infolist()
@@ -338,6 +378,8 @@ class _Source:
         item = self.files[name]
         if isinstance(item, Path):
             try:
+                if not item.is_file():
+                    raise BundleError(f"{name} is not a regular file; refused")
                 if item.stat().st_size > limit:
                     raise BundleError(f"{name} is larger than {limit / 2**20:g} MiB; refused")
                 with item.open("rb") as f:
@@ -402,15 +444,32 @@ def save_bundle(bundle: Bundle, path: str | Path) -> Path:
         files["trigger.safetensors"] = save_safetensors(
             {k: v.detach().cpu().contiguous() for k, v in bundle.trigger.tensors().items()}
         )
-    if path.suffix == ".zip":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+    # written under a temporary name beside the target, then renamed: an interrupted or failed write
+    # leaves the target as it was (absent, or the previous bundle), never half-written
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    try:
+        if path.suffix == ".zip":
+            with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
+                for name, data in files.items():
+                    archive.writestr(name, data)
+            partial.replace(path)
+        else:
+            partial.mkdir()
             for name, data in files.items():
-                archive.writestr(name, data)
-    else:
-        path.mkdir(parents=True, exist_ok=True)
-        for name, data in files.items():
-            (path / name).write_bytes(data)
+                (partial / name).write_bytes(data)
+            if path.is_dir():  # the previous bundle folder is swapped out whole, then removed
+                path.rename(old)
+            partial.rename(path)
+    finally:
+        if old.exists() and not path.exists():  # interrupted between the two renames: put the old one back
+            old.rename(path)
+        for leftover in (partial, old):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
     return path
 
 

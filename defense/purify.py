@@ -26,6 +26,7 @@ from torch import nn
 from . import salience
 from .data import TensorData
 from .metrics import evaluate
+from .runtime import StopCheck, check_stop
 from .salience import NeuronLayer, NeuronScores
 
 REGULARIZERS = ("ar", "l1", "l2", "none", "prune")
@@ -125,10 +126,12 @@ def pruning_curve(
     ratios=None,
     scope: str = "layer",
     by: str = "ratio",
+    should_stop: StopCheck = None,
 ) -> pd.DataFrame:
     """Clean accuracy and ASR against the marked ratio, for each metric.
 
     ``by='value'`` cuts by normalized score instead (``mark(threshold=...)``); the column is still 'ratio'.
+    ``should_stop`` is asked before each point (raises runtime.Cancelled).
     """
     if by not in ("ratio", "value"):
         raise ValueError("by must be 'ratio' or 'value'")
@@ -136,9 +139,15 @@ def pruning_curve(
     rows = []
     for s in scores:
         for r in ratios:
+            check_stop(should_stop)
             mask = mark(s, ratio=r, scope=scope) if by == "ratio" else mark(s, threshold=r)
             rows.append({"metric": s.metric, "ratio": r, **preview(model, layers, mask, test, triggered)})
     return pd.DataFrame(rows)
+
+
+def nonfinite_weights(model: nn.Module) -> list[str]:
+    """Names of the model's floating-point parameters and buffers that hold NaN or infinite values."""
+    return [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
 
 
 # ---------------------------------------------------------------- penalties
@@ -425,6 +434,13 @@ class Purification:
                 }
             )
             yield self.history[-1]
+        bad = nonfinite_weights(self.model)
+        if bad:  # a huge λ or learning rate can blow the weights up in one step while the loss looked fine
+            self.model.eval()
+            raise FloatingPointError(
+                f"training diverged: the weights hold NaN or infinite values after step {step} "
+                f"(in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); lower the learning rate or λ"
+            )
         if "clean_acc" not in self.history[-1]:
             self.history[-1].update(self._evaluate())
         self.model.eval()
