@@ -56,9 +56,18 @@ if appkit.wait_note(
     "once per model). The page updates by itself.",
 ):
     gt = truth.result()
-    infected = gt["infected"]
+    infected, measured = gt["infected"], gt["measured"]
     frame["backdoor_effect"] = torch.cat([gt["backdoor_effect"][n] for n in lab.layers]).numpy()
     frame["infected"] = torch.cat([infected[n] for n in lab.layers]).numpy()
+    keep = torch.cat([measured[n] for n in lab.layers])
+    if gt["sampled"]:  # over the ablation budget: a random sample was measured, and everything below is of it
+        frame = frame[keep.numpy()]
+        st.warning(
+            f"This model has {lab.neurons:,} neurons, more than the {appkit.MAX_ABLATION_NEURONS:,} the app "
+            f"ablates per model: the ground truth below is an estimate, measured on a random sample of "
+            f"{int(keep.sum()):,} neurons ({gt['sampled']:.0%}).",
+            icon=":material/query_stats:",
+        )
     left, right = st.columns(2)
     with left:
         shown = frame.assign(truth=frame["infected"].map({True: "infected", False: "clean"}))
@@ -87,9 +96,9 @@ if appkit.wait_note(
         for i, m in enumerate(SCORES.names()):
             s = scores[m].suspicion()
             fpr, tpr = metrics.roc_curve(
-                torch.cat([s[n] for n in lab.layers]), torch.cat([infected[n] for n in lab.layers])
+                torch.cat([s[n] for n in lab.layers])[keep], torch.cat([infected[n] for n in lab.layers])[keep]
             )
-            q = metrics.identification_quality(scores[m], infected)
+            q = metrics.identification_quality(scores[m], infected, measured)
             rows.append({"score": appkit.LABELS[m], "ROC AUC": q["auc"], "precision at k": q["precision_at_k"]})
             fig.add_trace(
                 go.Scatter(

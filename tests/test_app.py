@@ -252,7 +252,7 @@ def test_the_shared_cached_model_is_never_modified():
     at.number_input(key="w_purify_steps").set_value(10).run()
     at.button(key="w_start").click().run()
     run_until(at, lambda a: not runs(a)[-1].active)
-    assert appkit.weights_key("mnist-badnets", bundle.model) == key
+    assert appkit.model_key(bundle) == key
     assert not bundle.model._forward_hooks and all(not m._forward_hooks for m in bundle.model.modules())
 
 
