@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import os
 import re
 import shutil
@@ -27,8 +26,8 @@ import torch
 from torch import nn
 
 from . import attacks, guards, models
+from .meta import FORMAT_VERSION, BundleError, validate_meta  # noqa: F401 - part of this module's interface
 
-FORMAT_VERSION = 1
 MAX_MEMBER_BYTES = guards.MAX_MEMBER_BYTES  # a ResNet-18 state dict is ~45 MB
 MAX_TOTAL_BYTES = 512 * 2**20  # all members of an archive together, unpacked
 MAX_META_BYTES = 2**20  # meta.json is a few hundred bytes
@@ -36,10 +35,6 @@ MAX_ARCHIVE_MEMBERS = 64
 MAX_COMPRESSION_RATIO = 200  # weights barely compress; a higher ratio is a zip bomb
 RATIO_CHECK_BYTES = 16 * 2**20  # small members (a mostly-zero trigger mask) may compress far better, harmlessly
 WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-class BundleError(ValueError):
-    """A bundle is unusable; the message says what is wrong, in one sentence where possible."""
 
 
 @dataclass
@@ -82,84 +77,6 @@ def fingerprint(bundle: Bundle) -> str:
     h.update(f"trigger:{trig.kind}:{json.dumps(trig.params(), sort_keys=True, default=str)}\n".encode())
     tensors("trigger", trig.tensors())
     return h.hexdigest()[:24]
-
-
-# ---------------------------------------------------------------- meta.json
-
-_REQUIRED = {
-    "format_version": int,
-    "architecture": str,
-    "dataset": str,
-    "num_classes": int,
-    "input_shape": list,
-    "normalization": dict,
-    "attack": dict,
-}
-
-
-def validate_meta(meta) -> dict:
-    """Check meta.json's fields and types; raise BundleError naming every problem."""
-    if not isinstance(meta, dict):
-        raise BundleError(f"meta.json must hold a JSON object, found {type(meta).__name__}")
-    problems = []
-    for key, kind in _REQUIRED.items():
-        if key not in meta:
-            problems.append(f"missing '{key}'")
-        elif not isinstance(meta[key], kind) or isinstance(meta[key], bool):
-            problems.append(f"'{key}' should be {kind.__name__}, found {type(meta[key]).__name__}")
-    if problems:
-        raise BundleError("meta.json: " + "; ".join(problems))
-    if meta["format_version"] > FORMAT_VERSION:
-        problems.append(f"format_version {meta['format_version']} is newer than this tool reads ({FORMAT_VERSION})")
-    elif meta["format_version"] < 1:
-        problems.append(f"format_version must be at least 1, found {meta['format_version']}")
-    if "name" in meta and not isinstance(meta["name"], str):
-        problems.append("'name' should be a string")
-    if meta["architecture"] not in models.architectures():
-        problems.append(f"unknown architecture '{meta['architecture']}' (known: {', '.join(models.architectures())})")
-    if not isinstance(meta.get("arch_kwargs", {}), dict):
-        problems.append("'arch_kwargs' should be an object")
-    if not 2 <= meta["num_classes"] <= 10_000:
-        problems.append(f"'num_classes' must be between 2 and 10000, found {meta['num_classes']}")
-    shape = meta["input_shape"]
-    if len(shape) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1024 for v in shape):
-        problems.append(f"'input_shape' must be [C, H, W] of positive integers, found {shape}")
-    norm = meta["normalization"]
-    channels = shape[0] if not problems and len(shape) == 3 else None
-    for key in ("mean", "std"):
-        values = norm.get(key)
-        if not isinstance(values, list) or not all(_is_number(v) for v in values):
-            problems.append(f"'normalization.{key}' must be a list of numbers")
-        elif channels is not None and len(values) != channels:
-            problems.append(f"'normalization.{key}' has {len(values)} values for {channels} channel(s)")
-        elif key == "std" and not all(v > 0 for v in values):
-            problems.append("'normalization.std' values must be positive")
-    attack = meta["attack"]
-    if attack.get("kind") not in attacks.ATTACKS:
-        problems.append(
-            f"'attack.kind' must be one of {', '.join(attacks.ATTACKS.names())}, found {attack.get('kind')!r}"
-        )
-    target = attack.get("target_label")
-    if not isinstance(target, int) or isinstance(target, bool) or not 0 <= target < max(meta["num_classes"], 1):
-        problems.append(
-            f"'attack.target_label' must be an integer class in [0, {meta['num_classes'] - 1}], found {target!r}"
-        )
-    if not _is_number(attack.get("poison_rate", 0)) or not 0 <= attack.get("poison_rate", 0) <= 1:
-        problems.append("'attack.poison_rate' must be a number in [0, 1]")
-    if not isinstance(attack.get("params", {}), dict):
-        problems.append("'attack.params' should be an object")
-    for key in ("clean_acc", "asr"):
-        if key in meta and meta[key] is not None and (not _is_number(meta[key]) or not 0 <= meta[key] <= 1):
-            problems.append(f"'{key}' must be a fraction in [0, 1]")
-    if problems:
-        raise BundleError("meta.json: " + "; ".join(problems))
-    return meta
-
-
-def _is_number(v) -> bool:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return False
-    return isinstance(v, int) or math.isfinite(v)  # isfinite overflows on huge ints, which are finite anyway
 
 
 # ---------------------------------------------------------------- weights
