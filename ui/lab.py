@@ -159,7 +159,7 @@ class Lab:
         return explain.attribution(model, self.triggered.x[:n], self.target)
 
 
-def lab() -> Lab:
+def current_lab() -> Lab:
     """The current model of this session (errors on the page, then stop)."""
     ss = st.session_state
     try:
