@@ -2,11 +2,12 @@
 
 import streamlit as st
 
-from defense import baselines, metrics, purify
+from defense import metrics, purify
 from defense.explain import trigger_share
+from defense.registry import DEFENSES
 from ui import charts, curves, state
 from ui.lab import current_lab
-from ui.runs import MARKING_DEFENSES, POLL_S, purification_config, report_json, runs_table, start_run
+from ui.runs import POLL_S, purification_config, report_json, runs_table, start_run
 
 state.require_app()
 st.title("Purify the model")
@@ -36,8 +37,9 @@ with c1:
         st.selectbox,
         "Defense",
         "purify_defense",
-        options=list(baselines.DEFENSES),
-        format_func=lambda d: f"{d}: {baselines.DEFENSES[d]}",
+        options=DEFENSES.names(),
+        format_func=lambda d: f"{d}: {DEFENSES[d].label}",
+        help=DEFENSES[ss["purify_defense"]].explanation,
     )
 with c2:
     state.synced(
@@ -65,8 +67,9 @@ with c4:
         help="strength of the penalty on the marked neurons (bs-… and mag-ar)",
     )
 defense = ss["purify_defense"]
-if defense in MARKING_DEFENSES:
-    metric = MARKING_DEFENSES[defense][0]
+marking = DEFENSES[defense].marking
+if marking is not None:
+    metric = marking[0]
     marked = purify.marked_count(lab.threshold_mask(metric))
     how = (
         f"the {ss['threshold_value']:.0%} most suspect "

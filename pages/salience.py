@@ -5,6 +5,7 @@ import streamlit as st
 import torch
 
 from defense import metrics, salience
+from defense.registry import SCORES
 from ui import charts, curves, jobs, state
 from ui.lab import current_lab
 
@@ -47,7 +48,7 @@ st.caption(
     "trigger are labelled infected. A good score puts them at the low end."
 )
 truth = lab.ground_truth()
-frame = salience.scores_frame([scores[m] for m in salience.METRICS])
+frame = salience.scores_frame([scores[m] for m in SCORES.names()])
 if jobs.wait_note(
     [truth],
     "Measuring which neurons carry the backdoor (zeroing each one in turn: about 10 s, "
@@ -62,7 +63,7 @@ if jobs.wait_note(
         st.plotly_chart(curves.truth_scatter(frame, "magnitude", "benign"), width="stretch", key="scatter")
     with right:
         roc, rows = [], []
-        for m in salience.METRICS:
+        for m in SCORES.names():
             s = scores[m].suspicion()
             fpr, tpr = metrics.roc_curve(
                 torch.cat([s[n] for n in lab.layers]), torch.cat([infected[n] for n in lab.layers])

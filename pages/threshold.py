@@ -2,8 +2,9 @@
 
 import streamlit as st
 
+from defense.registry import SCORES
 from ui import charts, curves, jobs, state
-from ui.lab import SLIDER_STEP, current_lab
+from ui.lab import SLIDER_GRID, SLIDER_STEP, current_lab
 
 state.require_app()
 st.title("Choose the purification threshold")
@@ -21,9 +22,10 @@ with c1:
         st.selectbox,
         "Score",
         "threshold_metric",
-        options=list(state.CURVE_METRICS),
+        options=state.curve_scores(),
         format_func=curves.score_label,
-        help="which score ranks the neurons (purification with bs-… uses benign salience)",
+        help="which score ranks the neurons (purification with bs-… uses benign salience). "
+        + SCORES[ss["threshold_metric"]].explanation,
     )
 with c2:
     state.synced(
@@ -75,14 +77,16 @@ st.caption(
 )
 
 st.subheader("Pruning curve")
+drawn = len(state.curve_scores())
 st.caption(
     "Accuracy and attack success when the given share of each layer's most suspect neurons is zeroed, for "
-    "three scores. A good score makes the attack collapse long before the accuracy does."
+    f"{state.in_words(drawn)} scores. A good score makes the attack collapse long before the accuracy does."
 )
 curve = lab.pruning_curve(scope)
+previews = drawn * len(SLIDER_GRID)
 if jobs.wait_note(
     [curve],
-    "Computing the pruning curves (63 previews, about 20 s, once per model). "
+    f"Computing the pruning curves ({previews} previews, about {round(previews / 3, -1):.0f} s, once per model). "
     "The slider works meanwhile; the curve appears by itself.",
 ):
     share = value if mode == "ratio" else pv["marked"] / lab.neurons

@@ -25,6 +25,7 @@ import streamlit as st
 
 from defense import baselines, purify
 from defense import bundle as bundle_io
+from defense.registry import DEFENSES
 from defense.runtime import configure_threads
 from ui.charts import COLORS
 from ui.lab import Lab
@@ -32,13 +33,6 @@ from ui.lab import Lab
 EVAL_EVERY = 10  # steps between clean-accuracy/ASR points of a live run
 POLL_S = 0.4  # the Purify page redraws a live run this often
 ABSENT_S = 10.0  # a run stops once its session has been gone this long
-MARKING_DEFENSES = {
-    "bs-ar": ("benign", "ar"),
-    "bs-l1": ("benign", "l1"),
-    "bs-l2": ("benign", "l2"),
-    "bs-prune": ("benign", "prune"),
-    "mag-ar": ("magnitude", "ar"),
-}
 log = logging.getLogger(__name__)
 
 
@@ -146,7 +140,7 @@ class Runner:
             "model": lab_.name,
             "model_key": self.model_key,
             "defense": self.defense,
-            "description": baselines.DEFENSES.get(self.defense),
+            "description": DEFENSES[self.defense].label,
             "status": self.status,
             "before": pick(before),
             "after": pick(after),
@@ -190,18 +184,14 @@ def start_run(lab_: Lab, defense: str, cfg: purify.PurifyConfig) -> Runner:
     model = copy.deepcopy(lab_.model)  # taken here, in the page's thread: no hooks of a preview can be in flight
     scores = lab_.scores()
     clean, test, trig = lab_.splits.clean, lab_.splits.test, lab_.triggered
+    marking = DEFENSES[defense].marking  # (score, regularizer) of a defense that can take the Threshold page's mask
     mask = None
-    if defense in MARKING_DEFENSES and ss["threshold_mode"] == "value":
-        metric, _ = MARKING_DEFENSES[defense]
-        mask = lab_.mask(metric, "value", ss["threshold_value"], ss["threshold_scope"])
+    if marking is not None and ss["threshold_mode"] == "value":  # a share is passed in cfg (ratio, scope)
+        mask = lab_.mask(marking[0], "value", ss["threshold_value"], ss["threshold_scope"])
 
     def build() -> purify.Purification:
-        if mask is not None:
-            metric, reg = MARKING_DEFENSES[defense]
-            return purify.Purification(
-                model, clean, test, trig, replace(cfg, metric=metric, reg=reg), scores=scores[metric], mask=mask
-            )
-        return baselines.make(defense, model, clean, test, trig, cfg, scores=scores["benign"])
+        marked_by = scores[marking[0]] if marking else None
+        return baselines.make(defense, model, clean, test, trig, cfg, scores=marked_by, mask=mask)
 
     runs = ss["runs"]
     ctx = get_script_run_ctx()
