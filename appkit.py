@@ -51,6 +51,7 @@ from defense import bundle as bundle_io
 from defense.data import load_splits_for
 from defense.paths import MODELS_DIR, bundled_models
 from defense.registry import DEFENSES, SCORES
+from defense.results import purified_bundle, run_report
 from defense.runtime import configure_threads
 
 DEFAULT_MODEL = "mnist-badnets"
@@ -783,40 +784,22 @@ class Runner:
         return (ev[0], ev[-1]) if ev else (None, None)
 
     def report(self, lab_: Lab) -> dict:
-        before, after = self.before_after()
-
-        def pick(r):
-            return {k: r[k] for k in ("clean_acc", "asr")} if r else None
-
-        return {
+        context = {
             "model": lab_.name,
             "model_key": self.model_key,
             "defense": self.defense,
             "description": DEFENSES[self.defense].label,
             "status": self.status,
-            "before": pick(before),
-            "after": pick(after),
-            "steps": self.step,
-            "seconds": round(self.records[-1]["seconds"], 2) if self.records else 0.0,
-            "config": self.run.config.to_dict() if self.run else None,
-            "marked_neurons": self.records[0]["marked"] if self.records else None,
-            "history": [
-                {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
-                for r in self.records
-            ],
         }
+        return run_report(list(self.records), self.run.config if self.run else None, context=context, history=True)
 
     def bundle_zip(self, lab_: Lab) -> bytes:
         _, after = self.before_after()
-        meta = {
-            **copy.deepcopy(lab_.bundle.meta),
-            "name": f"{lab_.name}-{self.defense}",
-            "purified_from": lab_.name,
-            "clean_acc": round(after["clean_acc"], 4),
-            "asr": round(after["asr"], 4),
-            "purification": {"defense": self.defense, **self.run.config.to_dict()},
-        }
-        return bundle_io.bundle_bytes(bundle_io.Bundle(self.run.model, meta, lab_.bundle.trigger), meta["name"])
+        name = f"{lab_.name}-{self.defense}"
+        purified = purified_bundle(
+            lab_.bundle, self.run.model, name=name, after=after, config=self.run.config, defense=self.defense
+        )
+        return bundle_io.bundle_bytes(purified, name)
 
 
 def purification_config(steps: int, lr: float, lam: float) -> purify.PurifyConfig:
