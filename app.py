@@ -20,7 +20,7 @@ page = st.navigation(
         st.Page("pages/purify.py", title="Purify", icon=":material/cleaning_services:"),
     ]
 )
-current = lab.lab()
+current = lab.current_lab()
 sidebar(current)
 page.run()
 lab.warm(current)  # then the slow measurements start in the background (after the page, to keep it quick)

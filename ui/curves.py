@@ -15,7 +15,8 @@ from ui.charts import COLORS, MARK_COLOR
 
 
 def score_label(name: str) -> str:
-    return SCORES[name].label if name in SCORES.names() else name
+    """The registered score's label (its name if it is not registered)."""
+    return SCORES[name].label if name in SCORES else name
 
 
 def pruning_figure(curve: pd.DataFrame, current: float | None) -> go.Figure:
