@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -149,13 +150,37 @@ class JobBoard:
             return [j.key for j in self._jobs.values() if j.claimed and not j.future.done()]
 
 
+EXIT_GRACE_S = 2.0  # at shutdown, running jobs get this long to notice the stop flag
+
+
 @st.cache_resource(show_spinner=False)
 def board() -> JobBoard:
     jobs = JobBoard()
     register = getattr(threading, "_register_atexit", None)  # runs before the interpreter joins threads
     if register is not None:
-        register(jobs.stop)
+        register(lambda: _on_exit(jobs))
     return jobs
+
+
+def _on_exit(jobs: JobBoard) -> None:
+    """Server shutdown (SIGTERM, SIGINT): stop the jobs, then leave without waiting for busy threads.
+
+    Streamlit has stopped serving by now, but a script run busy in torch (a big model's scores or attribution)
+    is a non-daemon thread the interpreter would wait for, and torch's own threads can abort a slow exit.
+    Only under ``streamlit run``: in tests (AppTest, no runtime) the process ends as usual.
+    """
+    from streamlit import runtime
+
+    jobs.stop()
+    if not runtime.exists():
+        return
+    deadline = time.monotonic() + EXIT_GRACE_S
+    while time.monotonic() < deadline and any(t.name.startswith("bnl-") for t in threading.enumerate()):
+        time.sleep(0.05)
+    log.warning("bnl: server stopping; background jobs stopped")
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(0)
 
 
 def session_id() -> str:
