@@ -151,17 +151,29 @@ def purify_all(browser, url: str, sessions: int, steps: int) -> dict:
     start = time.monotonic()
     for _, _, main in opened:
         main.get_by_role("button", name="Start purification").click()
-    done, seconds = 0, []
+    done, seconds, other = 0, [], []
     for _, _, main in opened:
+        box = main.get_by_role("combobox", name="Run")
+        failed = main.get_by_text(re.compile(r"1\. bs-ar failed"))
         try:
-            expect(main.get_by_role("combobox", name="Run")).to_have_value("1. bs-ar (done)", timeout=900_000)
+            failed.or_(box).first.wait_for(timeout=900_000)
+            if failed.count():
+                other.append(failed.first.inner_text()[:200])
+                continue
+            expect(box).to_have_value(re.compile(r"^1\. bs-ar \((done|stopped|abandoned)\)$"), timeout=900_000)
+        except Exception:  # noqa: BLE001 - counted as not done
+            other.append("timed out")
+            continue
+        if box.input_value() == "1. bs-ar (done)":
             done += 1
             seconds.append(time.monotonic() - start)
-        except AssertionError:
-            pass
+        else:
+            other.append(box.input_value())
     for context, _, _ in opened:
         context.close()
-    return {"done": done, "all_done_s": max(seconds) if seconds else float("nan")}
+    if other:
+        print("runs not done:", other, file=sys.stderr)
+    return {"done": done, "all_done_s": max(seconds) if seconds else float("nan"), "not_done": other}
 
 
 def soak(browser, url: str, rounds: int, folder: Path) -> dict:
