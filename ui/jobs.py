@@ -167,16 +167,17 @@ def _on_exit(jobs: JobBoard) -> None:
 
     Streamlit has stopped serving by now, but a script run busy in torch (a big model's scores or attribution)
     is a non-daemon thread the interpreter would wait for, and torch's own threads can abort a slow exit.
-    Only under ``streamlit run``: in tests (AppTest, no runtime) the process ends as usual.
+    In tests (AppTest, no runtime) the jobs are waited for (they stop at their next check) and the process
+    ends as usual; only under ``streamlit run`` does it leave at once.
     """
     from streamlit import runtime
 
     jobs.stop()
+    deadline = time.monotonic() + EXIT_GRACE_S  # a job in torch when the interpreter ends would abort it
+    while time.monotonic() < deadline and any(t.name.startswith("bnl-jobs") for t in threading.enumerate()):
+        time.sleep(0.05)
     if not runtime.exists():
         return
-    deadline = time.monotonic() + EXIT_GRACE_S
-    while time.monotonic() < deadline and any(t.name.startswith("bnl-") for t in threading.enumerate()):
-        time.sleep(0.05)
     log.warning("bnl: server stopping; background jobs stopped")
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
