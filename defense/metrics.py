@@ -8,6 +8,7 @@ from torch import nn
 from .attacks import Trigger
 from .data import TensorData
 from .neurons import NeuronLayer, NeuronScores, neuron_masking
+from .runtime import StopCheck, check_stop
 
 
 @torch.no_grad()
@@ -51,14 +52,22 @@ def backdoor_ground_truth(
     triggered: TensorData,
     infected_fraction: float = 0.1,
     max_images: int = 256,
-) -> dict[str, dict[str, torch.Tensor]]:
+    max_neurons: int | None = None,
+    seed: int = 0,
+    should_stop: StopCheck = None,
+) -> dict:
     """Which neurons carry the backdoor, measured by ablation when the trigger is known.
 
     Each neuron is zeroed on its own; its *backdoor effect* is the rise of the
     cross-entropy of triggered images towards the target label, its *clean effect* the
     rise of the clean loss. The ``infected_fraction`` of neurons with the largest
     positive backdoor effect are labelled infected.
-    Returns {'backdoor_effect', 'clean_effect', 'infected'}, each {layer: tensor}.
+
+    With more than ``max_neurons`` neurons only a uniform random sample of that many (``seed``) is
+    ablated: the others get NaN effects and are not labelled, and ``measured`` says which were.
+    ``should_stop`` is asked before each neuron (raises runtime.Cancelled).
+    Returns {'backdoor_effect', 'clean_effect', 'infected', 'measured'}, each {layer: tensor},
+    and 'sampled' (False, or the share of neurons measured).
     """
     loss = nn.CrossEntropyLoss()
     dev = next(model.parameters()).device
@@ -67,10 +76,17 @@ def backdoor_ground_truth(
     was = model.training
     model.eval()
     base_b, base_c = float(loss(model(xt), yt)), float(loss(model(xc), yc))
+    total = sum(nl.size for nl in layers.values())
+    chosen = torch.ones(total, dtype=torch.bool)
+    if max_neurons is not None and total > max_neurons:
+        chosen[:] = False
+        chosen[torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:max_neurons]] = True
+    measured = dict(zip(layers, chosen.split([nl.size for nl in layers.values()]), strict=True))
     backdoor, clean = {}, {}
     for name, nl in layers.items():
-        b, c = torch.zeros(nl.size), torch.zeros(nl.size)
-        for i in range(nl.size):
+        b, c = torch.full((nl.size,), float("nan")), torch.full((nl.size,), float("nan"))
+        for i in measured[name].nonzero().flatten().tolist():
+            check_stop(should_stop)
             keep = torch.ones(nl.size, dtype=torch.bool)
             keep[i] = False
             with neuron_masking({name: nl}, {name: ~keep}):
@@ -78,11 +94,17 @@ def backdoor_ground_truth(
                 c[i] = float(loss(model(xc), yc)) - base_c
         backdoor[name], clean[name] = b, c
     model.train(was)
-    flat = torch.cat(list(backdoor.values()))
+    flat = torch.cat(list(backdoor.values()))[chosen]
     k = max(1, int(round(infected_fraction * len(flat))))
     cut = flat.topk(k).values[-1]
-    infected = {n: (v >= cut) & (v > 0) for n, v in backdoor.items()}
-    return {"backdoor_effect": backdoor, "clean_effect": clean, "infected": infected}
+    infected = {n: (v >= cut) & (v > 0) & measured[n] for n, v in backdoor.items()}  # NaN compares False
+    return {
+        "backdoor_effect": backdoor,
+        "clean_effect": clean,
+        "infected": infected,
+        "measured": measured,
+        "sampled": False if bool(chosen.all()) else float(chosen.float().mean()),
+    }
 
 
 def roc_auc(suspicion: torch.Tensor, positive: torch.Tensor) -> float:
@@ -119,9 +141,14 @@ def precision_at_k(suspicion: torch.Tensor, positive: torch.Tensor, k: int | Non
     return float(positive[suspicion.topk(k).indices].float().mean())
 
 
-def identification_quality(scores: NeuronScores, infected: dict[str, torch.Tensor]) -> dict[str, float]:
-    """ROC AUC and precision at k of a score's suspicion against the infected labels."""
+def identification_quality(
+    scores: NeuronScores, infected: dict[str, torch.Tensor], measured: dict[str, torch.Tensor] | None = None
+) -> dict[str, float]:
+    """ROC AUC and precision at k of a score's suspicion against the infected labels (of ``measured`` neurons)."""
     s = scores.suspicion()
     flat_s = torch.cat([s[n] for n in infected])
     flat_p = torch.cat([infected[n] for n in infected])
+    if measured is not None:
+        keep = torch.cat([measured[n] for n in infected])
+        flat_s, flat_p = flat_s[keep], flat_p[keep]
     return {"auc": roc_auc(flat_s, flat_p), "precision_at_k": precision_at_k(flat_s, flat_p)}

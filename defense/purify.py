@@ -56,6 +56,11 @@ def penalty(kind: str, w: torch.Tensor, knee: float | torch.Tensor = 1.0) -> tor
 # ---------------------------------------------------------------- purification
 
 
+def nonfinite_weights(model: nn.Module) -> list[str]:
+    """Names of the model's floating-point parameters and buffers that hold NaN or infinite values."""
+    return [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+
+
 @dataclass
 class PurifyConfig:
     """Purification settings; the defaults are the recommended ones (docs/METHOD.md, bench/RESULTS.md)."""
@@ -315,6 +320,13 @@ class Purification:
                 }
             )
             yield self.history[-1]
+        bad = nonfinite_weights(self.model)
+        if bad:  # a huge λ or learning rate can blow the weights up in one step while the loss looked fine
+            self.model.eval()
+            raise FloatingPointError(
+                f"training diverged: the weights hold NaN or infinite values after step {step} "
+                f"(in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); lower the learning rate or λ"
+            )
         if "clean_acc" not in self.history[-1]:
             self.history[-1].update(self._evaluate())
         self.model.eval()
