@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .salience import NeuronLayer
+from .neurons import NeuronLayer
 
 
 class NeuronMasks:

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from .data import TensorData
+from .neurons import NeuronLayer, NeuronScores, neuron_map
 from .purify import _shift
-from .salience import BenignSalience, NeuronLayer, NeuronScores, neuron_map
+from .salience import BenignSalience
 
 
 def benign_salience_estimate(

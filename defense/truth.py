@@ -18,7 +18,7 @@ from torch import nn
 
 from . import metrics
 from .data import TensorData
-from .salience import NeuronLayer
+from .neurons import NeuronLayer
 
 
 @torch.no_grad()

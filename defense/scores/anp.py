@@ -16,7 +16,8 @@ from torch import nn
 
 from ..data import TensorData
 from ..masks import NeuronMasks, frozen
-from ..salience import LOW_IS_SUSPECT, METRIC_LABELS, NeuronLayer, NeuronScores, neuron_map
+from ..neurons import NeuronLayer, NeuronScores, neuron_map
+from ..registry import SCORES, Score
 
 NAME = "anp"
 EPS = 0.4  # published
@@ -24,9 +25,6 @@ ALPHA = 0.2  # published: weight of the unperturbed loss
 MASK_LR = 0.2  # published (SGD, momentum 0.9)
 BATCH = 128  # published
 ITERATIONS = 300  # published 2,000; see docs/METHOD.md for the measurement behind 300
-
-LOW_IS_SUSPECT.setdefault(NAME, True)
-METRIC_LABELS.setdefault(NAME, "ANP mask (adversarial neuron perturbation)")
 
 
 def anp_masks(
@@ -79,3 +77,23 @@ def anp_masks(
 def compute(model: nn.Module, clean: TensorData, layers: dict[str, NeuronLayer] | None = None, **kw) -> NeuronScores:
     layers = layers if layers is not None else neuron_map(model)
     return NeuronScores(NAME, anp_masks(model, clean, layers, **kw))
+
+
+SCORES.register(
+    Score(
+        name=NAME,
+        label="ANP mask (adversarial neuron perturbation)",
+        explanation=(
+            "Each neuron gets a mask in [0, 1] that multiplies its output, and an adversary may scale every output "
+            "by a further ±40% to break the model on clean images. The masks are learned on the clean data so that "
+            "the model stays right with and without the adversary. A neuron whose small perturbation breaks the "
+            "model, as a backdoor neuron's does, ends with a low mask; low counts as suspect. Costly: hundreds of "
+            "optimisation steps."
+        ),
+        low_is_suspect=True,
+        compute=lambda model, clean, layers: compute(model, clean, layers),
+        needs=frozenset({"clean"}),
+        reference="ANP (Wu & Wang, NeurIPS 2021)",
+        cost="slow",
+    )
+)

@@ -13,14 +13,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import salience
 from ..data import TensorData
-from ..salience import LOW_IS_SUSPECT, METRIC_LABELS, NeuronLayer, NeuronScores, neuron_map
+from ..neurons import NeuronLayer, NeuronScores, neuron_map
+from ..registry import SCORES, Score
+from ..salience import benign_salience
+from .magnitude import magnitude
 
 NAME = "bs-magnitude"
-
-LOW_IS_SUSPECT.setdefault(NAME, False)
-METRIC_LABELS.setdefault(NAME, "magnitude rank − BS rank")
 
 
 def layer_rank(v: torch.Tensor) -> torch.Tensor:
@@ -41,5 +40,23 @@ def combine(magnitude: NeuronScores, benign: NeuronScores) -> NeuronScores:
 
 def compute(model: nn.Module, clean: TensorData, layers: dict[str, NeuronLayer] | None = None) -> NeuronScores:
     layers = layers if layers is not None else neuron_map(model)
-    bs = salience.benign_salience(model, clean, layers=layers)[0]
-    return combine(salience.magnitude(model, layers), bs)
+    bs = benign_salience(model, clean, layers=layers)[0]
+    return combine(magnitude(model, layers), bs)
+
+
+SCORES.register(
+    Score(
+        name=NAME,
+        label="magnitude rank − BS rank",
+        explanation=(
+            "Large weights but little benign salience. In each layer the neurons are ranked by weight magnitude "
+            "and by benign salience (both scaled to [0, 1]); the score is the magnitude rank minus the BS rank. "
+            "Infected neurons tend to be large, yet the clean task leans on them less than their size suggests; "
+            "high counts as suspect."
+        ),
+        low_is_suspect=False,
+        compute=lambda model, clean, layers: compute(model, clean, layers),
+        needs=frozenset({"clean"}),
+        reference="this project (from issue 9's measurement)",
+    )
+)

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from ..data import TensorData
-from ..salience import LOW_IS_SUSPECT, METRIC_LABELS, NeuronLayer, NeuronScores, neuron_map
+from ..neurons import NeuronLayer, NeuronScores, neuron_map
+from ..registry import SCORES, Score
 
 NAME = "unlearn"
 LR = 0.01
@@ -25,9 +26,6 @@ STOP_ACC = 0.10  # accuracy on the clean data at which unlearning stops
 MAX_STEPS = 200
 BATCH = 64
 GRAD_CLIP = 1.0  # gradient norm cap per step
-
-LOW_IS_SUSPECT.setdefault(NAME, False)
-METRIC_LABELS.setdefault(NAME, "weight change under clean unlearning (TSBD)")
 
 
 def unlearned_copy(
@@ -84,3 +82,22 @@ def compute(model: nn.Module, clean: TensorData, layers: dict[str, NeuronLayer] 
     layers = layers if layers is not None else neuron_map(model)
     after, _ = unlearned_copy(model, clean, **kw)
     return NeuronScores(NAME, weight_change(model, after, layers))
+
+
+SCORES.register(
+    Score(
+        name=NAME,
+        label="weight change under clean unlearning (TSBD)",
+        explanation=(
+            "A copy of the model is made to forget the clean task (gradient ascent on the clean loss until it is "
+            "at chance on the clean images). Each neuron's score is how far its weights moved, relative to their "
+            "size. TSBD found that the neurons that move most when the clean behaviour is destroyed are also the "
+            "ones that carry the backdoor; high counts as suspect."
+        ),
+        low_is_suspect=False,
+        compute=lambda model, clean, layers: compute(model, clean, layers),
+        needs=frozenset({"clean"}),
+        reference="TSBD (Lin et al., NeurIPS 2024)",
+        cost="slow",
+    )
+)
