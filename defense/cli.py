@@ -248,6 +248,27 @@ def cmd_purify(args: argparse.Namespace) -> int:
 TABLES_START, TABLES_END = "<!-- registry tables: python -m defense list --update README.md -->", "<!-- /registry -->"
 
 
+def cmd_identify(args: argparse.Namespace) -> int:
+    from .identify import identify
+
+    b = bundle_io.load_bundle(args.bundle)
+    splits = data.load_splits_for(b.meta, args.data_root, seed=args.seed)
+    report = identify(b, splits)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        g = report["ground_truth"]
+        print(
+            f"{b.name}: {g['infected_ablation']} of {g['neurons']} neurons infected (ablation); "
+            f"TAC agrees with AUC {g['tac_auc_vs_ablation']:.2f}, top-k overlap {g['top_k_overlap']:.0%}"
+        )
+        for name, q in report["scores"].items():
+            print(
+                f"  {name:14s} AUC {q['auc']:.2f}  precision@k {q['precision_at_k']:.2f}  AUC vs TAC {q['auc_tac']:.2f}"
+            )
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from .registry import markdown_tables
 
@@ -329,6 +350,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_purify)
+
+    p = sub.add_parser("identify", help="how well every score finds the infected neurons (trigger known)")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--data-root")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the defender's clean subset")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_identify)
 
     p = sub.add_parser("list", help="every score, defense, attack and architecture, as markdown tables")
     p.add_argument("--update", metavar="FILE", help="rewrite the registry block of FILE (README.md) instead")
