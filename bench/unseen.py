@@ -9,29 +9,25 @@ invisible noise pattern, a sinusoid and a warp unlike the bundled ones, a patch 
 poisoning, and the two kinds of the first version of this benchmark. Writes the
 'unseen triggers' section of bench/RESULTS.md.
 
-Run: .venv/bin/python bench/unseen.py [--kinds K ...] [--defenses D ...] [--cache DIR]
+Run from the repository root: .venv/bin/python -m bench.unseen [--kinds K ...] [--defenses D ...] [--cache DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import torch
+from safetensors.torch import save_file
 
-import torch  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
-
-from bench.sections import write_section  # noqa: E402
-from defense import attacks, data, metrics  # noqa: E402
-from defense import bundle as bundle_io  # noqa: E402
-from defense.runtime import configure_threads  # noqa: E402
-from defense.train import train_backdoored  # noqa: E402
+from bench.sections import write_section
+from defense import attacks, data, metrics
+from defense import bundle as bundle_io
+from defense.runtime import configure_threads
+from defense.train import train_backdoored
 
 ASR_GOAL, DROP_GOAL = 0.05, 0.02
 CORNERS = ("top-left", "top-right", "bottom-left")  # the bundled badnets patch sits bottom right
@@ -106,8 +102,18 @@ def kinds(shape) -> dict:
             8,
             0.1,
         ),
-        "sinusoid": ("sinusoid, amplitude 0.1, 3 periods, target 1", lambda s, tmp: ("sig", {"delta": 0.1, "frequency": 3}, None), 1, 0.1),
-        "warp": ("warp on an 8×8 control grid, strength 0.75, target 2", lambda s, tmp: ("wanet", {"k": 8, "strength": 0.75}, None), 2, 0.1),
+        "sinusoid": (
+            "sinusoid, amplitude 0.1, 3 periods, target 1",
+            lambda s, tmp: ("sig", {"delta": 0.1, "frequency": 3}, None),
+            1,
+            0.1,
+        ),
+        "warp": (
+            "warp on an 8×8 control grid, strength 0.75, target 2",
+            lambda s, tmp: ("wanet", {"k": 8, "strength": 0.75}, None),
+            2,
+            0.1,
+        ),
         "low-rate": (
             "random 4×4 patch, top left, 1% poisoning, target 3",
             lambda s, tmp: ("file", {}, file_of(patch_file(shape, 4, "top-left", 200), tmp, "low")),
@@ -160,7 +166,7 @@ def main(argv=None) -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--kinds", nargs="*")
-    parser.add_argument("--defenses", nargs="*", help=f"default: the recommended one ({baselines.RECOMMENDED})")
+    parser.add_argument("--defenses", nargs="*", help=f"default: the recommended one ({baselines.recommended().name})")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--cache", help="keep the trained models here (default: a temporary folder)")
     parser.add_argument("--jsonl", help="also append one JSON line per run to this file")
@@ -169,7 +175,7 @@ def main(argv=None) -> None:
     base = data.load_dataset("mnist5k")
     table = kinds(base.input_shape)
     chosen = args.kinds or list(table)
-    defenses = args.defenses or [baselines.RECOMMENDED]
+    defenses = args.defenses or [baselines.recommended().name]
     lines = [
         "## Unseen triggers: backdoors the defaults were not tuned on",
         "",

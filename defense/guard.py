@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .data import TensorData
-from .salience import NeuronLayer
+from .neurons import NeuronLayer
 
 
 def neuron_sensitivity(
@@ -32,7 +32,9 @@ def neuron_sensitivity(
     """Clean cross-entropy after a one-step adversarial neuron perturbation of size ε (eval mode)."""
     dev = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
-    delta = {n: ((torch.rand(nl.size, generator=gen) * 2 - 1) * eps).to(dev).requires_grad_(True) for n, nl in layers.items()}
+    delta = {
+        n: ((torch.rand(nl.size, generator=gen) * 2 - 1) * eps).to(dev).requires_grad_(True) for n, nl in layers.items()
+    }
     x, y = clean.x[:max_images].to(dev), clean.y[:max_images].to(dev)
     loss_fn = nn.CrossEntropyLoss()
     was = model.training
