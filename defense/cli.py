@@ -132,8 +132,9 @@ def cmd_purify(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from . import baselines
     from .metrics import triggered_set
-    from .purify import Purification, PurifyConfig
+    from .purify import PurifyConfig
 
     b = bundle_io.load_bundle(args.bundle)
     defaults = PurifyConfig()
@@ -157,7 +158,17 @@ def cmd_purify(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UsageError(str(err)) from None
     splits = data.load_splits_for(b.meta, args.data_root, seed=config.seed, clean_fraction=args.clean_fraction)
-    run = Purification(b.model, splits.clean, splits.test, triggered_set(splits.test, b.trigger, b.target), config)
+    defense = args.defense or baselines.recommended().name
+    if (args.metric is not None or args.reg is not None) and args.defense is None:
+        defense = None  # a marking or penalty of one's own, with the recommended fine-tuning
+    triggered = triggered_set(splits.test, b.trigger, b.target)
+    if defense is None:
+        from .purify import Purification
+
+        run = Purification(b.model, splits.clean, splits.test, triggered, config)
+    else:
+        run = baselines.make(defense, b.model, splits.clean, splits.test, triggered, config)
+    config = run.config
     with tqdm(total=config.steps, desc="purify", unit="step", disable=args.quiet) as bar:
         for record in run:
             bar.update(1 if record["step"] else 0)
@@ -169,6 +180,7 @@ def cmd_purify(args: argparse.Namespace) -> int:
         "after": {k: last[k] for k in ("clean_acc", "asr")},
         "steps": last["step"],
         "seconds": round(last["seconds"], 2),
+        "defense": defense,
         "config": config.to_dict(),
     }
     if args.out:
@@ -239,7 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("purify", help="identify and purify infected neurons (defaults are the recommended settings)")
     p.add_argument("--bundle", required=True)
-    p.add_argument("--metric", choices=SCORES.names())
+    p.add_argument(
+        "--defense",
+        choices=DEFENSES.names(),
+        help="a registered defense (default: the recommended one; bs-ar is the paper's BS + AR)",
+    )
+    p.add_argument("--metric", choices=SCORES.names(), help="mark with this score instead of the defense's")
     p.add_argument("--reg", choices=REGULARIZERS)
     p.add_argument("--ratio", type=_fraction, help="share of neurons to mark in each layer")
     p.add_argument("--scope", choices=("layer", "global"))

@@ -79,7 +79,7 @@ def penalty(kind: str, w: torch.Tensor, knee: float | torch.Tensor = 1.0) -> tor
 class PurifyConfig:
     """Purification settings; the defaults are the recommended ones (docs/METHOD.md, bench/RESULTS.md)."""
 
-    metric: str = "benign"
+    metric: str = "clp"  # the recommended defense (clp-ar) marks with CLP; bs-ar (the paper) with "benign"
     reg: str = "ar"
     ratio: float = 0.5
     scope: str = "layer"
