@@ -114,7 +114,7 @@ def test_defense_entries_agree_with_the_rest():
 
 
 def test_make_refuses_unknown_names_and_masks_for_non_marking_defenses():
-    with pytest.raises(ValueError, match="unknown defense 'nope': expected one of bs-ar"):
+    with pytest.raises(ValueError, match="unknown defense 'nope': expected one of clp-ar, bs-ar"):
         baselines.make("nope", None, None, None, None)
     with pytest.raises(ValueError, match="marks no neurons"):
         baselines.make("ft", None, None, None, None, mask={})
