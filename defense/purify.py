@@ -81,7 +81,7 @@ class PurifyConfig:
 
     metric: str = "clp"  # the recommended defense (clp-ar) marks with CLP; bs-ar (the paper) with "benign"
     reg: str = "ar"
-    ratio: float = 0.3  # share of each layer marked; CLP flags outliers, so half a layer marks many clean neurons
+    ratio: float = 0.5
     scope: str = "layer"
     lam: float = 0.03
     lr: float = 0.02

@@ -165,24 +165,24 @@ def test_every_page_in_a_browser(server, browser):
     # Threshold: the slider moves the mask and the preview
     goto_page(page, "Threshold", "Choose the purification threshold")
     before = metric_value(page, "Marked neurons")
-    assert before.startswith("34 of 112")  # the default ratio, 0.3 per layer
+    assert before.startswith("56 of 112")
     thumb = main.locator('[data-testid="stSlider"] input[type="range"]').first  # the thumb's keyboard handle
     thumb.focus()
     for _ in range(4):
-        page.keyboard.press("ArrowRight")
+        page.keyboard.press("ArrowLeft")
     page.wait_for_function(
         """() => [...document.querySelectorAll('[data-testid="stMetric"]')]
-        .some(m => m.innerText.includes('Marked neurons') && m.innerText.includes('56 of 112'))""",
+        .some(m => m.innerText.includes('Marked neurons') && m.innerText.includes('34 of 112'))""",
         timeout=60_000,
     )
-    assert float(thumb.input_value()) == pytest.approx(0.5)
+    assert float(thumb.input_value()) == pytest.approx(0.3)
     main.get_by_text("your choice").wait_for(timeout=120_000)  # the pruning curve with the choice marked
     no_exceptions(page)
     shoot(page, "threshold.png", height=1500)
 
     # Purify: the threshold survived the page switch; a long baseline run stopped, then bs-ar run to the end
     goto_page(page, "Purify", "Purify the model")
-    main.get_by_text(re.compile(r"56 of 112 neurons")).wait_for(timeout=60_000)
+    main.get_by_text(re.compile(r"34 of 112 neurons")).wait_for(timeout=60_000)
     steps = main.get_by_role("spinbutton", name="Steps")
 
     def set_steps(n: int) -> None:
@@ -225,6 +225,6 @@ def test_fresh_session_starts_on_the_default_model(server, browser):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(server + "/threshold")
     page.get_by_role("heading", name="Choose the purification threshold").wait_for(timeout=60_000)
-    assert metric_value(page, "Marked neurons").startswith("34 of 112")  # the other session's slider is its own
+    assert metric_value(page, "Marked neurons").startswith("56 of 112")  # the other session's slider is its own
     no_exceptions(page)
     page.close()
