@@ -170,13 +170,49 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--cache", help="keep the trained models here (default: a temporary folder)")
     parser.add_argument("--jsonl", help="also append one JSON line per run to this file")
+    parser.add_argument("--replay", nargs="*", help="write the section from JSON lines saved by --jsonl (no training)")
     args = parser.parse_args(argv)
     configure_threads()
     base = data.load_dataset("mnist5k")
     table = kinds(base.input_shape)
     chosen = args.kinds or list(table)
     defenses = args.defenses or [baselines.recommended().name]
-    lines = [
+    if args.replay:
+        saved = [json.loads(line) for path in args.replay for line in Path(path).read_text().splitlines() if line]
+        order = {k: i for i, k in enumerate(table)}
+        saved.sort(key=lambda r: (order[r["kind"]], r["defense"] != baselines.recommended().name, r["seed"]))
+        write_section("unseen-triggers", "\n".join(_header() + [_row(table, r) for r in saved]))
+        return
+    lines = _header()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        cache = Path(args.cache) if args.cache else tmp / "models"
+        for kind in chosen:
+            for seed in range(args.seeds):
+                b = trained(kind, seed, base, cache, tmp)
+                for name in defenses:
+                    r = {"kind": kind, "defense": name, "seed": seed, **run_defense(name, b, seed)}
+                    lines.append(_row(table, r))
+                    print(lines[-1], flush=True)
+                    if args.jsonl:
+                        with open(args.jsonl, "a") as f:
+                            f.write(json.dumps(r) + "\n")
+    write_section("unseen-triggers", "\n".join(lines))
+
+
+def _row(table: dict, r: dict) -> str:
+    before, after = r["before"], r["after"]
+    drop = before["clean_acc"] - after["clean_acc"]
+    ok = after["asr"] <= ASR_GOAL and drop <= DROP_GOAL
+    return (
+        f"| {table[r['kind']][0]} | {r['defense']} | {r['seed']} | {100 * before['clean_acc']:.1f} / "
+        f"{100 * before['asr']:.1f} | {100 * after['clean_acc']:.1f} / {100 * after['asr']:.1f} | "
+        f"{100 * drop:.1f} | {100 * (after['asr'] - r['min_asr']):.1f} | {'✓' if ok else '✗'} |"
+    )
+
+
+def _header() -> list[str]:
+    return [
         "## Unseen triggers: backdoors the defaults were not tuned on",
         "",
         f"`bench/unseen.py` on {time.strftime('%Y-%m-%d')}: one model per kind and seed, trained here like "
@@ -187,27 +223,6 @@ def main(argv=None) -> None:
         "| trigger | defense | seed | before ACC / ASR | after ACC / ASR | ACC drop | rebound | goal |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        cache = Path(args.cache) if args.cache else tmp / "models"
-        for kind in chosen:
-            for seed in range(args.seeds):
-                b = trained(kind, seed, base, cache, tmp)
-                for name in defenses:
-                    r = run_defense(name, b, seed)
-                    before, after = r["before"], r["after"]
-                    drop = before["clean_acc"] - after["clean_acc"]
-                    ok = after["asr"] <= ASR_GOAL and drop <= DROP_GOAL
-                    lines.append(
-                        f"| {table[kind][0]} | {name} | {seed} | {100 * before['clean_acc']:.1f} / "
-                        f"{100 * before['asr']:.1f} | {100 * after['clean_acc']:.1f} / {100 * after['asr']:.1f} | "
-                        f"{100 * drop:.1f} | {100 * (after['asr'] - r['min_asr']):.1f} | {'✓' if ok else '✗'} |"
-                    )
-                    print(lines[-1], flush=True)
-                    if args.jsonl:
-                        with open(args.jsonl, "a") as f:
-                            f.write(json.dumps({"kind": kind, "defense": name, "seed": seed, **r}) + "\n")
-    write_section("unseen-triggers", "\n".join(lines))
 
 
 if __name__ == "__main__":
