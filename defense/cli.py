@@ -134,9 +134,11 @@ def cmd_purify(args: argparse.Namespace) -> int:
 
     from . import baselines
     from .metrics import triggered_set
-    from .purify import PurifyConfig
+    from .purify import Purification, PurifyConfig
     from .results import purified_bundle, run_report
 
+    if args.defense is not None and (args.metric is not None or args.reg is not None):
+        raise UsageError(f"--defense {args.defense} sets its own score and regularizer: leave out --metric and --reg")
     b = bundle_io.load_bundle(args.bundle)
     defaults = PurifyConfig()
     overrides = {
@@ -159,25 +161,24 @@ def cmd_purify(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UsageError(str(err)) from None
     splits = data.load_splits_for(b.meta, args.data_root, seed=config.seed, clean_fraction=args.clean_fraction)
-    defense = args.defense or baselines.recommended().name
-    if (args.metric is not None or args.reg is not None) and args.defense is None:
-        defense = None  # a marking or penalty of one's own, with the recommended fine-tuning
     triggered = triggered_set(splits.test, b.trigger, b.target)
-    if defense is None:
-        from .purify import Purification
-
+    defense = args.defense
+    if defense is None and args.metric is None and args.reg is None:
+        defense = baselines.recommended().name  # no options: the recommended defense
+    if defense is None:  # a score or penalty of one's own, with the recommended fine-tuning
         run = Purification(b.model, splits.clean, splits.test, triggered, config)
     else:
         run = baselines.make(defense, b.model, splits.clean, splits.test, triggered, config)
-    config = run.config
+    config = run.config  # a defense may set the score, regularizer, distillation or steps
     with tqdm(total=config.steps, desc="purify", unit="step", disable=args.quiet) as bar:
         for record in run:
             bar.update(1 if record["step"] else 0)
             if "asr" in record:
                 bar.set_postfix(acc=f"{record['clean_acc']:.3f}", asr=f"{record['asr']:.3f}")
-    report = run_report(run.history, config, context={"defense": defense})
+    report = run_report(run.history, config, context={"defense": defense} if defense else None)
     if args.out:
-        purified = purified_bundle(b, run.model, name=Path(args.out).stem, after=report["after"], config=config)
+        name = Path(args.out).stem
+        purified = purified_bundle(b, run.model, name=name, after=report["after"], config=config, defense=defense)
         report["out"] = str(bundle_io.save_bundle(purified, args.out))
     if args.json:
         print(json.dumps(report))
@@ -260,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=DEFENSES.names(),
         help="a registered defense (default: the recommended one; bs-ar is the paper's BS + AR)",
     )
-    p.add_argument("--metric", choices=SCORES.names(), help="mark with this score instead of the defense's")
+    p.add_argument("--metric", choices=SCORES.names(), help="mark with this score (with --reg: no defense entry)")
     p.add_argument("--reg", choices=REGULARIZERS)
     p.add_argument("--ratio", type=_fraction, help="share of neurons to mark in each layer")
     p.add_argument("--scope", choices=("layer", "global"))

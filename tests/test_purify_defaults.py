@@ -32,4 +32,4 @@ def test_purify_defense_bs_ar_is_the_papers_marking(capsys):
     assert report["defense"] == "bs-ar" and DEFENSES["bs-ar"].paper
     assert (report["config"]["metric"], report["config"]["reg"]) == ("benign", "ar")
     own = _purify(capsys, "--metric", "magnitude", "--reg", "l1")
-    assert own["defense"] is None and (own["config"]["metric"], own["config"]["reg"]) == ("magnitude", "l1")
+    assert own.get("defense") is None and (own["config"]["metric"], own["config"]["reg"]) == ("magnitude", "l1")
