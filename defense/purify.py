@@ -239,10 +239,10 @@ class Purification:
     def _evaluate(self) -> dict[str, float]:
         self.model.eval()
         scores = evaluate(self.model, self.test, None, 0, triggered=self.triggered)
-        # clean data only: what the rebound guard may use (the test ASR above is for display)
-        scores["sensitivity"] = neuron_sensitivity(
-            self.model, self.layers, self.clean, self.config.guard_eps, seed=self.config.seed
-        )
+        if self.guard is not None:  # clean data only: what the rebound guard may use (the ASR is for display)
+            scores["sensitivity"] = neuron_sensitivity(
+                self.model, self.layers, self.clean, self.config.guard_eps, seed=self.config.seed
+            )
         self._train_mode()
         return scores
 
