@@ -1,6 +1,8 @@
 """Every purification defense, as an entry of ``registry.DEFENSES`` that builds a Purification run.
 
-- ``bs-ar``, ``bs-l1``, ``bs-l2``, ``bs-prune``: benign salience marks neurons, then each regularizer;
+- ``clp-ar`` (recommended): CLP's channel Lipschitz bound marks neurons, then adaptive regularization;
+- ``bs-ar`` (the paper's method), ``bs-l1``, ``bs-l2``, ``bs-prune``: benign salience marks neurons, then each
+  regularizer;
 - ``mag-ar``: adaptive regularization on neurons marked by weight magnitude instead (isolates
   what benign salience adds);
 - ``ft``: plain fine-tuning on the clean data (no marking, plain cross-entropy);
@@ -8,6 +10,7 @@
 - ``fp``: Fine-Pruning (Liu et al. 2018): prune the last conv layer's channels in increasing
   order of mean clean activation, as far as the defender's clean accuracy stays within
   ``max_drop`` of the start, then fine-tune;
+- ``anp``: Adversarial Neuron Pruning (Wu & Wang 2021), published settings (``anp_prune.py``);
 - ``clp``: Channel Lipschitzness-based Pruning (Zheng et al. 2022), data-free: prune every
   channel whose Lipschitz bound exceeds mean + u·std of its layer (u = 3); no fine-tuning.
 Written from their published descriptions. A marking defense (``marking=(score, regularizer)``)
@@ -96,15 +99,27 @@ _SHARED = (
     "original model (the recommended settings of docs/METHOD.md)"
 )
 _register_marking(
+    "clp-ar",
+    "clp",
+    "ar",
+    "CLP marking + adaptive regularization (recommended)",
+    "Marks, in each layer, the half of the neurons with the highest channel Lipschitz bound (CLP's score, read "
+    "from the weights: backdoor channels amplify their input unusually strongly), " + _SHARED + ", with the "
+    "paper's adaptive regularization on the marked neurons. Benign salience ranks the infected neurons of the "
+    "bundled models near chance; CLP ranks them better, and with it the attack does not come back during "
+    "fine-tuning (docs/METHOD.md).",
+    recommended=True,
+)
+_register_marking(
     "bs-ar",
     "benign",
     "ar",
     "benign salience + adaptive regularization (this paper)",
-    "Marks the neurons with the lowest benign salience in each layer, " + _SHARED + ", with the adaptive "
-    "regularization penalty on the marked neurons' weights: linear for small weights and growing exponentially "
-    "beyond a knee scaled to each tensor. It differs from the paper's own recipe in the scale-aware knee and "
-    "the distillation.",
-    recommended=True,
+    "The paper's method: marks the neurons with the lowest benign salience in each layer, " + _SHARED + ", with "
+    "the adaptive regularization penalty on the marked neurons' weights: linear for small weights and growing "
+    "exponentially beyond a knee scaled to each tensor. It differs from the paper's own recipe in the "
+    "scale-aware knee and the distillation.",
+    paper=True,
 )
 _register_marking(
     "bs-l1",
@@ -194,6 +209,28 @@ DEFENSES.register(
         "than three standard deviations above its layer's mean, from the weights alone; no data, no fine-tuning.",
         _clp,
         needs=frozenset(),
+    )
+)
+
+
+def _anp(model, clean, test, triggered, config, scores=None, mask=None) -> Purification:
+    from .anp_prune import anp_prune_mask
+
+    cfg = replace(config, metric="magnitude", reg="prune", steps=0)  # the metric is unused: the mask is ANP's
+    return Purification(
+        model, clean, test, triggered, cfg, mask=anp_prune_mask(model, clean, neuron_map(model), seed=config.seed)
+    )
+
+
+DEFENSES.register(
+    Defense(
+        "anp",
+        "Adversarial Neuron Pruning (ANP)",
+        "Adversarial Neuron Pruning: learns a mask per neuron on the clean images while an adversary perturbs "
+        "every neuron by up to ±40%, then prunes the neurons whose mask ends at 0.2 or below (backdoor neurons "
+        "are the ones whose small perturbation breaks the model); no fine-tuning. Published settings, 500 mask "
+        "iterations instead of 2,000 (docs/METHOD.md).",
+        _anp,
     )
 )
 

@@ -219,20 +219,23 @@ def cmd_purify(args: argparse.Namespace) -> int:
         b.meta, args.data_root, seed=config.seed, clean_fraction=args.clean_fraction, need_clean=True
     )
     triggered = triggered_set(splits.test, b.trigger, b.target)
-    if args.defense is None:
+    defense = args.defense
+    if defense is None and args.metric is None and args.reg is None:
+        defense = baselines.recommended().name  # no options: the recommended defense
+    if defense is None:  # a score or penalty of one's own, with the recommended fine-tuning
         run = Purification(b.model, splits.clean, splits.test, triggered, config)
     else:
-        run = baselines.make(args.defense, b.model, splits.clean, splits.test, triggered, config)
+        run = baselines.make(defense, b.model, splits.clean, splits.test, triggered, config)
     config = run.config  # a defense may set the score, regularizer, distillation or steps
     with tqdm(total=config.steps, desc="purify", unit="step", disable=args.quiet) as bar:
         for record in run:
             bar.update(1 if record["step"] else 0)
             if "asr" in record:
                 bar.set_postfix(acc=f"{record['clean_acc']:.3f}", asr=f"{record['asr']:.3f}")
-    report = run_report(run.history, config, context={"defense": args.defense} if args.defense else None)
+    report = run_report(run.history, config, context={"defense": defense} if defense else None)
     if args.out:
         name = Path(args.out).stem
-        purified = purified_bundle(b, run.model, name=name, after=report["after"], config=config, defense=args.defense)
+        purified = purified_bundle(b, run.model, name=name, after=report["after"], config=config, defense=defense)
         report["out"] = str(bundle_io.save_bundle(purified, args.out))
     if args.json:
         print(json.dumps(report))
@@ -334,8 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("purify", help="identify and purify infected neurons (defaults are the recommended settings)")
     p.add_argument("--bundle", required=True)
-    p.add_argument("--defense", choices=DEFENSES.names(), help="run this defense (default: the settings below)")
-    p.add_argument("--metric", choices=SCORES.names())
+    p.add_argument(
+        "--defense",
+        choices=DEFENSES.names(),
+        help="a registered defense (default: the recommended one; bs-ar is the paper's BS + AR)",
+    )
+    p.add_argument("--metric", choices=SCORES.names(), help="mark with this score (with --reg: no defense entry)")
     p.add_argument("--reg", choices=REGULARIZERS)
     p.add_argument("--ratio", type=_fraction, help="share of neurons to mark in each layer")
     p.add_argument("--scope", choices=("layer", "global"))

@@ -223,7 +223,7 @@ def test_short_purification_completes_and_lowers_the_asr():
     assert float(metric(at, "Attack success rate").rstrip("%")) < 60
     assert [r["step"] for r in run.evaluations()] == [0, 10, 20, 30, 40]  # eval every 10 steps for the live curves
     spec = chart(at, "runs")
-    assert {t["name"] for t in spec["data"]} == {"1. bs-ar"}
+    assert {t["name"] for t in spec["data"]} == {"1. clp-ar"}
     labels = [b.proto.label for b in at.get("download_button")]
     assert labels == ["Download purified model (.zip)", "Download report (JSON)"]
     check_downloads(run)
@@ -234,7 +234,7 @@ def test_short_purification_completes_and_lowers_the_asr():
     at.button(key="w_start").click().run()
     run_until(at, lambda a: not runs(a)[-1].active)
     at.run()
-    assert {t["name"] for t in chart(at, "runs")["data"]} == {"1. bs-ar", "2. ft"}
+    assert {t["name"] for t in chart(at, "runs")["data"]} == {"1. clp-ar", "2. ft"}
 
 
 def check_downloads(run) -> None:

@@ -91,8 +91,11 @@ def test_every_entry_is_described():
 
 
 def test_defense_entries_agree_with_the_rest():
-    assert [d.name for d in DEFENSES if d.recommended] == ["bs-ar"]
-    assert baselines.recommended().name == "bs-ar"
+    assert [d.name for d in DEFENSES if d.recommended] == ["clp-ar"]
+    assert baselines.recommended().name == "clp-ar"
+    # the paper's method stays available, marked as such
+    assert [d.name for d in DEFENSES if d.paper] == ["bs-ar"]
+    assert DEFENSES["bs-ar"].marking == ("benign", "ar")
     for d in DEFENSES:
         if d.marking is not None:
             score, reg = d.marking
@@ -112,7 +115,7 @@ def test_defense_entries_agree_with_the_rest():
 
 
 def test_make_refuses_unknown_names_and_masks_for_non_marking_defenses():
-    with pytest.raises(ValueError, match="unknown defense 'nope': expected one of bs-ar"):
+    with pytest.raises(ValueError, match="unknown defense 'nope': expected one of clp-ar, bs-ar"):
         baselines.make("nope", None, None, None, None)
     with pytest.raises(ValueError, match="marks no neurons"):
         baselines.make("ft", None, None, None, None, mask={})
