@@ -73,17 +73,20 @@ def load_splits_for(meta: dict, data_root: str | None, seed: int = 0, clean_frac
     return splits
 
 
+def _json_object(text: str | None, option: str, example: str) -> dict:
+    value = json.loads(text) if text else {}
+    if not isinstance(value, dict):
+        raise UsageError(f"{option} must be a JSON object such as '{example}', got {text}")
+    return value
+
+
 def cmd_train(args) -> int:
     from .train import train_backdoored
 
     splits = data.load_dataset(args.dataset, args.data_root)
     if not 0 <= args.target < splits.num_classes:
         raise UsageError(f"--target {args.target} is out of range: the dataset has classes 0..{splits.num_classes - 1}")
-    params = json.loads(args.attack_params) if args.attack_params else {}
-    if not isinstance(params, dict):
-        raise UsageError(
-            f"--attack-params must be a JSON object such as '{{\"alpha\": 0.2}}', got {args.attack_params}"
-        )
+    params = _json_object(args.attack_params, "--attack-params", '{"alpha": 0.2}')
     trigger = attacks.make_trigger(
         args.attack, splits.input_shape, seed=args.seed, trigger_file=args.trigger_file, **params
     )
@@ -97,6 +100,9 @@ def cmd_train(args) -> int:
         epochs=args.epochs,
         seed=args.seed,
         progress=not args.quiet,
+        arch_kwargs=_json_object(args.arch_kwargs, "--arch-kwargs", '{"width": 16}'),
+        shift=args.shift,
+        lr=args.lr,
     )
     result.meta["training"]["seconds"] = round(time.perf_counter() - start, 1)
     out = bundle_io.save_bundle(result, args.out)
@@ -228,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", type=_integer, default=0)
     p.add_argument("--poison-rate", type=_fraction, default=0.1)
     p.add_argument("--epochs", type=_positive_int, default=8)
+    p.add_argument("--arch-kwargs", help="JSON object of architecture options, e.g. '{\"width\": 16}'")
+    p.add_argument("--shift", type=_integer, default=0, help="augment clean images by random shifts of up to N px")
+    p.add_argument("--lr", type=_non_negative, default=0.05, help="peak learning rate (one-cycle)")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--quiet", action="store_true")

@@ -90,3 +90,6 @@ def neuron_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 def neuron_count(layer: nn.Module) -> int:
     return layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+
+
+from . import preact as _preact  # noqa: E402,F401 - registers preactresnet18 and vgg11
