@@ -110,25 +110,10 @@ def load_mnist5k() -> TensorData:
 
 
 def load_cifar10(root: str | Path) -> tuple[TensorData, TensorData]:
-    from torchvision.datasets import CIFAR10
+    """CIFAR-10 in torchvision's python layout, read by a restricted unpickler (defense/cifar.py)."""
+    from .cifar import read_cifar10
 
-    root = Path(root)
-    if not (root / "cifar-10-batches-py").is_dir():
-        raise DataError(
-            f"CIFAR-10 not found: expected the folder 'cifar-10-batches-py' (torchvision layout, "
-            f"data_batch_1..5 and test_batch) inside {root}"
-        )
-
-    def convert(ds) -> TensorData:
-        x = torch.as_tensor(ds.data).permute(0, 3, 1, 2).float() / 255.0
-        return TensorData(x, torch.as_tensor(ds.targets, dtype=torch.int64))
-
-    try:
-        return convert(CIFAR10(str(root), train=True, download=False)), convert(
-            CIFAR10(str(root), train=False, download=False)
-        )
-    except RuntimeError as err:  # torchvision's own integrity check
-        raise DataError(f"CIFAR-10 at {root} is incomplete or corrupt: {err}") from None
+    return read_cifar10(Path(root))
 
 
 def load_imagefolder(root: str | Path, size: int = 32) -> TensorData:
