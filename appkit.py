@@ -48,7 +48,10 @@ from torch import nn
 
 from defense import attacks, baselines, data, metrics, purify, salience
 from defense import bundle as bundle_io
-from defense.cli import MODELS_DIR, load_splits_for
+from defense.data import load_splits_for
+from defense.paths import MODELS_DIR, bundled_models
+from defense.registry import DEFENSES, SCORES
+from defense.results import purified_bundle, run_report
 from defense.runtime import configure_threads
 
 DEFAULT_MODEL = "mnist-badnets"
@@ -57,17 +60,10 @@ POLL_S = 0.4  # the Purify page redraws a live run this often
 SLIDER_STEP = 0.05  # the threshold slider's step; the pruning curves are measured on the same grid
 SLIDER_GRID = [round(i * SLIDER_STEP, 4) for i in range(int(round(1 / SLIDER_STEP)) + 1)]
 ABSENT_S = 10.0  # a run stops once its session has been gone this long
-CURVE_METRICS = ("benign", "magnitude", "activation")
-MARKING_DEFENSES = {
-    "bs-ar": ("benign", "ar"),
-    "bs-l1": ("benign", "l1"),
-    "bs-l2": ("benign", "l2"),
-    "bs-prune": ("benign", "prune"),
-    "mag-ar": ("magnitude", "ar"),
-}
+CURVE_METRICS = tuple(s.name for s in SCORES if s.curve)
 LOAD_ERRORS = (bundle_io.BundleError, attacks.TriggerError, data.DataError, ValueError, KeyError)
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
-LABELS = salience.METRIC_LABELS
+LABELS = {s.name: s.label for s in SCORES}
 
 
 # ---------------------------------------------------------------- session state
@@ -135,7 +131,7 @@ def synced(widget: Callable, label: str, state_key: str, **kwargs):
 
 
 def bundled_names() -> list[str]:
-    return sorted(p.name for p in MODELS_DIR.iterdir() if (p / "meta.json").is_file())
+    return bundled_models()
 
 
 def weights_key(name: str, model: nn.Module) -> str:
@@ -350,7 +346,7 @@ def _evaluation(key: str, _model, _test, _triggered) -> dict:
 def _scores(key: str, fraction: float, seed: int, _model, _clean) -> dict[str, salience.NeuronScores]:
     model = copy.deepcopy(_model)
     layers = salience.neuron_map(model)
-    return {m: salience.compute(m, model, _clean, layers) for m in salience.METRICS}
+    return {m: salience.compute(m, model, _clean, layers) for m in SCORES.names()}
 
 
 @st.cache_resource(show_spinner=False, max_entries=2048)
@@ -788,40 +784,22 @@ class Runner:
         return (ev[0], ev[-1]) if ev else (None, None)
 
     def report(self, lab_: Lab) -> dict:
-        before, after = self.before_after()
-
-        def pick(r):
-            return {k: r[k] for k in ("clean_acc", "asr")} if r else None
-
-        return {
+        context = {
             "model": lab_.name,
             "model_key": self.model_key,
             "defense": self.defense,
-            "description": baselines.DEFENSES.get(self.defense),
+            "description": DEFENSES[self.defense].label,
             "status": self.status,
-            "before": pick(before),
-            "after": pick(after),
-            "steps": self.step,
-            "seconds": round(self.records[-1]["seconds"], 2) if self.records else 0.0,
-            "config": self.run.config.to_dict() if self.run else None,
-            "marked_neurons": self.records[0]["marked"] if self.records else None,
-            "history": [
-                {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
-                for r in self.records
-            ],
         }
+        return run_report(list(self.records), self.run.config if self.run else None, context=context, history=True)
 
     def bundle_zip(self, lab_: Lab) -> bytes:
         _, after = self.before_after()
-        meta = {
-            **copy.deepcopy(lab_.bundle.meta),
-            "name": f"{lab_.name}-{self.defense}",
-            "purified_from": lab_.name,
-            "clean_acc": round(after["clean_acc"], 4),
-            "asr": round(after["asr"], 4),
-            "purification": {"defense": self.defense, **self.run.config.to_dict()},
-        }
-        return bundle_io.bundle_bytes(bundle_io.Bundle(self.run.model, meta, lab_.bundle.trigger), meta["name"])
+        name = f"{lab_.name}-{self.defense}"
+        purified = purified_bundle(
+            lab_.bundle, self.run.model, name=name, after=after, config=self.run.config, defense=self.defense
+        )
+        return bundle_io.bundle_bytes(purified, name)
 
 
 def purification_config(steps: int, lr: float, lam: float) -> purify.PurifyConfig:
@@ -842,17 +820,14 @@ def start_run(lab_: Lab, defense: str, cfg: purify.PurifyConfig) -> Runner:
     scores = lab_.scores()
     clean, test, trig = lab_.splits.clean, lab_.splits.test, lab_.triggered
     mask = None
-    if defense in MARKING_DEFENSES and ss["threshold_mode"] == "value":
-        metric, _ = MARKING_DEFENSES[defense]
-        mask = lab_.mask(metric, "value", ss["threshold_value"], ss["threshold_scope"])
+    marking = DEFENSES[defense].marking
+    if marking is not None and ss["threshold_mode"] == "value":
+        mask = lab_.mask(marking[0], "value", ss["threshold_value"], ss["threshold_scope"])
 
     def build() -> purify.Purification:
-        if mask is not None:
-            metric, reg = MARKING_DEFENSES[defense]
-            return purify.Purification(
-                model, clean, test, trig, replace(cfg, metric=metric, reg=reg), scores=scores[metric], mask=mask
-            )
-        return baselines.make(defense, model, clean, test, trig, cfg, scores=scores["benign"])
+        return baselines.make(
+            defense, model, clean, test, trig, cfg, scores=scores[marking[0]] if marking else None, mask=mask
+        )
 
     runs = ss["runs"]
     ctx = get_script_run_ctx()

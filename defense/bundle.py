@@ -72,7 +72,7 @@ _REQUIRED = {
 }
 
 
-def validate_meta(meta) -> dict:
+def validate_meta(meta: object) -> dict:
     """Check meta.json's fields and types; raise BundleError naming every problem."""
     if not isinstance(meta, dict):
         raise BundleError(f"meta.json must hold a JSON object, found {type(meta).__name__}")
@@ -111,7 +111,9 @@ def validate_meta(meta) -> dict:
             problems.append("'normalization.std' values must be positive")
     attack = meta["attack"]
     if attack.get("kind") not in attacks.ATTACKS:
-        problems.append(f"'attack.kind' must be one of {', '.join(attacks.ATTACKS)}, found {attack.get('kind')!r}")
+        problems.append(
+            f"'attack.kind' must be one of {', '.join(attacks.ATTACKS.names())}, found {attack.get('kind')!r}"
+        )
     target = attack.get("target_label")
     if not isinstance(target, int) or isinstance(target, bool) or not 0 <= target < max(meta["num_classes"], 1):
         problems.append(

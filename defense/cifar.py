@@ -16,7 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import DataError, TensorData
+
+class CifarError(ValueError):
+    """The folder is not CIFAR-10 in the python layout; defense.data reports it as a DataError."""
+
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
@@ -49,46 +52,47 @@ class _ArraysOnly(pickle.Unpickler):
 
 def _read_batch(path: Path) -> tuple[np.ndarray, list[int]]:
     if not path.is_file():
-        raise DataError(f"CIFAR-10 at {path.parent.parent} is incomplete or corrupt: {path.name} is missing")
+        raise CifarError(f"CIFAR-10 at {path.parent.parent} is incomplete or corrupt: {path.name} is missing")
     if path.stat().st_size > MAX_BATCH_BYTES:
-        raise DataError(f"CIFAR-10 at {path.parent.parent} is incomplete or corrupt: {path.name} is too large")
+        raise CifarError(f"CIFAR-10 at {path.parent.parent} is incomplete or corrupt: {path.name} is too large")
     try:
         with path.open("rb") as f:
             entry = _ArraysOnly(f, encoding="latin1").load()
     except Exception as err:  # noqa: BLE001 - refusals and damaged pickles alike
-        raise DataError(
+        raise CifarError(
             f"CIFAR-10 at {path.parent.parent} is incomplete or corrupt: {path.name} could not be read "
             f"({type(err).__name__}: {err}); nothing in it was run"
         ) from None
     if not isinstance(entry, dict):
-        raise DataError(f"CIFAR-10 at {path.parent.parent} is incomplete or corrupt: {path.name} is not a dict")
+        raise CifarError(f"CIFAR-10 at {path.parent.parent} is incomplete or corrupt: {path.name} is not a dict")
     entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
     pixels, labels = entry.get("data"), entry.get("labels", entry.get("fine_labels"))
     if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.ndim != 2 or pixels.shape[1] != 3072:
-        raise DataError(
+        raise CifarError(
             f"CIFAR-10 at {path.parent.parent} is incomplete or corrupt: "
             f"{path.name}'s 'data' is not a uint8 [N, 3072] array"
         )
     if not isinstance(labels, list) or len(labels) != len(pixels) or not all(isinstance(v, int) for v in labels):
-        raise DataError(
+        raise CifarError(
             f"CIFAR-10 at {path.parent.parent} is incomplete or corrupt: {path.name}'s 'labels' "
             "is not one integer per image"
         )
     if labels and not all(0 <= v < 10 for v in labels):
-        raise DataError(f"CIFAR-10 at {path.parent.parent}: {path.name} has labels outside 0..9")
+        raise CifarError(f"CIFAR-10 at {path.parent.parent}: {path.name} has labels outside 0..9")
     return pixels, labels
 
 
-def _convert(batches: list[tuple[np.ndarray, list[int]]]) -> TensorData:
+def _convert(batches: list[tuple[np.ndarray, list[int]]]) -> tuple[torch.Tensor, torch.Tensor]:
     pixels = np.concatenate([b[0] for b in batches]).reshape(-1, 3, 32, 32)
     labels = [v for b in batches for v in b[1]]
-    return TensorData(torch.from_numpy(pixels).float() / 255.0, torch.as_tensor(labels, dtype=torch.int64))
+    return torch.from_numpy(pixels).float() / 255.0, torch.as_tensor(labels, dtype=torch.int64)
 
 
-def read_cifar10(root: Path) -> tuple[TensorData, TensorData]:
+def read_cifar10(root: Path):
+    """((train x, train y), (test x, test y)): images float32 [N, 3, 32, 32] in [0, 1], labels int64."""
     folder = root / "cifar-10-batches-py"
     if not folder.is_dir():
-        raise DataError(
+        raise CifarError(
             f"CIFAR-10 not found: expected the folder 'cifar-10-batches-py' (torchvision layout, "
             f"data_batch_1..5 and test_batch) inside {root}"
         )
@@ -97,12 +101,14 @@ def read_cifar10(root: Path) -> tuple[TensorData, TensorData]:
     return train, test
 
 
-def write_cifar10(root: Path, train: TensorData, test: TensorData) -> Path:
-    """A folder in the same layout (for tests and for converting other data): images in [0, 1], [N, 3, 32, 32]."""
+def write_cifar10(root: Path, train, test) -> Path:
+    """A folder in the same layout from two TensorData (for tests and for converting other data).
+
+    Images in [0, 1], [N, 3, 32, 32]."""
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
 
-    def dump(name, part: TensorData):
+    def dump(name, part):
         pixels = (part.x * 255).round().to(torch.uint8).reshape(len(part), -1).numpy()
         with (folder / name).open("wb") as f:
             pickle.dump({"batch_label": name, "data": pixels, "labels": part.y.tolist()}, f, protocol=4)

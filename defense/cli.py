@@ -1,4 +1,4 @@
-"""``python -m defense``: train, evaluate, salience, purify, import, bench."""
+"""``python -m defense``: train, evaluate, salience, purify, import, list, bench."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ from pathlib import Path
 
 from . import attacks, data, models
 from . import bundle as bundle_io
+from .paths import RESULTS
+from .registry import ATTACKS, DEFENSES, SCORES
 from .runtime import configure_threads
-
-MODELS_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
 
 
 class UsageError(ValueError):
     """A bad command-line value; reported in one line."""
 
 
-def _number(text: str, kind=float):
+def _number(text: str, kind: type = float) -> float | int:
     try:
         return kind(text)
     except ValueError:
@@ -60,19 +60,6 @@ def _seed(text: str) -> int:
     return value
 
 
-def load_splits_for(meta: dict, data_root: str | None, seed: int = 0, clean_fraction: float = data.CLEAN_FRACTION):
-    splits = data.load_dataset(meta["dataset"], data_root, clean_fraction=clean_fraction, seed=seed)
-    if list(splits.input_shape) != list(meta["input_shape"]):
-        raise UsageError(
-            f"the model takes images {meta['input_shape']}, but dataset '{meta['dataset']}' holds {splits.input_shape}"
-        )
-    if splits.num_classes > meta["num_classes"]:
-        raise UsageError(
-            f"the model has {meta['num_classes']} classes, but dataset '{meta['dataset']}' has {splits.num_classes}"
-        )
-    return splits
-
-
 def _json_object(text: str | None, option: str, example: str) -> dict:
     value = json.loads(text) if text else {}
     if not isinstance(value, dict):
@@ -80,7 +67,7 @@ def _json_object(text: str | None, option: str, example: str) -> dict:
     return value
 
 
-def cmd_train(args) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
     from .train import train_backdoored
 
     splits = data.load_dataset(args.dataset, args.data_root)
@@ -119,11 +106,11 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_evaluate(args) -> int:
+def cmd_evaluate(args: argparse.Namespace) -> int:
     from .metrics import evaluate
 
     b = bundle_io.load_bundle(args.bundle)
-    splits = load_splits_for(b.meta, args.data_root)
+    splits = data.load_splits_for(b.meta, args.data_root)
     scores = evaluate(b.model, splits.test, b.trigger, b.target)
     if args.json:
         print(json.dumps(scores))
@@ -132,12 +119,12 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_salience(args) -> int:
+def cmd_salience(args: argparse.Namespace) -> int:
     from . import salience
 
     b = bundle_io.load_bundle(args.bundle)
-    splits = load_splits_for(b.meta, args.data_root, seed=args.seed, clean_fraction=args.clean_fraction)
-    metrics_wanted = salience.METRICS if args.metric == "all" else (args.metric,)
+    splits = data.load_splits_for(b.meta, args.data_root, seed=args.seed, clean_fraction=args.clean_fraction)
+    metrics_wanted = SCORES.names() if args.metric == "all" else [args.metric]
     layers = salience.neuron_map(b.model)
     frame = salience.scores_frame([salience.compute(m, b.model, splits.clean, layers) for m in metrics_wanted])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -146,13 +133,14 @@ def cmd_salience(args) -> int:
     return 0
 
 
-def cmd_purify(args) -> int:
+def cmd_purify(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from tqdm import tqdm
 
     from .metrics import triggered_set
     from .purify import Purification, PurifyConfig
+    from .results import purified_bundle, run_report
 
     b = bundle_io.load_bundle(args.bundle)
     defaults = PurifyConfig()
@@ -175,33 +163,17 @@ def cmd_purify(args) -> int:
         config = replace(defaults, **overrides).validate()
     except ValueError as err:
         raise UsageError(str(err)) from None
-    splits = load_splits_for(b.meta, args.data_root, seed=config.seed, clean_fraction=args.clean_fraction)
+    splits = data.load_splits_for(b.meta, args.data_root, seed=config.seed, clean_fraction=args.clean_fraction)
     run = Purification(b.model, splits.clean, splits.test, triggered_set(splits.test, b.trigger, b.target), config)
     with tqdm(total=config.steps, desc="purify", unit="step", disable=args.quiet) as bar:
         for record in run:
             bar.update(1 if record["step"] else 0)
             if "asr" in record:
                 bar.set_postfix(acc=f"{record['clean_acc']:.3f}", asr=f"{record['asr']:.3f}")
-    first, last = run.history[0], run.history[-1]
-    report = {
-        "before": {k: first[k] for k in ("clean_acc", "asr")},
-        "after": {k: last[k] for k in ("clean_acc", "asr")},
-        "steps": last["step"],
-        "seconds": round(last["seconds"], 2),
-        "config": config.to_dict(),
-    }
+    report = run_report(run.history, config)
     if args.out:
-        from .bundle import Bundle
-
-        meta = {
-            **b.meta,
-            "name": Path(args.out).stem,
-            "clean_acc": round(report["after"]["clean_acc"], 4),
-            "asr": round(report["after"]["asr"], 4),
-            "purified_from": b.name,
-            "purification": config.to_dict(),
-        }
-        report["out"] = str(bundle_io.save_bundle(Bundle(run.model, meta, b.trigger), args.out))
+        purified = purified_bundle(b, run.model, name=Path(args.out).stem, after=report["after"], config=config)
+        report["out"] = str(bundle_io.save_bundle(purified, args.out))
     if args.json:
         print(json.dumps(report))
     else:
@@ -213,7 +185,7 @@ def cmd_purify(args) -> int:
     return 0
 
 
-def cmd_import(args) -> int:
+def cmd_import(args: argparse.Namespace) -> int:
     from . import backdoorbench, salience
     from .bundle import Bundle
     from .metrics import evaluate
@@ -269,7 +241,27 @@ def cmd_import(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
+TABLES_START, TABLES_END = "<!-- registry tables: python -m defense list --update README.md -->", "<!-- /registry -->"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .registry import markdown_tables
+
+    tables = markdown_tables()
+    if args.update is None:
+        print(tables, end="")
+        return 0
+    path = Path(args.update)
+    text = path.read_text()
+    if TABLES_START not in text or TABLES_END not in text:
+        raise UsageError(f"{path} has no block between {TABLES_START} and {TABLES_END}")
+    head, rest = text.split(TABLES_START, 1)
+    path.write_text(head + TABLES_START + "\n" + tables + TABLES_END + rest.split(TABLES_END, 1)[1])
+    print(f"updated the registry tables in {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
     run_bench(seeds=args.seeds, models=args.models, out=args.out, defenses=args.defenses)
@@ -284,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="mnist5k", choices=data.DATASETS)
     p.add_argument("--data-root", help="folder of a local CIFAR-10 or ImageFolder dataset")
     p.add_argument("--arch", default=models.DEFAULT_ARCH, choices=models.architectures())
-    p.add_argument("--attack", required=True, choices=attacks.ATTACKS)
+    p.add_argument("--attack", required=True, choices=ATTACKS.names())
     p.add_argument("--attack-params", help="JSON object of trigger parameters, e.g. '{\"alpha\": 0.2}'")
     p.add_argument("--trigger-file", help="safetensors with 'mask' and 'pattern' for --attack file")
     p.add_argument("--target", type=_integer, default=0)
@@ -305,11 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     from .purify import REGULARIZERS, SCHEDULES
-    from .salience import METRICS
 
     p = sub.add_parser("salience", help="per-neuron scores of a bundle as CSV")
     p.add_argument("--bundle", required=True)
-    p.add_argument("--metric", default="benign", choices=(*METRICS, "all"))
+    p.add_argument("--metric", default="benign", choices=(*SCORES.names(), "all"))
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=_seed, default=0, help="seed of the defender's clean subset")
     p.add_argument("--clean-fraction", type=_fraction, default=data.CLEAN_FRACTION)
@@ -318,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("purify", help="identify and purify infected neurons (defaults are the recommended settings)")
     p.add_argument("--bundle", required=True)
-    p.add_argument("--metric", choices=METRICS)
+    p.add_argument("--metric", choices=SCORES.names())
     p.add_argument("--reg", choices=REGULARIZERS)
     p.add_argument("--ratio", type=_fraction, help="share of neurons to mark in each layer")
     p.add_argument("--scope", choices=("layer", "global"))
@@ -340,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, choices=data.DATASETS)
     p.add_argument("--data-root", help="folder of a local CIFAR-10 or ImageFolder dataset")
     p.add_argument(
-        "--attack", required=True, choices=attacks.ATTACKS, help="the trigger (BackdoorBench keeps only PNGs)"
+        "--attack", required=True, choices=ATTACKS.names(), help="the trigger (BackdoorBench keeps only PNGs)"
     )
     p.add_argument("--attack-params", help="JSON object of trigger parameters")
     p.add_argument("--trigger-file", help="safetensors with 'mask' and 'pattern' for --attack file")
@@ -349,12 +340,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_import)
+    p = sub.add_parser("list", help="every score, defense, attack and architecture, as markdown tables")
+    p.add_argument("--update", metavar="FILE", help="rewrite the registry block of FILE (README.md) instead")
+    p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("bench", help="every defense x every bundled model x seeds -> bench/RESULTS.md")
     p.add_argument("--seeds", type=_positive_int, default=3)
     p.add_argument("--models", nargs="*", help="bundle names under assets/models (default: all)")
-    p.add_argument("--defenses", nargs="*", help="defense names (default: all)")
-    p.add_argument("--out", default=str(MODELS_DIR.parent.parent / "bench" / "RESULTS.md"))
+    p.add_argument("--defenses", nargs="*", choices=DEFENSES.names(), help="defense names (default: all)")
+    p.add_argument("--out", default=str(RESULTS))
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -8,14 +8,13 @@ interactive) and ``in_channels`` follows the input shape.
 Pre-activation blocks put each BatchNorm *before* its conv: ``bn1`` acts on the block's
 input (the residual stream), ``bn2`` on ``conv1``'s output alone. Which BatchNorm belongs
 to which conv is read from the data flow, not from the module order (defense/dataflow.py).
+The builders are registered in defense/models.py.
 """
 
 from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import nn
-
-from . import models
 
 
 class PreActBlock(nn.Module):
@@ -79,7 +78,6 @@ def _positive(name: str, value) -> int:
     return value
 
 
-@models.register("preactresnet18")
 def preactresnet18(num_classes: int = 10, input_shape=(3, 32, 32), width: int = 64, in_channels: int | None = None):
     """BackdoorBench's PreAct-ResNet-18 (width 64); ``in_channels`` defaults to the input's channels."""
     channels = input_shape[0] if in_channels is None else in_channels
@@ -113,7 +111,6 @@ class VGG(nn.Module):
         return self.classifier(self.avgpool(self.features(x)).flatten(1))
 
 
-@models.register("vgg11")
 def vgg11(num_classes: int = 10, input_shape=(3, 32, 32), width: int = 64):
     """VGG-11-BN with a global-average-pooled linear head; ``width`` 64 is the standard VGG-11."""
     return VGG(num_classes, _positive("width", width), input_shape[0])

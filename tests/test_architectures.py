@@ -173,7 +173,7 @@ def test_zeroing_a_neuron_by_hook_equals_zeroing_it_in_the_weights_for_every_lay
 
 def test_clp_scales_by_the_batchnorm_that_reads_the_conv():
     model = randomize_bn(models.build("preactresnet18", 10, (1, 28, 28), [0.1], [0.3], width=4))
-    scores = salience.clp(model).layers
+    scores = salience.compute("clp", model).layers
     block = model.net.layer1[0]
     scale = (block.bn2.weight / (block.bn2.running_var + block.bn2.eps).sqrt()).abs()
     w1 = block.conv1.weight.detach() * scale.view(-1, 1, 1, 1)
