@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from . import models
-from .bundle import BundleError, check_weights
+from .bundle import Bundle, BundleError, check_weights
 
 MAX_CHECKPOINT_BYTES = 512 * 2**20  # a width-64 PreAct-ResNet-18 is ~45 MB; the rest is index arrays
 
@@ -165,3 +165,57 @@ def build_model(info: dict, checkpoint: dict, input_shape) -> torch.nn.Module:
     check_weights(model.net.state_dict(), state)
     model.net.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def import_bundle(
+    path: str | Path,
+    dataset: str,
+    data_root: str | Path | None,
+    attack: str,
+    target: int,
+    params: dict | None = None,
+    trigger_file: str | Path | None = None,
+    seed: int = 0,
+) -> Bundle:
+    """A bundle from a BackdoorBench checkpoint, its clean accuracy and ASR measured on ``dataset``'s test split.
+
+    The weights are checked before any data is read; BundleError / DataError / TriggerError / ValueError
+    with one plain sentence on anything unfit.
+    """
+    from . import attacks, data
+    from .metrics import evaluate
+
+    checkpoint = read_checkpoint(path)
+    info = describe(checkpoint, dataset)
+    model = build_model(info, checkpoint, info["input_shape"]) if info["input_shape"] else None
+    splits = data.load_dataset(dataset, data_root)
+    shape = info["input_shape"] or splits.input_shape
+    if list(shape) != list(splits.input_shape):
+        raise ValueError(f"the checkpoint takes images {shape}, but dataset '{dataset}' holds {splits.input_shape}")
+    if splits.num_classes > info["num_classes"]:
+        raise ValueError(f"the model has {info['num_classes']} classes, but '{dataset}' has {splits.num_classes}")
+    if not 0 <= target < info["num_classes"]:
+        raise ValueError(f"target {target} is out of range: the model has classes 0..{info['num_classes'] - 1}")
+    trigger = attacks.make_trigger(attack, shape, seed=seed, trigger_file=trigger_file, **(params or {}))
+    model = model if model is not None else build_model(info, checkpoint, shape)
+    scores = evaluate(model, splits.test, trigger, target)
+    meta = {
+        "name": Path(path).stem,
+        "architecture": info["architecture"],
+        "arch_kwargs": info["arch_kwargs"],
+        "dataset": dataset,
+        "num_classes": info["num_classes"],
+        "input_shape": list(shape),
+        "normalization": info["normalization"],
+        "attack": {
+            "kind": trigger.kind,
+            "target_label": int(target),
+            "poison_rate": info["poison_rate"] if info["poison_rate"] is not None else 0.0,
+            "params": trigger.params(),
+        },
+        "clean_acc": round(scores["clean_acc"], 4),
+        "asr": round(scores["asr"], 4),
+        "seed": seed,
+        "imported_from": {**info["source"], "file": Path(path).name},
+    }
+    return Bundle(model, meta, trigger)

@@ -187,56 +187,22 @@ def cmd_purify(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from . import backdoorbench, salience
-    from .bundle import Bundle
-    from .metrics import evaluate
 
     if args.format != "backdoorbench":
         raise UsageError(f"unknown --format {args.format!r}: expected backdoorbench")
-    checkpoint = backdoorbench.read_checkpoint(args.file)
-    info = backdoorbench.describe(checkpoint, args.dataset)
-    # the weights are checked before any data is read (attack results name their image size)
-    model = backdoorbench.build_model(info, checkpoint, info["input_shape"]) if info["input_shape"] else None
-    splits = data.load_dataset(args.dataset, args.data_root)
-    shape = info["input_shape"] or splits.input_shape
-    if list(shape) != list(splits.input_shape):
-        raise UsageError(
-            f"the checkpoint takes images {shape}, but dataset '{args.dataset}' holds {splits.input_shape}"
-        )
-    if splits.num_classes > info["num_classes"]:
-        raise UsageError(f"the model has {info['num_classes']} classes, but '{args.dataset}' has {splits.num_classes}")
-    if not 0 <= args.target < info["num_classes"]:
-        raise UsageError(f"--target {args.target} is out of range: the model has classes 0..{info['num_classes'] - 1}")
     params = _json_object(args.attack_params, "--attack-params", '{"size": 3}')
-    trigger = attacks.make_trigger(args.attack, shape, seed=args.seed, trigger_file=args.trigger_file, **params)
-    model = model if model is not None else backdoorbench.build_model(info, checkpoint, shape)
-    scores = evaluate(model, splits.test, trigger, args.target)
-    meta = {
-        "name": Path(args.out).stem,
-        "architecture": info["architecture"],
-        "arch_kwargs": info["arch_kwargs"],
-        "dataset": args.dataset,
-        "num_classes": info["num_classes"],
-        "input_shape": list(shape),
-        "normalization": info["normalization"],
-        "attack": {
-            "kind": trigger.kind,
-            "target_label": args.target,
-            "poison_rate": info["poison_rate"] if info["poison_rate"] is not None else 0.0,
-            "params": trigger.params(),
-        },
-        "clean_acc": round(scores["clean_acc"], 4),
-        "asr": round(scores["asr"], 4),
-        "seed": args.seed,
-        "imported_from": {**info["source"], "file": Path(args.file).name},
-    }
-    out = bundle_io.save_bundle(Bundle(model, meta, trigger), args.out)
-    neurons = sum(nl.size for nl in salience.neuron_map(model).values())
+    b = backdoorbench.import_bundle(
+        args.file, args.dataset, args.data_root, args.attack, args.target, params, args.trigger_file, args.seed
+    )
+    b.meta["name"] = Path(args.out).stem
+    out = bundle_io.save_bundle(b, args.out)
+    neurons = sum(nl.size for nl in salience.neuron_map(b.model).values())
     if args.json:
-        print(json.dumps({"out": str(out), "architecture": info["architecture"], "neurons": neurons}))
+        print(json.dumps({"out": str(out), "architecture": b.meta["architecture"], "neurons": neurons}))
     else:
         print(
-            f"wrote {out}: {info['architecture']} {info['arch_kwargs']}, {neurons} neurons; clean accuracy "
-            f"{scores['clean_acc']:.2%}, attack success {scores['asr']:.2%} on {args.dataset}"
+            f"wrote {out}: {b.meta['architecture']} {b.meta['arch_kwargs']}, {neurons} neurons; clean accuracy "
+            f"{b.meta['clean_acc']:.2%}, attack success {b.meta['asr']:.2%} on {args.dataset}"
         )
     return 0
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -57,8 +58,10 @@ def bundled(name: str) -> tuple[str, bundle_io.Bundle]:
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _splits(dataset: str, shape: tuple, num_classes: int, fraction: float, seed: int) -> data.DataSplits:
+    from ui.owndata import data_root  # the folder named at launch (make run DATA=...)
+
     meta = {"dataset": dataset, "input_shape": list(shape), "num_classes": num_classes}
-    return load_splits_for(meta, None, seed=seed, clean_fraction=fraction)
+    return load_splits_for(meta, data_root() if dataset != "mnist5k" else None, seed=seed, clean_fraction=fraction)
 
 
 def splits_for(meta: dict, fraction: float, seed: int) -> data.DataSplits:
@@ -128,7 +131,13 @@ class Lab:
         return _preview(self.key, self.fraction, self.seed, metric, mode, value, scope, self)
 
     def ground_truth(self) -> Future:
-        return background(("truth", self.key), _ground_truth, self.bundle.model, self.splits.test, self.triggered)
+        return background(
+            ("truth", self.key), _ground_truth, self.bundle.model, self.splits.test, self.triggered, self.key
+        )
+
+    def truth_progress(self) -> tuple[int, int]:
+        """(neurons zeroed so far, neurons in all) of the ground-truth measurement."""
+        return _TRUTH_PROGRESS.get(self.key, (0, self.neurons))
 
     def pruning_curve(self, scope: str) -> Future:
         """Previews of every share on the slider's grid, for the curve's scores (measured in the background)."""
@@ -177,6 +186,12 @@ def current_lab() -> Lab:
         st.error(f"The model '{ss['model']}' cannot be opened: {err}")
         ss["model"] = state.DEFAULT_MODEL
         st.stop()
+    from ui.owndata import clean_override
+
+    override = clean_override(b.meta)
+    if override is not None:  # the defender's uploaded clean images replace the clean subset
+        key = f"{key}+clean:{override[0]}"
+        splits = dataclasses.replace(splits, clean=override[1])
     own = ss.get("_own_model")
     if own is None or own[0] != key:  # each session works on its own copy
         model = copy.deepcopy(b.model).eval()
@@ -227,10 +242,20 @@ def _attribution(key: str, n: int, _model: nn.Module, _x, target: int) -> np.nda
 # ---------------------------------------------------------------- background jobs (never call st.*)
 
 
-def _ground_truth(model: nn.Module, test: data.TensorData, triggered: data.TensorData) -> dict:
+_TRUTH_PROGRESS: dict[str, tuple[int, int]] = {}  # key -> (done, total), written by the worker, read by pages
+
+
+def _ground_truth(model: nn.Module, test: data.TensorData, triggered: data.TensorData, key: str = "") -> dict:
+    """The ablation ground truth, rerunning only the layers after each neuron (defense/ablation.py)."""
+    from defense.ablation import ground_truth
+
     configure_threads(share_with_server=True)  # per thread in torch: a new thread would take every core
     model = copy.deepcopy(model)
-    return metrics.backdoor_ground_truth(model, neuron_map(model), test, triggered)
+
+    def progress(done: int, total: int) -> None:
+        _TRUTH_PROGRESS[key] = (done, total)
+
+    return ground_truth(model, neuron_map(model), test, triggered, progress=progress)
 
 
 def _pruning_curve(model: nn.Module, scores: list, test, triggered, scope: str) -> pd.DataFrame:
