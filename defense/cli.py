@@ -1,4 +1,4 @@
-"""``python -m defense``: train, evaluate, salience, purify, list, bench."""
+"""``python -m defense``: train, evaluate, salience, purify, import, list, bench."""
 
 from __future__ import annotations
 
@@ -100,6 +100,13 @@ def _data_root_needed(dataset: str, data_root: str | None) -> None:
         raise UsageError(f"dataset '{dataset}' needs a local folder: pass its path (--data-root)")
 
 
+def _json_object(text: str | None, option: str, example: str) -> dict:
+    value = json.loads(text) if text else {}
+    if not isinstance(value, dict):
+        raise UsageError(f"{option} must be a JSON object such as '{example}', got {text}")
+    return value
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import train_backdoored
 
@@ -108,11 +115,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     splits = data.load_dataset(args.dataset, args.data_root)
     if not 0 <= args.target < splits.num_classes:
         raise UsageError(f"--target {args.target} is out of range: the dataset has classes 0..{splits.num_classes - 1}")
-    params = json.loads(args.attack_params) if args.attack_params else {}
-    if not isinstance(params, dict):
-        raise UsageError(
-            f"--attack-params must be a JSON object such as '{{\"alpha\": 0.2}}', got {args.attack_params}"
-        )
+    params = _json_object(args.attack_params, "--attack-params", '{"alpha": 0.2}')
     trigger = attacks.make_trigger(
         args.attack, splits.input_shape, seed=args.seed, trigger_file=args.trigger_file, **params
     )
@@ -126,6 +129,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         seed=args.seed,
         progress=not args.quiet,
+        arch_kwargs=_json_object(args.arch_kwargs, "--arch-kwargs", '{"width": 16}'),
+        shift=args.shift,
+        lr=args.lr,
     )
     result.meta["training"]["seconds"] = round(time.perf_counter() - start, 1)
     out = bundle_io.save_bundle(result, args.out)
@@ -248,6 +254,30 @@ def cmd_purify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from . import backdoorbench, salience
+
+    if args.format != "backdoorbench":
+        raise UsageError(f"unknown --format {args.format!r}: expected backdoorbench")
+    check_out(args.out)
+    _data_root_needed(args.dataset, args.data_root)
+    params = _json_object(args.attack_params, "--attack-params", '{"size": 3}')
+    b = backdoorbench.import_bundle(
+        args.file, args.dataset, args.data_root, args.attack, args.target, params, args.trigger_file, args.seed
+    )
+    b.meta["name"] = Path(args.out).stem
+    out = bundle_io.save_bundle(b, args.out)
+    neurons = sum(nl.size for nl in salience.neuron_map(b.model).values())
+    if args.json:
+        print(json.dumps({"out": str(out), "architecture": b.meta["architecture"], "neurons": neurons}))
+    else:
+        print(
+            f"wrote {out}: {b.meta['architecture']} {b.meta['arch_kwargs']}, {neurons} neurons; clean accuracy "
+            f"{b.meta['clean_acc']:.2%}, attack success {b.meta['asr']:.2%} on {args.dataset}"
+        )
+    return 0
+
+
 TABLES_START, TABLES_END = "<!-- registry tables: python -m defense list --update README.md -->", "<!-- /registry -->"
 
 
@@ -313,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", type=_integer, default=0)
     p.add_argument("--poison-rate", type=_fraction, default=0.1)
     p.add_argument("--epochs", type=_epochs, default=8, help=f"at most {MAX_EPOCHS}")
+    p.add_argument("--arch-kwargs", help="JSON object of architecture options, e.g. '{\"width\": 16}'")
+    p.add_argument("--shift", type=_integer, default=0, help="augment clean images by random shifts of up to N px")
+    p.add_argument("--lr", type=_non_negative, default=0.05, help="peak learning rate (one-cycle)")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--quiet", action="store_true")
@@ -365,6 +398,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_identify)
 
+    p = sub.add_parser("import", help="a bundle from a BackdoorBench attack_result.pt / defense_result.pt")
+    p.add_argument("file")
+    p.add_argument("--format", default="backdoorbench", choices=("backdoorbench",))
+    p.add_argument("--dataset", required=True, choices=data.DATASETS)
+    p.add_argument("--data-root", help="folder of a local CIFAR-10 or ImageFolder dataset")
+    p.add_argument(
+        "--attack", required=True, choices=ATTACKS.names(), help="the trigger (BackdoorBench keeps only PNGs)"
+    )
+    p.add_argument("--attack-params", help="JSON object of trigger parameters")
+    p.add_argument("--trigger-file", help="safetensors with 'mask' and 'pattern' for --attack file")
+    p.add_argument("--target", type=_integer, required=True)
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_import)
     p = sub.add_parser("list", help="every score, defense, attack and architecture, as markdown tables")
     p.add_argument("--update", metavar="FILE", help="rewrite the registry block of FILE (README.md) instead")
     p.set_defaults(func=cmd_list)

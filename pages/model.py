@@ -5,7 +5,7 @@ import streamlit as st
 from defense import metrics, models
 from defense.explain import trigger_share
 from defense.registry import ATTACKS
-from ui import charts, state
+from ui import charts, owndata, state
 from ui.lab import LOAD_ERRORS, bundled_names, current_lab
 from ui.upload import read_upload
 
@@ -20,10 +20,10 @@ state.intro(
 ss = st.session_state
 
 
-def load_upload(arch, like, attack) -> None:
+def load_upload(arch, like, attack, backdoorbench=None) -> None:
     upload = ss["w_upload"]
     try:
-        key, bundle = read_upload(upload.name, upload.getvalue(), arch, like, attack)
+        key, bundle = read_upload(upload.name, upload.getvalue(), arch, like, attack, backdoorbench)
     except LOAD_ERRORS as err:
         ss["upload_error"] = str(err)
     else:
@@ -40,7 +40,8 @@ with left:
         "model",
         options=names,
         format_func=lambda k: ss["uploads"][k].name + " (uploaded)" if k in ss["uploads"] else k,
-        help="bundled models are small CNNs trained on 4,000 MNIST digits, 10% of them poisoned",
+        help="bundled models are trained on 4,000 MNIST digits, 10% of them poisoned: four small CNNs and a "
+        "PreAct-ResNet-18 (mnist-preact-badnets, 1,200 neurons in 20 layers)",
     )
 with right, st.expander("Upload your own model"):
     st.caption(
@@ -48,8 +49,33 @@ with right, st.expander("Upload your own model"):
         "(.safetensors or .pt state dict) with their architecture."
     )
     upload = st.file_uploader("Model file", type=["zip", "safetensors", "pt", "pth"], key="w_upload")
-    arch = like = attack = None
-    if upload is not None and not upload.name.lower().endswith(".zip"):
+    arch = like = attack = backdoorbench = None
+    is_bb = (
+        upload is not None
+        and upload.name.lower().endswith((".pt", ".pth"))
+        and st.checkbox(
+            "This is a BackdoorBench attack_result.pt / defense_result.pt",
+            key="w_upload_bb",
+            value=upload.name.lower().startswith(("attack_result", "defense_result")),
+        )
+    )
+    if is_bb:
+        c1, c2, c3 = st.columns(3)
+        dataset = c1.selectbox(
+            "Measured on",
+            owndata.datasets(),
+            key="w_upload_bb_data",
+            help="the embedded digits, or the folder named at launch (make run DATA=...)",
+        )
+        kind = c2.selectbox(
+            "Attack",
+            [a for a in ATTACKS.names() if a != "file"],
+            key="w_upload_bb_kind",
+            help="BackdoorBench keeps the poisoned images, not the trigger: name the attack",
+        )
+        target = c3.number_input("Target label", 0, 9999, 0, key="w_upload_bb_target")
+        backdoorbench = (dataset, kind, int(target))
+    elif upload is not None and not upload.name.lower().endswith(".zip"):
         c1, c2 = st.columns(2)
         arch = c1.selectbox(
             "Architecture",
@@ -69,11 +95,18 @@ with right, st.expander("Upload your own model"):
             target = c2.number_input("Target label", 0, 9, 0, key="w_upload_target")
             attack = (kind, int(target))
     if upload is not None:
-        st.button("Load this model", type="primary", key="w_upload_go", on_click=load_upload, args=(arch, like, attack))
+        st.button(
+            "Load this model",
+            type="primary",
+            key="w_upload_go",
+            on_click=load_upload,
+            args=(arch, like, attack, backdoorbench),
+        )
     if ss.get("upload_error"):
         st.error(f"This file cannot be used: {ss.pop('upload_error')}")
 
 lab = current_lab()
+owndata.clean_upload_section(lab.bundle.meta)
 ev = lab.evaluation()
 c1, c2, c3 = st.columns(3)
 c1.metric("Clean accuracy", f"{ev['clean_acc']:.1%}", help="on the 1,000 test images")

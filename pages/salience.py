@@ -6,7 +6,7 @@ import torch
 
 from defense import metrics, salience
 from defense.registry import SCORES
-from ui import charts, curves, jobs, state
+from ui import charts, curves, jobs, overview, state
 from ui.lab import current_lab
 
 state.require_app()
@@ -33,7 +33,19 @@ scale = st.radio(
 bar = "raw" if scale == "raw" else "importance"
 marked = lab.threshold_mask()
 bs_s, mag_s = charts.scaled(bs, scale), charts.scaled(mag, scale)
-for name, nl in lab.layers.items():
+shown = list(lab.layers)
+if len(lab.layers) > overview.MANY_LAYERS:  # a deep network: one overview row per layer, heatmaps on demand
+    view = charts.scaled(bs, "rank" if scale == "raw" else scale)
+    st.plotly_chart(overview.layer_overview(view, marked, "benign salience"), width="stretch", key="overview")
+    shown = st.multiselect(
+        "Heatmaps of these layers",
+        list(lab.layers),
+        default=list(lab.layers)[-1:],
+        key="w_salience_layers",
+        help=f"{len(lab.layers)} layers, {lab.neurons:,} neurons: pick the layers to look at neuron by neuron",
+    )
+for name in shown:
+    nl = lab.layers[name]
     fig = charts.layer_heatmaps(
         f"{name} · {nl.size} {'channels' if nl.layer.__class__.__name__ == 'Conv2d' else 'units'}",
         [("benign salience", bs_s[name], bar), ("weight magnitude", mag_s[name], bar)],
@@ -48,11 +60,19 @@ st.caption(
     "trigger are labelled infected. A good score puts them at the low end."
 )
 truth = lab.ground_truth()
+if not truth.done():
+
+    @st.fragment(run_every=1.0)
+    def _truth_progress() -> None:
+        done, total = lab.truth_progress()
+        st.progress(done / max(total, 1), text=f"Ground truth: {done:,} of {total:,} neurons zeroed so far")
+
+    _truth_progress()
 frame = salience.scores_frame([scores[m] for m in SCORES.names()])
 if jobs.wait_note(
     [truth],
-    "Measuring which neurons carry the backdoor (zeroing each one in turn: about 10 s, "
-    "once per model). The page updates by itself.",
+    f"Measuring which neurons carry the backdoor (zeroing each of the {lab.neurons:,} in turn, once per "
+    "model). The page updates by itself.",
 ):
     gt = truth.result()
     infected, measured = gt["infected"], gt["measured"]
