@@ -1,26 +1,35 @@
 """Salience page: per-layer heatmaps of benign salience and weight magnitude, ground truth, ROC, CSV."""
 
 import pandas as pd
-import plotly.express as px
-import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-import appkit
-from defense import metrics, salience
+from defense import salience
+from ui import classroom, lab, measures, palette, story
+from ui.charts import layer_heatmaps, scaled
+from ui.curves import roc_figure, score_label, truth_scatter
+from ui.jobs import wait_note
+from ui.state import intro, require_app
+from ui.theme import plot
 
-appkit.require_app()
+FEATURED = "benign"  # the paper's score: the page asks whether it finds the backdoor
+
+require_app()
 st.title("Which neurons look infected?")
-appkit.intro(
-    "Each square is one neuron (a conv channel or a hidden unit). **Benign salience** measures how much the "
-    "clean-data loss would rise if the neuron were removed: neurons the normal task barely needs (low salience) "
-    "are the suspects, because a backdoor lives in neurons the clean images do not use. Next to it, **weight "
-    "magnitude**, the usual pruning criterion, for comparison; red outlines are the neurons marked on the "
-    "Threshold page."
+intro(
+    "Each square is one neuron (a conv channel or a hidden unit). **Benign salience** estimates how much the "
+    "clean-data loss would rise if the neuron were removed; the paper marks the neurons with the lowest as the "
+    "suspects. Beside it, **weight magnitude**, the usual pruning criterion. Red outlines: the neurons marked on "
+    "the Threshold page. Whether low salience really points at the backdoor is measured below."
 )
 
-lab = appkit.lab()
-scores = lab.scores()
+current = lab.lab()
+scores = current.scores()
+found = measures.identification(current)
+aucs = {m: q["auc"] for m, q in found.items()} if found else None
+if aucs:  # the answer first, in words, from this model's measurement
+    st.info(story.salience_verdict(aucs, FEATURED, salience.METRIC_LABELS), icon=":material/fact_check:")
+
 bs, mag = scores["benign"], scores["magnitude"]
 scale = st.radio(
     "Colour scale",
@@ -31,104 +40,76 @@ scale = st.radio(
     help="normalized and rank: 0 = most suspect neuron of its layer (dark), 1 = most important (bright)",
 )
 bar = "raw" if scale == "raw" else "importance"
-marked = lab.threshold_mask()
-bs_s, mag_s = appkit.scaled(bs, scale), appkit.scaled(mag, scale)
-for name, nl in lab.layers.items():
-    fig = appkit.layer_heatmaps(
+marked = current.threshold_mask()
+bs_s, mag_s = scaled(bs, scale), scaled(mag, scale)
+for name, nl in current.layers.items():
+    fig = layer_heatmaps(
         f"{name} · {nl.size} {'channels' if nl.layer.__class__.__name__ == 'Conv2d' else 'units'}",
         [("benign salience", bs_s[name], bar), ("weight magnitude", mag_s[name], bar)],
         {"benign salience": bs.layers[name], "weight magnitude": mag.layers[name]},
         marked[name],
+        height=280,
     )
-    st.plotly_chart(fig, width="stretch", key=f"heat-{name}")
+    plot(fig, f"heat-{name}", f"{current.name}-{name}-salience")
 
 st.subheader("Does low salience find the backdoor?")
 st.caption(
     "Ground truth, measured: each neuron is zeroed on its own, and the 10% whose removal most weakens the "
-    "trigger are labelled infected. A good score puts them at the low end."
+    "trigger are labelled infected (red in the scatter). ROC AUC: the chance that a score ranks a random infected "
+    "neuron as more suspect than a random clean one (1 = perfect, 0.5 = a coin toss)."
 )
-truth = lab.ground_truth()
 frame = salience.scores_frame([scores[m] for m in salience.METRICS])
-if appkit.wait_note(
+truth = current.ground_truth()
+if wait_note(
     [truth],
     "Measuring which neurons carry the backdoor (zeroing each one in turn: about 10 s, "
     "once per model). The page updates by itself.",
 ):
     gt = truth.result()
-    infected = gt["infected"]
-    frame["backdoor_effect"] = torch.cat([gt["backdoor_effect"][n] for n in lab.layers]).numpy()
-    frame["infected"] = torch.cat([infected[n] for n in lab.layers]).numpy()
-    left, right = st.columns(2)
+    frame["backdoor_effect"] = torch.cat([gt["backdoor_effect"][n] for n in current.layers]).numpy()
+    frame["infected"] = torch.cat([gt["infected"][n] for n in current.layers]).numpy()
+    found = found or measures.identification(current)
+    left, right = st.columns([3, 2])
     with left:
-        shown = frame.assign(truth=frame["infected"].map({True: "infected", False: "clean"}))
-        fig = px.scatter(
-            shown,
-            x="magnitude",
-            y="benign",
-            color="truth",
-            color_discrete_map={"infected": "#d62728", "clean": "#9fb3c8"},
-            hover_data={
-                "layer": True,
-                "neuron": True,
-                "benign": ":.4g",
-                "magnitude": ":.4g",
-                "backdoor_effect": ":.3g",
-                "truth": False,
-            },
-            labels={"benign": "benign salience", "magnitude": "weight magnitude"},
-            title="benign salience against weight magnitude",
-        )
-        fig.update_layout(height=420, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.2))
-        st.plotly_chart(fig, width="stretch", key="scatter")
+        curves = [(score_label(m), q["fpr"], q["tpr"], q["auc"]) for m, q in found.items()]
+        colors = [palette.score_color(m) for m in found]
+        plot(roc_figure(curves, score_label(FEATURED), colors), "roc", f"{current.name}-roc")
     with right:
-        fig = go.Figure()
-        rows = []
-        for i, m in enumerate(salience.METRICS):
-            s = scores[m].suspicion()
-            fpr, tpr = metrics.roc_curve(
-                torch.cat([s[n] for n in lab.layers]), torch.cat([infected[n] for n in lab.layers])
-            )
-            q = metrics.identification_quality(scores[m], infected)
-            rows.append({"score": appkit.LABELS[m], "ROC AUC": q["auc"], "precision at k": q["precision_at_k"]})
-            fig.add_trace(
-                go.Scatter(
-                    x=fpr,
-                    y=tpr,
-                    mode="lines",
-                    name=f"{appkit.LABELS[m]} (AUC {q['auc']:.2f})",
-                    line=dict(color=appkit.COLORS[i], width=3 if m == "benign" else 2),
-                )
-            )
-        fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#bbb", dash="dot"), name="chance"))
-        fig.update_layout(
-            title="finding infected neurons: ROC",
-            height=420,
-            margin=dict(l=10, r=10, t=40, b=10),
-            xaxis_title="share of clean neurons flagged",
-            yaxis_title="share of infected neurons found",
-            legend=dict(orientation="h", y=-0.2),
+        st.markdown(story.salience_verdict({m: q["auc"] for m, q in found.items()}, FEATURED, salience.METRIC_LABELS))
+        rows = [
+            {"score": score_label(m), "ROC AUC": q["auc"], "precision at k": q["precision_at_k"]}
+            for m, q in found.items()
+        ]
+        st.dataframe(
+            pd.DataFrame(rows),
+            hide_index=True,
+            width="stretch",
+            column_config={
+                "ROC AUC": st.column_config.NumberColumn(format="%.2f"),
+                "precision at k": st.column_config.NumberColumn(
+                    format="%.2f",
+                    help="the share of infected neurons among the k most suspect, k = how many are infected",
+                ),
+            },
         )
-        st.plotly_chart(fig, width="stretch", key="roc")
-    st.caption(
-        "ROC AUC: the chance that the score ranks a random infected neuron as more suspect than a random clean "
-        "one (1 = perfect, 0.5 = a coin toss). Precision at k: the share of infected neurons among the k most "
-        "suspect, k being the number of infected ones."
-    )
-    st.dataframe(
-        pd.DataFrame(rows),
-        hide_index=True,
-        width="content",
-        column_config={
-            "ROC AUC": st.column_config.NumberColumn(format="%.3f"),
-            "precision at k": st.column_config.NumberColumn(format="%.3f"),
-        },
-    )
+    plot(truth_scatter(frame, "magnitude", "benign"), "scatter", f"{current.name}-salience-vs-magnitude")
 
 st.download_button(
     "Download all scores (CSV)",
     frame.to_csv(index=False),
-    file_name=f"{lab.name}-scores.csv",
+    file_name=f"{current.name}-scores.csv",
     mime="text/csv",
     key="w_scores_csv",
     help="one row per neuron: every metric, and the measured ground truth once it is ready",
+)
+aucs = {m: q["auc"] for m, q in found.items()} if found else None
+best = max(aucs, key=aucs.get) if aucs else None
+classroom.next_step(
+    story.next_step(
+        "salience",
+        best=score_label(best) if best else None,
+        featured=score_label(FEATURED),
+        featured_label=score_label(FEATURED),
+    ),
+    classroom.next_page("pages/salience.py"),
 )
