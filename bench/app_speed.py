@@ -8,7 +8,7 @@ Measures
 - live purification: curve updates per second seen in the browser while a run trains, and the training
   slowdown against the same purification run alone in a plain process with the app's thread setting.
 Appends its figures to bench/RESULTS.md (section 'app-speed', after the marker the main bench writer keeps).
-Run: .venv/bin/python bench/app_speed.py [--repeat N]
+Run from the repository root: .venv/bin/python -m bench.app_speed [--repeat N]
 """
 
 from __future__ import annotations
@@ -23,12 +23,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.sections import write_section  # noqa: E402
+from bench.sections import write_section
+from defense.paths import ROOT
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -137,7 +134,8 @@ def first_page(browser, repeat: int) -> list[float]:
 
 def goto(page, link: str, heading: str) -> float:
     t = time.perf_counter()
-    page.locator('[data-testid="stSidebarNav"]').get_by_text(link, exact=True).click()
+    nav = page.locator('[data-testid="stSidebarNav"]')  # the lesson's steps are numbered: "2. Neuron salience"
+    nav.get_by_text(re.compile(rf"^(\d+\. )?{re.escape(link)}$")).click()
     page.get_by_role("heading", name=heading).wait_for(timeout=60_000)
     idle(page)
     return time.perf_counter() - t
@@ -199,7 +197,7 @@ def live_run(page, steps: int) -> dict:
     page.wait_for_timeout(800)
     idle(page)
     page.locator('[data-testid="stMain"]').get_by_role("button", name="Start purification").click()
-    progress = page.locator('[data-testid="stMain"]').get_by_text(re.compile(r"bs-ar: step \d+ of \d+"))
+    progress = page.locator('[data-testid="stMain"]').get_by_text(re.compile(r"bs-ar(-kd)?: step \d+ of \d+"))
     progress.first.wait_for(timeout=60_000)
     seen, changes, t0 = None, [], time.perf_counter()
     while True:
@@ -228,7 +226,6 @@ def live_run(page, steps: int) -> dict:
 
 ALONE = """
 import sys, threading
-sys.path.insert(0, {root!r})
 from dataclasses import replace
 from defense import bundle, data, metrics, purify
 from defense.runtime import configure_threads
@@ -256,6 +253,7 @@ def alone(steps: int) -> float:
     """The same purification (the page's settings) in a worker thread of a plain process: no server, no browser."""
     out = subprocess.run(
         [sys.executable, "-c", ALONE.format(root=str(ROOT), steps=steps)],
+        cwd=ROOT,  # `python -c` imports from the working directory
         capture_output=True,
         text=True,
         check=True,

@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from defense import attacks, explain, metrics, models
+from defense import explain, metrics, models
+from defense.registry import ATTACKS
 from ui import classroom, lab, story, upload
 from ui.charts import image_grid
 from ui.figures import trigger_figure
@@ -137,7 +138,7 @@ with st.expander("Upload your own model"):
         )
         if st.checkbox("The trigger differs: build a standard one", key="w_upload_own_trigger"):
             u1, u2 = st.columns(2)
-            kind = u1.selectbox("Attack", [a for a in attacks.ATTACKS if a != "file"], key="w_upload_kind")
+            kind = u1.selectbox("Attack", [a for a in ATTACKS.names() if a != "file"], key="w_upload_kind")
             target = u2.number_input("Target label", 0, 9, 0, key="w_upload_target")
             attack = (kind, int(target))
     if file is not None:

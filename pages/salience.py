@@ -5,9 +5,10 @@ import streamlit as st
 import torch
 
 from defense import salience
+from defense.registry import SCORES
 from ui import classroom, lab, measures, palette, story
 from ui.charts import layer_heatmaps, scaled
-from ui.curves import roc_figure, score_label, truth_scatter
+from ui.curves import roc_figure, score_label, score_labels, truth_scatter
 from ui.jobs import wait_note
 from ui.state import intro, require_app
 from ui.theme import plot
@@ -28,7 +29,7 @@ scores = current.scores()
 found = measures.identification(current)
 aucs = {m: q["auc"] for m, q in found.items()} if found else None
 if aucs:  # the answer first, in words, from this model's measurement
-    st.info(story.salience_verdict(aucs, FEATURED, salience.METRIC_LABELS), icon=":material/fact_check:")
+    st.info(story.salience_verdict(aucs, FEATURED, score_labels()), icon=":material/fact_check:")
 
 bs, mag = scores["benign"], scores["magnitude"]
 scale = st.radio(
@@ -58,7 +59,7 @@ st.caption(
     "trigger are labelled infected (red in the scatter). ROC AUC: the chance that a score ranks a random infected "
     "neuron as more suspect than a random clean one (1 = perfect, 0.5 = a coin toss)."
 )
-frame = salience.scores_frame([scores[m] for m in salience.METRICS])
+frame = salience.scores_frame([scores[m] for m in SCORES.names()])
 truth = current.ground_truth()
 if wait_note(
     [truth],
@@ -75,7 +76,7 @@ if wait_note(
         colors = [palette.score_color(m) for m in found]
         plot(roc_figure(curves, score_label(FEATURED), colors), "roc", f"{current.name}-roc")
     with right:
-        st.markdown(story.salience_verdict({m: q["auc"] for m, q in found.items()}, FEATURED, salience.METRIC_LABELS))
+        st.markdown(story.salience_verdict({m: q["auc"] for m, q in found.items()}, FEATURED, score_labels()))
         rows = [
             {"score": score_label(m), "ROC AUC": q["auc"], "precision at k": q["precision_at_k"]}
             for m, q in found.items()

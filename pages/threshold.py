@@ -2,10 +2,9 @@
 
 import streamlit as st
 
-from defense import salience
 from ui import classroom, lab, measures, story
 from ui.charts import layers_row
-from ui.curves import pruning_figure
+from ui.curves import pruning_figure, score_label, score_labels
 from ui.jobs import wait_note
 from ui.state import CURVE_METRICS, intro, points, require_app, synced
 from ui.theme import plot
@@ -27,7 +26,7 @@ with left:
         "Score",
         "threshold_metric",
         options=list(CURVE_METRICS),
-        format_func=salience.METRIC_LABELS.get,
+        format_func=score_label,
         help="which score ranks the neurons (purification with bs-… uses benign salience)",
     )
     r1, r2 = st.columns(2)
@@ -84,18 +83,18 @@ with right:
             "curve",
             f"{current.name}-pruning-curve",
         )
-        st.markdown(story.pruning_verdict(measures.curve_points(curve.result()), metric, base, salience.METRIC_LABELS))
+        st.markdown(story.pruning_verdict(measures.curve_points(curve.result()), metric, base, score_labels()))
 
 mask = current.mask(metric, mode, value, scope)
 scores = current.scores()[metric]
-raw = {n: {salience.METRIC_LABELS[metric]: v} for n, v in scores.layers.items()}
+raw = {n: {score_label(metric): v} for n, v in scores.layers.items()}
 plot(
     layers_row(scores.normalized("minmax"), raw, mask, "importance", height=300),
     "threshold-heat",
     f"{current.name}-marked",
 )
 st.caption(
-    f"Colour: {salience.METRIC_LABELS[metric]}, normalized per layer (dark = most suspect); red outlines: the marked "
+    f"Colour: {score_label(metric)}, normalized per layer (dark = most suspect); red outlines: the marked "
     "neurons. The preview zeroes them with no fine-tuning, on the 1,000 test images; the pruning curve does the "
     "same for every share of each layer's most suspect neurons."
 )

@@ -112,7 +112,8 @@ def browser():
 
 
 def goto_page(page, link: str, heading: str) -> None:
-    page.locator('[data-testid="stSidebarNav"]').get_by_text(link, exact=True).click()
+    nav = page.locator('[data-testid="stSidebarNav"]')  # the lesson's steps are numbered: "2. Neuron salience"
+    nav.get_by_text(re.compile(rf"^(\d+\. )?{re.escape(link)}$")).click()
     page.get_by_role("heading", name=heading).wait_for(timeout=60_000)
 
 

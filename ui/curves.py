@@ -10,12 +10,17 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from defense.salience import METRIC_LABELS
+from defense.registry import SCORES
 from ui import palette
 
 
 def score_label(name: str) -> str:
-    return METRIC_LABELS.get(name, name)
+    return SCORES[name].label if name in SCORES else name
+
+
+def score_labels() -> dict[str, str]:
+    """Every score's label, by name."""
+    return {s.name: s.label for s in SCORES}
 
 
 def pruning_figure(
@@ -180,7 +185,8 @@ def runs_figure(runs: Sequence, height: int = 300) -> go.Figure:
         losses = [(r["step"], r.get("clean_ce", r["task_loss"])) for r in recs]
         losses = [(s, v) for s, v in losses if math.isfinite(v)]
         evals = [r for r in recs if "asr" in r]
-        common = {"type": "scatter", "name": run.label, "legendgroup": run.label, "line": {"color": run.color}}
+        name = getattr(run, "full_label", run.label)
+        common = {"type": "scatter", "name": name, "legendgroup": run.label, "line": {"color": run.color, "width": 2.5}}
         if losses:
             data.append({**common, "x": [s for s, _ in losses], "y": [v for _, v in losses], "mode": "lines"})
         for i, key in ((2, "clean_acc"), (3, "asr")):

@@ -9,7 +9,8 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from defense import metrics, salience
+from defense import metrics
+from defense.registry import SCORES
 from ui.lab import Lab
 
 
@@ -24,7 +25,7 @@ def identification(lab_: Lab) -> dict[str, dict] | None:
     infected = truth.result()["infected"]
     scores = lab_.scores()
     out = {}
-    for m in salience.METRICS:
+    for m in SCORES.names():
         s = scores[m].suspicion()
         fpr, tpr = metrics.roc_curve(
             torch.cat([s[n] for n in lab_.layers]), torch.cat([infected[n] for n in lab_.layers])

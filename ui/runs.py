@@ -25,20 +25,14 @@ import streamlit as st
 
 from defense import baselines, purify
 from defense import bundle as bundle_io
+from defense.registry import DEFENSES, SCORES
 from defense.runtime import configure_threads
-from ui.charts import COLORS
+from ui import palette
 from ui.lab import Lab
 
 EVAL_EVERY = 10  # steps between clean-accuracy/ASR points of a live run
 POLL_S = 0.4  # the Purify page redraws a live run this often
 ABSENT_S = 10.0  # a run stops once its session has been gone this long
-MARKING_DEFENSES = {
-    "bs-ar": ("benign", "ar"),
-    "bs-l1": ("benign", "l1"),
-    "bs-l2": ("benign", "l2"),
-    "bs-prune": ("benign", "prune"),
-    "mag-ar": ("magnitude", "ar"),
-}
 log = logging.getLogger(__name__)
 
 
@@ -56,7 +50,8 @@ class Runner:
     steps: int
     build: Callable[[], purify.Purification]  # called in the thread (FP measures its mask there)
     session_id: str | None = None
-    color: str = COLORS[0]
+    color: str = palette.RUNS[0]
+    settings: str = ""  # what it was run with: score, marked share, λ, lr, steps, distillation
     records: list[dict] = field(default_factory=list)
     status: str = "starting"
     error: str | None = None
@@ -66,6 +61,11 @@ class Runner:
     attr_after: np.ndarray | None = None  # the purified model's attribution, computed once by the page
     _gone_since: float | None = None
     _stop: bool = False
+
+    @property
+    def full_label(self) -> str:
+        """The label with the settings, so that two runs of one defense can be told apart."""
+        return f"{self.label} · {self.settings}" if self.settings else self.label
 
     def start(self) -> Runner:
         self.thread = threading.Thread(target=self._main, name=f"bnl-purify-{self.label}", daemon=True)
@@ -146,7 +146,8 @@ class Runner:
             "model": lab_.name,
             "model_key": self.model_key,
             "defense": self.defense,
-            "description": baselines.DEFENSES.get(self.defense),
+            "description": DEFENSES[self.defense].label,
+            "settings": self.settings,
             "status": self.status,
             "before": pick(before),
             "after": pick(after),
@@ -182,6 +183,29 @@ def purification_config(steps: int, lr: float, lam: float) -> purify.PurifyConfi
     return cfg.validate()
 
 
+def run_settings(defense: str, cfg: purify.PurifyConfig, mode: str, value: float, scope: str) -> str:
+    """A run's settings in a few words: score and marked share, λ, learning rate, steps, distillation."""
+    d = DEFENSES[defense]
+    parts = []
+    if d.marking is not None:
+        score, reg = d.marking
+        marked = (
+            f"{value:.0%} marked" + (" overall" if scope == "global" else "")
+            if mode == "ratio"
+            else f"cut ≤ {value:.2f}"
+        )
+        parts.append(f"{SCORES[score].label if score in SCORES else score} {marked}")
+        if reg in ("ar", "l1", "l2"):
+            parts.append(f"λ {cfg.lam:g}")
+    elif defense.startswith("fp"):
+        parts.append("FP pruning")
+    if defense != "clp":  # CLP prunes from the weights alone: no fine-tuning
+        parts += [f"lr {cfg.lr:g}", f"{cfg.steps} steps", "distillation" if d.distill else "no distillation"]
+    else:
+        parts.append("no fine-tuning")
+    return ", ".join(parts)
+
+
 def start_run(lab_: Lab, defense: str, cfg: purify.PurifyConfig) -> Runner:
     """A new run of ``defense`` on a private copy of this session's model, started in its own thread."""
     from streamlit.runtime.scriptrunner import get_script_run_ctx
@@ -191,17 +215,14 @@ def start_run(lab_: Lab, defense: str, cfg: purify.PurifyConfig) -> Runner:
     scores = lab_.scores()
     clean, test, trig = lab_.splits.clean, lab_.splits.test, lab_.triggered
     mask = None
-    if defense in MARKING_DEFENSES and ss["threshold_mode"] == "value":
-        metric, _ = MARKING_DEFENSES[defense]
-        mask = lab_.mask(metric, "value", ss["threshold_value"], ss["threshold_scope"])
+    marking = DEFENSES[defense].marking
+    if marking is not None and ss["threshold_mode"] == "value":
+        mask = lab_.mask(marking[0], "value", ss["threshold_value"], ss["threshold_scope"])
 
     def build() -> purify.Purification:
-        if mask is not None:
-            metric, reg = MARKING_DEFENSES[defense]
-            return purify.Purification(
-                model, clean, test, trig, replace(cfg, metric=metric, reg=reg), scores=scores[metric], mask=mask
-            )
-        return baselines.make(defense, model, clean, test, trig, cfg, scores=scores["benign"])
+        return baselines.make(
+            defense, model, clean, test, trig, cfg, scores=scores[marking[0]] if marking else None, mask=mask
+        )
 
     runs = ss["runs"]
     ctx = get_script_run_ctx()
@@ -213,7 +234,8 @@ def start_run(lab_: Lab, defense: str, cfg: purify.PurifyConfig) -> Runner:
         cfg.steps if defense != "clp" else 0,
         build,
         session_id=ctx.session_id if ctx else None,
-        color=COLORS[(number - 1) % len(COLORS)],
+        color=palette.run_color(number),
+        settings=run_settings(defense, cfg, ss["threshold_mode"], ss["threshold_value"], ss["threshold_scope"]),
     )
     runs.append(runner)
     return runner.start()
@@ -231,6 +253,7 @@ def runs_table(runs: list[Runner]) -> list[dict]:
         rows.append(
             {
                 "run": r.label,
+                "settings": r.settings,
                 "status": r.status,
                 "steps": r.step,
                 "seconds": round(r.seconds, 1),

@@ -255,7 +255,7 @@ def next_step(page: str, **ctx) -> str:
                 "to see what marking and distillation each add."
             )
         if missing:
-            return f"Next: run {missing} to complete the pair, so the class sees what distillation adds."
+            return f"Next: run {missing} to complete the pair, so the class sees what the -kd additions change."
         if ctx.get("compare"):
             return "Next: the Compare page puts every run side by side."
         return (
