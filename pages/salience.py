@@ -61,15 +61,16 @@ st.caption(
 )
 frame = salience.scores_frame([scores[m] for m in SCORES.names()])
 truth = current.ground_truth()
-if wait_note(
+if found is None and wait_note(
     [truth],
     "Measuring which neurons carry the backdoor (zeroing each one in turn: about 10 s, "
     "once per model). The page updates by itself.",
 ):
+    st.rerun()  # measured just now: draw the page again, the answer at the top included
+if found is not None:
     gt = truth.result()
     frame["backdoor_effect"] = torch.cat([gt["backdoor_effect"][n] for n in current.layers]).numpy()
     frame["infected"] = torch.cat([gt["infected"][n] for n in current.layers]).numpy()
-    found = found or measures.identification(current)
     left, right = st.columns([3, 2])
     with left:
         curves = [(score_label(m), q["fpr"], q["tpr"], q["auc"]) for m, q in found.items()]

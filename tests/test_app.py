@@ -193,7 +193,9 @@ def test_short_purification_completes_and_lowers_the_asr():
     assert float(metric(at, "Attack success rate").rstrip("%")) < 60
     assert [r["step"] for r in run.evaluations()] == [0, 10, 20, 30, 40]  # eval every 10 steps for the live curves
     spec = chart(at, "runs")
-    assert {t["name"] for t in spec["data"]} == {"1. bs-ar-kd · benign salience 50% marked, λ 0.03, lr 0.02, 40 steps, distillation"}
+    assert {t["name"] for t in spec["data"]} == {
+        "1. bs-ar-kd · benign salience 50% marked, λ 0.03, lr 0.02, 40 steps, distillation"
+    }
     labels = [b.proto.label for b in at.get("download_button")]
     assert labels == ["Download purified model (.zip)", "Download report (JSON)"]
     check_downloads(run)

@@ -152,7 +152,9 @@ def test_three_sessions_purify_three_models_at_once(server, browser):
         before = percent(sidebar_metric(page, "Attack success"))
         goto_page(page, "Purify", "Purify the model")
         main.get_by_text(re.compile(r"Marked by .*neurons")).wait_for(timeout=120_000)
-        expect(main.get_by_role("combobox", name="Defense")).to_have_value(re.compile(r"^bs-ar-kd"))  # the recommended defense
+        expect(main.get_by_role("combobox", name="Defense")).to_have_value(
+            re.compile(r"^bs-ar-kd")
+        )  # the recommended defense
         steps = main.get_by_role("spinbutton", name="Steps")
         steps.fill("60")
         steps.press("Enter")

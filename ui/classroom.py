@@ -35,17 +35,27 @@ def has_page(path: str) -> bool:
 
 CSS = """
 <style>
-/* the page starts under the header, not 6rem below it: the key figure of each step fits at 1280x720 */
-[data-testid="stMainBlockContainer"] { padding-top: 2.6rem; padding-bottom: 2rem; }
+/* the page starts under the header, not 6rem below it, and uses the width: each step's key figure fits 1280x720 */
+[data-testid="stMainBlockContainer"] { padding: 2.4rem 1.6rem 2rem 1.6rem; max-width: none; }
 [data-testid="stSidebarUserContent"] { padding-top: 0.5rem; }
-h1 { padding-top: 0.2rem !important; padding-bottom: 0.3rem !important; }
-[data-testid="stMetricValue"] { font-size: 1.9rem; }
+[data-testid="stSidebar"][aria-expanded="true"] { width: 16rem !important; min-width: 16rem !important; }
+h1 { font-size: 2.2rem !important; padding-top: 0.1rem !important; padding-bottom: 0.25rem !important; }
+[data-testid="stMetricValue"] { font-size: 1.7rem; }
+/* metric labels wrap onto a second line instead of ending in "…" */
+[data-testid="stMetricLabel"], [data-testid="stMetricLabel"] * {
+  white-space: normal !important; overflow: visible !important;
+}
+/* narrow windows (a zoomed browser): columns too narrow for their content go under each other */
+@media (max-width: 1000px) {
+  [data-testid="stHorizontalBlock"] { flex-wrap: wrap; }
+  [data-testid="stColumn"] { min-width: min(15rem, 100%); }
+}
 </style>
 """
 PRESENTER_CSS = """
 <style>
 html { font-size: 20px; }
-[data-testid="stMetricValue"] { font-size: 2.2rem; }
+[data-testid="stMetricValue"] { font-size: 2rem; }
 </style>
 """
 
