@@ -148,8 +148,13 @@ def metric_value(page, label: str) -> str:
     return box.locator('[data-testid="stMetricValue"]').inner_text()
 
 
+def keyed(key: str) -> str:
+    """The CSS selector of the element with Streamlit key ``key`` (its class: st-key-KEY, odd characters as -)."""
+    return f'[class~="st-key-{re.sub(r"[^a-zA-Z0-9_-]", "-", key)}"]'
+
+
 def chart_box(page, key: str) -> dict:
-    return page.locator(f'[class~="st-key-{key}"] .js-plotly-plot').first.bounding_box()
+    return page.locator(f"{keyed(key)} .js-plotly-plot").first.bounding_box()
 
 
 def assert_in_view(page, box: dict | None, what: str) -> None:
@@ -162,7 +167,8 @@ def assert_in_view(page, box: dict | None, what: str) -> None:
 
 # every outline (a plotly shape named "marked") against the pixel bounds of its own cell, from the axes' scales
 OUTLINES_JS = """(key) => {
-  const gd = document.querySelector(`[class~="st-key-${key}"] .js-plotly-plot`);
+  const gd = document.querySelector(`[class~="st-key-${key.replace(/[^a-zA-Z0-9_-]/g, "-")}"] .js-plotly-plot`)
+    || document.querySelector(`[class~="st-key-${key}"] .js-plotly-plot`);
   if (!gd || !gd._fullLayout) return {error: "no chart " + key};
   const svg = gd.querySelector('.main-svg').getBoundingClientRect();
   const shapes = gd._fullLayout.shapes || [];
@@ -222,7 +228,7 @@ def test_every_page_in_a_browser(server, browser):
     goto_page(page, "Neuron salience", "Which neurons look infected?")
     assert "mnist-badnets" in sidebar.inner_text()  # the sidebar is on every page
     main.get_by_text("finding infected neurons: ROC").wait_for(timeout=120_000)
-    legend = main.get_by_text(re.compile(r"benign salience \(AUC [01]\.\d\d\)")).first.inner_text()
+    legend = main.get_by_text(re.compile(r"benign salience \(AUC [01]\.\d\d\)")).first.text_content()
     auc = re.search(r"AUC ([01]\.\d\d)", legend).group(1)
     verdict = main.get_by_text(re.compile(r"^(Yes|No|Partly): here benign salience ranks infected neurons")).first
     assert f"(AUC {auc})" in verdict.inner_text()  # the sentence and the chart give the same number
@@ -246,7 +252,7 @@ def test_every_page_in_a_browser(server, browser):
         timeout=60_000,
     )
     assert float(thumb.input_value()) == pytest.approx(0.3)
-    main.locator('[class~="st-key-curve"]').get_by_text("your choice").first.wait_for(timeout=120_000)
+    main.locator(keyed("curve")).get_by_text("your choice").first.wait_for(timeout=120_000)
     assert_in_view(page, main.locator('[data-testid="stSlider"]').first.bounding_box(), "the slider")
     assert_in_view(page, main.locator('[data-testid="stMetric"]').first.bounding_box(), "the preview")
     assert_in_view(page, chart_box(page, "curve"), "the pruning curve")
@@ -307,7 +313,7 @@ def test_every_page_in_a_browser(server, browser):
     sidebar.get_by_text("Presenter mode").click()
     page.wait_for_function(f"getComputedStyle(document.documentElement).fontSize !== '{size}'", timeout=30_000)
     goto_page(page, "Threshold", "Choose the purification threshold")
-    main.locator('[class~="st-key-curve"]').get_by_text("your choice").first.wait_for(timeout=60_000)
+    main.locator(keyed("curve")).get_by_text("your choice").first.wait_for(timeout=60_000)
     view_shot(page, "presenter-threshold-1280.png")
     page.close()
 
@@ -319,19 +325,19 @@ def test_every_page_in_a_browser(server, browser):
     page.get_by_role("heading", name="Where the model looks").wait_for(timeout=90_000)
     page.wait_for_function("document.querySelectorAll('[data-testid=stMain] .js-plotly-plot').length >= 3")
     view_shot(page, "model-150.png")
-    main.locator('[class~="st-key-trigger"]').scroll_into_view_if_needed()
+    main.locator(keyed("trigger")).scroll_into_view_if_needed()
     view_shot(page, "trigger-150.png")
     goto_page(page, "Neuron salience", "Which neurons look infected?")
     main.get_by_text("finding infected neurons: ROC").wait_for(timeout=120_000)
     for layer in ("net.conv1", "net.conv2", "net.fc1"):
         assert_outlines_in_cells(page, f"heat-{layer}")
-    main.locator('[class~="st-key-heat-net.conv2"]').scroll_into_view_if_needed()
+    main.locator(keyed("heat-net.conv2")).scroll_into_view_if_needed()
     view_shot(page, "salience-150.png")
     goto_page(page, "Threshold", "Choose the purification threshold")
-    main.locator('[class~="st-key-curve"]').get_by_text("your choice").first.wait_for(timeout=60_000)
+    main.locator(keyed("curve")).get_by_text("your choice").first.wait_for(timeout=60_000)
     assert assert_outlines_in_cells(page, "threshold-heat") == 56
     view_shot(page, "threshold-150.png")
-    main.locator('[class~="st-key-threshold-heat"]').scroll_into_view_if_needed()
+    main.locator(keyed("threshold-heat")).scroll_into_view_if_needed()
     view_shot(page, "threshold-heat-150.png")
     goto_page(page, "Purify", "Purify the model")
     main.get_by_text("No run yet").wait_for(timeout=30_000)

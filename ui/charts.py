@@ -130,7 +130,8 @@ def image_grid(
 ) -> go.Figure:
     """Rows of small images: (row label, images [N, H, W], titles); ``colorscale`` one, or one per row.
 
-    Grey rows are pixels in [0, 1]; other rows (attributions) are each scaled to their own maximum.
+    Grey rows are pixels in [0, 1]; other rows (attributions) are each scaled to their own maximum and drawn on a
+    square-root scale (an attribution map is mostly near zero: on a linear scale it looks black).
     """
     scales = [colorscale] * len(rows) if isinstance(colorscale, str) else list(colorscale)
     n = max(len(r[1]) for r in rows)
@@ -144,7 +145,12 @@ def image_grid(
     for i, (label, images, _) in enumerate(rows):
         for j, img in enumerate(images):
             scale = scales[i]
-            z, what = (img, "pixel") if scale == "gray" else (img / (float(np.max(img)) or 1.0), "relative attribution")
+            # attributions: each map over its own maximum, on a square-root scale so that faint ones still show
+            z, what = (
+                (img, "pixel")
+                if scale == "gray"
+                else (np.sqrt(img / (float(np.max(img)) or 1.0)), "√(attribution / its maximum)")
+            )
             fig.add_trace(
                 go.Heatmap(
                     z=z,

@@ -92,7 +92,7 @@ def trigger_panels(trigger, clean: torch.Tensor) -> list[tuple[str, np.ndarray, 
     return panels
 
 
-def trigger_figure(trigger, clean: torch.Tensor, height: int = 260) -> go.Figure:
+def trigger_figure(trigger, clean: torch.Tensor, height: int = 230) -> go.Figure:
     """The trigger enlarged, panel by panel (see ``trigger_panels``)."""
     panels = trigger_panels(trigger, clean)
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p[0] for p in panels], horizontal_spacing=0.02)

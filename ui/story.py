@@ -70,7 +70,8 @@ def attribution_verdict(on_trigger: float | None, covered: float | None, target:
     """What the attribution maps of triggered images show (share of attribution on the trigger's pixels)."""
     if on_trigger is None or covered is None:
         return (
-            f"Integrated gradients toward label {target}, each map scaled to its own maximum. This trigger covers "
+            f"Integrated gradients toward label {target}, each map scaled to its own maximum (square-root colour "
+            "scale). This trigger covers "
             "the whole image, so the maps cannot single out a trigger region: the enlarged trigger shows what the "
             "model responds to."
         )
@@ -79,7 +80,8 @@ def attribution_verdict(on_trigger: float | None, covered: float | None, target:
     else:
         what = "the attribution is not concentrated on the trigger"
     return (
-        f"Integrated gradients toward label {target}, each map scaled to its own maximum: {share(on_trigger)} of "
+        f"Integrated gradients toward label {target}, each map scaled to its own maximum (square-root colour "
+        f"scale): {share(on_trigger)} of "
         f"the attribution falls on the trigger, which covers {pct(covered)} of the image, so {what}."
     )
 
@@ -210,7 +212,8 @@ def pair_verdict(plain: tuple[str, Mapping], distilled: tuple[str, Mapping]) -> 
 def purified_attribution_verdict(before: float | None, after: float | None, covered: float | None, target: int) -> str:
     head = (
         f"Integrated gradients toward label {target} on triggered images, before and after, each map scaled to its "
-        "own maximum (so a map says where the pull toward the target comes from, not how strong it is)"
+        "own maximum on a square-root colour scale (so a map says where the pull toward the target comes from, "
+        "not how strong it is)"
     )
     if before is None or after is None:
         return head + "."
