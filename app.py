@@ -17,7 +17,7 @@ page = st.navigation(
     [st.Page(path, title=title, icon=icon, default=i == 0) for i, (path, title, icon) in enumerate(classroom.steps())]
 )
 classroom.apply_css()
-current = lab.lab()
+current = lab.current_lab()
 sidebar(current)
 page.run()
 lab.warm(current)  # then the slow measurements start in the background (after the page, to keep it quick)

@@ -75,7 +75,15 @@ def marking_build(score: str, reg: str, **overrides) -> Callable[..., Purificati
     ``overrides``: settings the defense fixes whatever the config says (e.g. ``distill=0.0`` for the paper's form).
     """
 
-    def build(model, clean, test, triggered, config, scores=None, mask=None) -> Purification:
+    def build(
+        model: nn.Module,
+        clean: TensorData,
+        test: TensorData,
+        triggered: TensorData,
+        config: PurifyConfig,
+        scores: NeuronScores | None = None,
+        mask: NeuronMask | None = None,
+    ) -> Purification:
         cfg = replace(config, metric=score, reg=reg, **overrides)
         reuse = scores if scores is not None and scores.metric == score else None  # precomputed on this model
         return Purification(model, clean, test, triggered, cfg, scores=reuse, mask=mask)

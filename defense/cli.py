@@ -1,4 +1,4 @@
-"""``python -m defense``: train, evaluate, salience, purify, bench."""
+"""``python -m defense``: train, evaluate, salience, purify, list, bench."""
 
 from __future__ import annotations
 
@@ -134,6 +134,7 @@ def cmd_purify(args: argparse.Namespace) -> int:
 
     from .metrics import triggered_set
     from .purify import Purification, PurifyConfig
+    from .results import purified_bundle, run_report
 
     b = bundle_io.load_bundle(args.bundle)
     defaults = PurifyConfig()
@@ -163,26 +164,10 @@ def cmd_purify(args: argparse.Namespace) -> int:
             bar.update(1 if record["step"] else 0)
             if "asr" in record:
                 bar.set_postfix(acc=f"{record['clean_acc']:.3f}", asr=f"{record['asr']:.3f}")
-    first, last = run.history[0], run.history[-1]
-    report = {
-        "before": {k: first[k] for k in ("clean_acc", "asr")},
-        "after": {k: last[k] for k in ("clean_acc", "asr")},
-        "steps": last["step"],
-        "seconds": round(last["seconds"], 2),
-        "config": config.to_dict(),
-    }
+    report = run_report(run.history, config)
     if args.out:
-        from .bundle import Bundle
-
-        meta = {
-            **b.meta,
-            "name": Path(args.out).stem,
-            "clean_acc": round(report["after"]["clean_acc"], 4),
-            "asr": round(report["after"]["asr"], 4),
-            "purified_from": b.name,
-            "purification": config.to_dict(),
-        }
-        report["out"] = str(bundle_io.save_bundle(Bundle(run.model, meta, b.trigger), args.out))
+        purified = purified_bundle(b, run.model, name=Path(args.out).stem, after=report["after"], config=config)
+        report["out"] = str(bundle_io.save_bundle(purified, args.out))
     if args.json:
         print(json.dumps(report))
     else:
@@ -191,6 +176,26 @@ def cmd_purify(args: argparse.Namespace) -> int:
             f"attack success {report['before']['asr']:.2%} -> {report['after']['asr']:.2%} "
             f"({report['steps']} steps, {report['seconds']} s)"
         )
+    return 0
+
+
+TABLES_START, TABLES_END = "<!-- registry tables: python -m defense list --update README.md -->", "<!-- /registry -->"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .registry import markdown_tables
+
+    tables = markdown_tables()
+    if args.update is None:
+        print(tables, end="")
+        return 0
+    path = Path(args.update)
+    text = path.read_text()
+    if TABLES_START not in text or TABLES_END not in text:
+        raise UsageError(f"{path} has no block between {TABLES_START} and {TABLES_END}")
+    head, rest = text.split(TABLES_START, 1)
+    path.write_text(head + TABLES_START + "\n" + tables + TABLES_END + rest.split(TABLES_END, 1)[1])
+    print(f"updated the registry tables in {path}", file=sys.stderr)
     return 0
 
 
@@ -254,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_purify)
+
+    p = sub.add_parser("list", help="every score, defense, attack and architecture, as markdown tables")
+    p.add_argument("--update", metavar="FILE", help="rewrite the registry block of FILE (README.md) instead")
+    p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("bench", help="every defense x every bundled model x seeds -> bench/RESULTS.md")
     p.add_argument("--seeds", type=_positive_int, default=3)

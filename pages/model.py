@@ -33,7 +33,7 @@ def load_upload(arch, like, attack) -> None:
 
 
 names = lab.bundled_names() + list(ss["uploads"])
-current = lab.lab()
+current = lab.current_lab()
 ev = current.evaluation()
 c0, c1, c2, c3 = st.columns([3, 2, 2, 2])
 with c0:

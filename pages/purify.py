@@ -23,7 +23,7 @@ intro(
 )
 
 ss = st.session_state
-current = lab.lab()
+current = lab.current_lab()
 defaults = purify.PurifyConfig()
 for key, value in {
     "purify_defense": recommended().name,
@@ -44,14 +44,21 @@ def tag(name: str) -> str:
 def start() -> None:
     try:
         cfg = purification_config(ss["purify_steps"], ss["purify_lr"], ss["purify_lam"])
-        start_run(lab.lab(), ss["purify_defense"], cfg)
+        start_run(lab.current_lab(), ss["purify_defense"], cfg)
     except ValueError as err:
         ss["purify_error"] = f"These settings cannot run: {err}"
 
 
 c1, c2, c3, c4, c5 = st.columns([3, 1.2, 1.2, 1.2, 1.6], vertical_alignment="bottom")
 with c1:
-    synced(st.selectbox, "Defense", "purify_defense", options=DEFENSES.names(), format_func=tag)
+    synced(
+        st.selectbox,
+        "Defense",
+        "purify_defense",
+        options=DEFENSES.names(),
+        format_func=tag,
+        help=DEFENSES[ss["purify_defense"]].explanation,
+    )
 with c2:
     synced(
         st.number_input,

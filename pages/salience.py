@@ -24,7 +24,7 @@ intro(
     "the Threshold page. Whether low salience really points at the backdoor is measured below."
 )
 
-current = lab.lab()
+current = lab.current_lab()
 scores = current.scores()
 found = measures.identification(current)
 aucs = {m: q["auc"] for m, q in found.items()} if found else None

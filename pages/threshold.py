@@ -6,7 +6,8 @@ from ui import classroom, lab, measures, story
 from ui.charts import layers_row
 from ui.curves import pruning_figure, score_label, score_labels
 from ui.jobs import wait_note
-from ui.state import CURVE_METRICS, intro, points, require_app, synced
+from defense.registry import SCORES
+from ui.state import curve_scores, intro, points, require_app, synced
 from ui.theme import plot
 
 require_app()
@@ -17,7 +18,7 @@ intro(
 )
 
 ss = st.session_state
-current = lab.lab()
+current = lab.current_lab()
 base = current.evaluation()
 left, right = st.columns([2, 3], gap="medium")
 with left:
@@ -25,9 +26,10 @@ with left:
         st.selectbox,
         "Score",
         "threshold_metric",
-        options=list(CURVE_METRICS),
+        options=curve_scores(),
         format_func=score_label,
-        help="which score ranks the neurons (purification with bs-… uses benign salience)",
+        help="which score ranks the neurons (purification with bs-… uses benign salience). "
+        + SCORES[ss["threshold_metric"]].explanation,
     )
     r1, r2 = st.columns(2)
     with r1:

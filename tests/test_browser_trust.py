@@ -28,7 +28,7 @@ from tests.test_trust import bundle_files, payload_bytes, write_zip
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium at /usr/bin/chromium")
 
 VIEWPORT = {"width": 1400, "height": 1000}
-GONE = "stopped: its session went away"  # appkit.Runner's log line when a run's session is gone
+GONE = "stopped: its session went away"  # ui.runs.Runner's log line when a run's session is gone
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from defense import salience
+from defense.neurons import NeuronScores
 from ui import palette
 from ui.figures import outline_shapes
 
@@ -30,7 +30,7 @@ def _grid(values: torch.Tensor | np.ndarray, rows: int, cols: int) -> np.ndarray
     return out.reshape(rows, cols)
 
 
-def scaled(scores: salience.NeuronScores, scale: str) -> dict[str, torch.Tensor]:
+def scaled(scores: NeuronScores, scale: str) -> dict[str, torch.Tensor]:
     """'raw' values, or per-layer 'minmax'/'rank' importance (0 = most suspect)."""
     return scores.layers if scale == "raw" else scores.normalized(scale)
 

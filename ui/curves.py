@@ -15,6 +15,7 @@ from ui import palette
 
 
 def score_label(name: str) -> str:
+    """The registered score's label (its name if it is not registered)."""
     return SCORES[name].label if name in SCORES else name
 
 
