@@ -2,11 +2,11 @@
 
 import streamlit as st
 
+from defense.registry import SCORES
 from ui import classroom, lab, measures, story
 from ui.charts import layers_row
 from ui.curves import pruning_figure, score_label, score_labels
 from ui.jobs import wait_note
-from defense.registry import SCORES
 from ui.state import curve_scores, intro, points, require_app, synced
 from ui.theme import plot
 
