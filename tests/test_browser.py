@@ -154,7 +154,9 @@ def keyed(key: str) -> str:
 
 
 def chart_box(page, key: str) -> dict:
-    return page.locator(f"{keyed(key)} .js-plotly-plot").first.bounding_box()
+    chart = page.locator(f"{keyed(key)} .js-plotly-plot").first
+    chart.wait_for(state="visible", timeout=30_000)
+    return chart.bounding_box()
 
 
 def assert_in_view(page, box: dict | None, what: str) -> None:
@@ -227,7 +229,7 @@ def test_every_page_in_a_browser(server, browser):
     # Salience: heatmaps at once, ground truth (scatter, ROC) once measured, and the answer in words
     goto_page(page, "Neuron salience", "Which neurons look infected?")
     assert "mnist-badnets" in sidebar.inner_text()  # the sidebar is on every page
-    main.get_by_text("finding infected neurons: ROC").wait_for(timeout=120_000)
+    main.get_by_text("finding infected neurons: ROC").wait_for(timeout=300_000)
     legend = main.get_by_text(re.compile(r"benign salience \(AUC [01]\.\d\d\)")).first.text_content()
     auc = re.search(r"AUC ([01]\.\d\d)", legend).group(1)
     verdict = main.get_by_text(re.compile(r"^(Yes|No|Partly): here benign salience ranks infected neurons")).first
@@ -252,7 +254,7 @@ def test_every_page_in_a_browser(server, browser):
         timeout=60_000,
     )
     assert float(thumb.input_value()) == pytest.approx(0.3)
-    main.locator(keyed("curve")).get_by_text("your choice").first.wait_for(timeout=120_000)
+    main.locator(keyed("curve")).get_by_text("your choice").first.wait_for(timeout=300_000)
     assert_in_view(page, main.locator('[data-testid="stSlider"]').first.bounding_box(), "the slider")
     assert_in_view(page, main.locator('[data-testid="stMetric"]').first.bounding_box(), "the preview")
     assert_in_view(page, chart_box(page, "curve"), "the pruning curve")
@@ -328,7 +330,7 @@ def test_every_page_in_a_browser(server, browser):
     main.locator(keyed("trigger")).scroll_into_view_if_needed()
     view_shot(page, "trigger-150.png")
     goto_page(page, "Neuron salience", "Which neurons look infected?")
-    main.get_by_text("finding infected neurons: ROC").wait_for(timeout=120_000)
+    main.get_by_text("finding infected neurons: ROC").wait_for(timeout=300_000)
     for layer in ("net.conv1", "net.conv2", "net.fc1"):
         assert_outlines_in_cells(page, f"heat-{layer}")
     main.locator(keyed("heat-net.conv2")).scroll_into_view_if_needed()

@@ -36,9 +36,9 @@ def has_page(path: str) -> bool:
 CSS = """
 <style>
 /* the page starts under the header, not 6rem below it, and uses the width: each step's key figure fits 1280x720 */
-[data-testid="stMainBlockContainer"] { padding: 2.4rem 1.6rem 2rem 1.6rem; max-width: none; }
+[data-testid="stMainBlockContainer"] { padding: 3rem 1.6rem 2rem 1.6rem; max-width: none; }
 [data-testid="stSidebarUserContent"] { padding-top: 0.5rem; }
-[data-testid="stSidebar"][aria-expanded="true"] { width: 16rem !important; min-width: 16rem !important; }
+section[data-testid="stSidebar"][data-collapsed="false"] { width: 16rem !important; min-width: 16rem !important; }
 h1 { font-size: 2.2rem !important; padding-top: 0.1rem !important; padding-bottom: 0.25rem !important; }
 [data-testid="stMetricValue"] { font-size: 1.7rem; }
 /* metric labels wrap onto a second line instead of ending in "…" */

@@ -32,7 +32,7 @@ def pruning_figure(
     ``featured``: the score chosen on the page, drawn thicker.
     """
     fig = make_subplots(
-        rows=1, cols=2, subplot_titles=["clean accuracy", "attack success rate"], horizontal_spacing=0.08
+        rows=1, cols=2, subplot_titles=["clean accuracy", "attack success rate"], horizontal_spacing=0.13
     )
     for metric in curve["metric"].unique():
         part = curve[curve["metric"] == metric]
