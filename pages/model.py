@@ -89,8 +89,8 @@ st.caption(
 st.subheader("The trigger, enlarged")
 plot(trigger_figure(current.bundle.trigger, clean_x[0]), "trigger", f"{current.name}-trigger")
 st.caption(
-    "The last panel is the change the trigger makes to the digit, amplified until its largest change is full "
-    "scale (red brighter, blue darker): a trigger too faint to see is still there."
+    "The last panel is the change the trigger makes to the digit (triggered minus clean), amplified until its "
+    "largest change is full scale (blue brighter, red darker): a trigger too faint to see is still there."
 )
 
 st.subheader("Where the model looks")

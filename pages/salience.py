@@ -61,13 +61,14 @@ st.caption(
 )
 frame = salience.scores_frame([scores[m] for m in SCORES.names()])
 truth = current.ground_truth()
-if found is None and wait_note(
+ready = found is not None and truth.done()
+if not ready and wait_note(
     [truth],
     "Measuring which neurons carry the backdoor (zeroing each one in turn: about 10 s, "
     "once per model). The page updates by itself.",
 ):
     st.rerun()  # measured just now: draw the page again, the answer at the top included
-if found is not None:
+if ready:
     gt = truth.result()
     frame["backdoor_effect"] = torch.cat([gt["backdoor_effect"][n] for n in current.layers]).numpy()
     frame["infected"] = torch.cat([gt["infected"][n] for n in current.layers]).numpy()

@@ -337,6 +337,7 @@ def test_every_page_in_a_browser(server, browser):
     view_shot(page, "salience-150.png")
     goto_page(page, "Threshold", "Choose the purification threshold")
     main.locator(keyed("curve")).get_by_text("your choice").first.wait_for(timeout=60_000)
+    chart_box(page, "threshold-heat")  # drawn
     assert assert_outlines_in_cells(page, "threshold-heat") == 56
     view_shot(page, "threshold-150.png")
     main.locator(keyed("threshold-heat")).scroll_into_view_if_needed()

@@ -131,13 +131,13 @@ def test_trigger_view_shows_every_kind(kind):
     x = torch.rand(1, 28, 28) * 0.5
     panels = figures.trigger_panels(trigger, x)
     titles = [p[0] for p in panels]
-    assert titles[-3:-1] == ["clean", "triggered"] and titles[-1].startswith("triggered − clean, ×")
+    assert titles[-3:-1] == ["clean", "triggered"] and titles[-1].startswith("change,<br>×")
     diff = panels[-1][1]
     assert abs(abs(diff).max() - 1) < 1e-5  # amplified to full scale, however faint the trigger
     if kind in ("badnets", "blend"):
         assert titles[:2] == ["mask", "pattern"]
     if kind == "badnets":
-        assert "triggered, patch enlarged" in titles and panels[2][1].shape[0] < 28  # the patch, cropped
+        assert "patch,<br>enlarged" in titles and panels[2][1].shape[0] < 28  # the patch, cropped
     if kind == "wanet":
         assert titles[0].startswith("displacement")
         assert any(t.type == "scatter" for t in figures.trigger_figure(trigger, x).data)  # arrows

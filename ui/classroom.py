@@ -42,7 +42,7 @@ section[data-testid="stSidebar"][data-collapsed="false"] { width: 16rem !importa
 h1 { font-size: 2.2rem !important; padding-top: 0.1rem !important; padding-bottom: 0.25rem !important; }
 [data-testid="stMetricValue"] { font-size: 1.7rem; }
 /* metric labels wrap onto a second line instead of ending in "…" */
-[data-testid="stMetricLabel"], [data-testid="stMetricLabel"] * {
+[data-testid="stMetricLabel"], [data-testid="stMetricLabel"] *, [data-testid="stMetricValue"] * {
   white-space: normal !important; overflow: visible !important;
 }
 /* narrow windows (a zoomed browser): columns too narrow for their content go under each other */

@@ -75,19 +75,19 @@ def trigger_panels(trigger, clean: torch.Tensor) -> list[tuple[str, np.ndarray, 
         panels += [("mask", m2, "gray", (0, 1)), ("pattern", p2, "gray", (0, 1))]
         box = _crop_box(m2)
         if box is not None:
-            panels.append(("triggered, patch enlarged", t.amax(0).numpy()[box], "gray", (0, 1)))
+            panels.append(("patch,<br>enlarged", t.amax(0).numpy()[box], "gray", (0, 1)))
     flow = getattr(trigger, "flow", None)
     if flow is not None:
         h = flow.shape[0]
         shift = (trigger.strength * flow / h * (h - 1) / 2).norm(dim=-1).numpy()  # in pixels
-        panels.append((f"displacement (max {shift.max():.2f} px)", shift, "Blues", (0, float(shift.max()) or 1)))
+        panels.append((f"displacement<br>(max {shift.max():.2f} px)", shift, "Blues", (0, float(shift.max()) or 1)))
     diff = (t - x).mean(0).numpy()
     peak = float(np.abs(diff).max())
     amp = 1 / peak if peak > 0 else 1.0
     panels += [
         ("clean", x.amax(0).numpy(), "gray", (0, 1)),
         ("triggered", t.amax(0).numpy(), "gray", (0, 1)),
-        (f"triggered − clean, ×{amp:.0f}", diff * amp, palette.DIFFERENCE, (-1, 1)),
+        (f"change,<br>×{amp:.0f}", diff * amp, palette.DIFFERENCE, (-1, 1)),
     ]
     return panels
 
@@ -104,7 +104,7 @@ def trigger_figure(trigger, clean: torch.Tensor, height: int = 230) -> go.Figure
                 zmin=lo,
                 zmax=hi,
                 showscale=False,
-                hovertemplate=f"{title}<br>x %{{x}}, y %{{y}}: %{{z:.3f}}<extra></extra>",
+                hovertemplate=f"{title.replace('<br>', ' ')}<br>x %{{x}}, y %{{y}}: %{{z:.3f}}<extra></extra>",
             ),
             1,
             i,
@@ -128,7 +128,7 @@ def trigger_figure(trigger, clean: torch.Tensor, height: int = 230) -> go.Figure
     bare = dict(showticklabels=False, showgrid=False, zeroline=False, ticks="", showline=False)
     fig.update_xaxes(**bare)
     fig.update_yaxes(**bare)
-    fig.update_layout(height=height, margin=dict(l=4, r=4, t=36, b=4), showlegend=False)
+    fig.update_layout(height=height, margin=dict(l=4, r=4, t=48, b=4), showlegend=False)
     return fig
 
 
