@@ -147,7 +147,7 @@ finished = [r for r in runs if r.status in ("done", "stopped", "abandoned") and 
 if finished:
     for r in finished:  # what each run did, read from its own history
         st.markdown("- " + story.run_verdict(f"**{r.label}** ({r.settings})", r.evaluations()))
-    results = [(r.label, *r.before_after()) for r in finished]
+    results = [(r.label, *r.before_after()) for r in finished if len(r.evaluations()) > 1]
     comparison = story.runs_comparison(results)
     if comparison:
         st.markdown(comparison)

@@ -61,6 +61,7 @@ def test_run_verdict_reads_the_history():
     )
     held = [{"step": 0, "clean_acc": 0.979, "asr": 1.0}, {"step": 300, "clean_acc": 0.956, "asr": 0.428}]
     assert "accuracy held" in story.run_verdict("ft", held) and "weakened" in story.run_verdict("ft", held)
+    assert "stopped before its first step" in story.run_verdict("ft", held[:1])
     fell = [{"step": 0, "clean_acc": 0.98, "asr": 1.0}, {"step": 5, "clean_acc": 0.5, "asr": 0.9}]
     assert "accuracy fell from 98.0% to 50.0%" in story.run_verdict("x", fell) and "survives" in story.run_verdict(
         "x", fell

@@ -112,14 +112,15 @@ def layers_row(
         rows=1,
         cols=len(names),
         horizontal_spacing=0.04,
-        subplot_titles=[f"{n} ({int(marked[n].sum())}/{len(marked[n])} marked)" for n in names],
+        # two short lines per layer: the titles fit their panels at any zoom
+        subplot_titles=[f"{n.removeprefix('net.')}<br>{int(marked[n].sum())}/{len(marked[n])} marked" for n in names],
     )
     for i, n in enumerate(names):
         last = i == len(names) - 1
         colorbar = dict(title=dict(text=bar, side="right"), thickness=12) if last else None
         _heatmap(fig, i + 1, values[n], hover[n], marked[n], colorbar, height)
     fig.update_traces(zmin=0, zmax=1, selector=dict(type="heatmap"))
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10))
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=56, b=10))
     return fig
 
 

@@ -148,7 +148,10 @@ def runs_figure(runs: Sequence, height: int = 300) -> go.Figure:
     it costs ~7 ms instead of ~60 ms, time the training thread would otherwise wait for the GIL.
     """
     titles = ["clean cross-entropy", "clean accuracy", "attack success rate"]
-    last_step = max([max(getattr(r, "steps", 0), r.records[-1]["step"] if r.records else 0) for r in runs] + [1])
+    # a running run's axis spans its planned steps from the start; a finished one, the steps it took
+    last_step = max(
+        [(r.steps if getattr(r, "active", False) else r.records[-1]["step"] if r.records else 0) for r in runs] + [1]
+    )
     gap, width = 0.08, (1 - 2 * 0.08) / 3
     layout = {
         "height": height,

@@ -154,6 +154,8 @@ def choice_verdict(marked_share: float, clean_acc: float, asr: float, base: Mapp
 def run_verdict(label: str, evals: Sequence[Mapping]) -> str:
     """One run's story from its evaluations ({step, clean_acc, asr}, in step order)."""
     before, after = evals[0], evals[-1]
+    if len(evals) < 2:  # stopped before the first step (CLP, which takes none, has a second evaluation)
+        return f"{label}: stopped before its first step; nothing changed."
     low = min(evals, key=lambda e: e["clean_acc"])
     b, a = before["clean_acc"], after["clean_acc"]
     if low["clean_acc"] >= b - ACC_HELD and a >= b - ACC_HELD:
