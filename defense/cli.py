@@ -132,10 +132,13 @@ def cmd_purify(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from . import baselines
     from .metrics import triggered_set
     from .purify import Purification, PurifyConfig
     from .results import purified_bundle, run_report
 
+    if args.defense is not None and (args.metric is not None or args.reg is not None):
+        raise UsageError(f"--defense {args.defense} sets its own score and regularizer: leave out --metric and --reg")
     b = bundle_io.load_bundle(args.bundle)
     defaults = PurifyConfig()
     overrides = {
@@ -158,15 +161,21 @@ def cmd_purify(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UsageError(str(err)) from None
     splits = data.load_splits_for(b.meta, args.data_root, seed=config.seed, clean_fraction=args.clean_fraction)
-    run = Purification(b.model, splits.clean, splits.test, triggered_set(splits.test, b.trigger, b.target), config)
+    triggered = triggered_set(splits.test, b.trigger, b.target)
+    if args.defense is None:
+        run = Purification(b.model, splits.clean, splits.test, triggered, config)
+    else:
+        run = baselines.make(args.defense, b.model, splits.clean, splits.test, triggered, config)
+    config = run.config  # a defense may set the score, regularizer, distillation or steps
     with tqdm(total=config.steps, desc="purify", unit="step", disable=args.quiet) as bar:
         for record in run:
             bar.update(1 if record["step"] else 0)
             if "asr" in record:
                 bar.set_postfix(acc=f"{record['clean_acc']:.3f}", asr=f"{record['asr']:.3f}")
-    report = run_report(run.history, config)
+    report = run_report(run.history, config, context={"defense": args.defense} if args.defense else None)
     if args.out:
-        purified = purified_bundle(b, run.model, name=Path(args.out).stem, after=report["after"], config=config)
+        name = Path(args.out).stem
+        purified = purified_bundle(b, run.model, name=name, after=report["after"], config=config, defense=args.defense)
         report["out"] = str(bundle_io.save_bundle(purified, args.out))
     if args.json:
         print(json.dumps(report))
@@ -244,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("purify", help="identify and purify infected neurons (defaults are the recommended settings)")
     p.add_argument("--bundle", required=True)
+    p.add_argument("--defense", choices=DEFENSES.names(), help="run this defense (default: the settings below)")
     p.add_argument("--metric", choices=SCORES.names())
     p.add_argument("--reg", choices=REGULARIZERS)
     p.add_argument("--ratio", type=_fraction, help="share of neurons to mark in each layer")

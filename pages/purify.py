@@ -2,9 +2,11 @@
 
 import streamlit as st
 
-from defense import metrics, purify
+from defense import metrics
 from defense.baselines import recommended
 from defense.explain import trigger_share
+from defense.neurons import marked_count
+from defense.purify import PurifyConfig
 from defense.registry import DEFENSES
 from ui import classroom, lab, story
 from ui.charts import image_grid
@@ -24,7 +26,7 @@ intro(
 
 ss = st.session_state
 current = lab.current_lab()
-defaults = purify.PurifyConfig()
+defaults = PurifyConfig()
 for key, value in {
     "purify_defense": recommended().name,
     "purify_steps": defaults.steps,
@@ -87,7 +89,7 @@ defense = DEFENSES[ss["purify_defense"]]
 note = f"**{defense.name}**: {defense.label}."
 if defense.marking is not None:
     metric = defense.marking[0]
-    marked = purify.marked_count(current.threshold_mask(metric))
+    marked = marked_count(current.threshold_mask(metric))
     how = (
         f"the {ss['threshold_value']:.0%} most suspect "
         + ("in each layer" if ss["threshold_scope"] == "layer" else "overall")

@@ -173,6 +173,37 @@ def test_pruning_curve_marks_the_current_choice():
     assert [s["x0"] for s in spec["layout"]["shapes"]] == [0.5, 0.5]
 
 
+def test_a_newly_registered_score_appears_in_the_threshold_page_with_no_app_edit():
+    from defense.neurons import NeuronScores
+    from defense.registry import SCORES, Score
+
+    def by_index(model, clean, layers):  # a toy: each neuron scored by its index, so the lowest are suspect
+        return NeuronScores("toy", {n: torch.arange(nl.size, dtype=torch.float) for n, nl in layers.items()})
+
+    SCORES.names()  # the built-in scores load first
+    SCORES.register(
+        Score(
+            name="toy",
+            label="toy score",
+            explanation="The neuron's index in its layer: a test's toy.",
+            low_is_suspect=True,
+            compute=by_index,
+            needs=frozenset(),
+        )
+    )
+    try:
+        at = open_app("threshold")
+        box = at.selectbox(key="w_threshold_metric")
+        assert box.options == ["benign salience", "weight magnitude", "mean activation", "toy score"]
+        box.set_value("toy").run()
+        assert not at.exception
+        assert "a test's toy" in at.selectbox(key="w_threshold_metric").help  # the help text is the registry's
+        assert metric(at, "Marked neurons") == "56 of 112"  # half of each layer, as for any score
+        assert any("Colour: toy score" in c.value for c in at.main.caption)
+    finally:
+        SCORES.unregister("toy")
+
+
 # ---------------------------------------------------------------- purification
 
 

@@ -20,7 +20,7 @@ from tests.test_browser import (
     CHROMIUM,
     goto_page,
     metric_value,
-    no_exceptions,  # noqa: F401 - browser is a fixture
+    no_exceptions,
     running_app,
 )
 from tests.test_trust import bundle_files, payload_bytes, write_zip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from defense import cli as cli_module
 from defense.data import TensorData
 from defense.neurons import NeuronScores, neuron_map
 from defense.purify import REGULARIZERS, Purification, PurifyConfig
-from defense.registry import ARCHITECTURES, ATTACKS, DEFENSES, SCORES, Score
+from defense.registry import ARCHITECTURES, ATTACKS, DEFENSES, SCORES, Defense, Score
 
 ROOT = Path(__file__).resolve().parent.parent
 BADNETS = ROOT / "assets" / "models" / "mnist-badnets"
@@ -219,3 +220,27 @@ def test_readme_tables_are_the_registries(cli):
     assert block.strip() == out.strip(), "README's tables are stale: run python -m defense list --update README.md"
     for entry in [*SCORES, *DEFENSES, *ATTACKS, *ARCHITECTURES]:
         assert f"`{entry.name}`" in out
+
+
+def test_purify_runs_any_registered_defense(cli, tmp_path):
+    code, out, err = cli("purify", "--bundle", BADNETS, "--defense", "clp", "--json", "--out", tmp_path / "p.zip")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["defense"] == "clp" and report["steps"] == 0
+    assert (report["config"]["metric"], report["config"]["reg"]) == ("clp", "prune")
+    assert bundle.load_bundle(tmp_path / "p.zip").meta["purification"]["defense"] == "clp"
+    code, _, err = cli("purify", "--bundle", BADNETS, "--defense", "clp", "--reg", "l1")
+    assert code == 2 and "leave out --metric and --reg" in err
+
+
+def test_a_registered_defense_reaches_the_cli_choices():
+    entry = DEFENSES["ft"]
+    DEFENSES.register(Defense("toy-ft", "toy", "A test entry: plain fine-tuning under another name.", entry.build))
+    try:
+        parser = cli_module.build_parser()
+        assert parser.parse_args(["bench", "--defenses", "toy-ft"]).defenses == ["toy-ft"]
+        assert parser.parse_args(["purify", "--bundle", "x", "--defense", "toy-ft"]).defense == "toy-ft"
+    finally:
+        DEFENSES.unregister("toy-ft")
+    with pytest.raises(SystemExit):
+        cli_module.build_parser().parse_args(["bench", "--defenses", "toy-ft"])

@@ -116,7 +116,7 @@ class Lab:
         """Clean accuracy and ASR with the marked neurons zeroed, and how many are marked.
 
         A share on the slider's grid is read from the pruning curve once it is measured (it holds every
-        grid value of the three scores); anything else is measured here and cached.
+        grid value of the curve's scores); anything else is measured here and cached.
         """
         value = round(value, 4)
         grid = self.pruning_curve(scope) if mode == "ratio" else self.cut_curve(metric)
