@@ -6,11 +6,22 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_app import chart, open_app, run_until
+from streamlit.testing.v1 import AppTest
+from test_app import APP, chart, run_until
 
 from ui import measures, theme
 
 PAGES = ("model", "salience", "threshold", "purify")
+
+
+def open_app(page: str | None = None) -> AppTest:
+    """The app on ``page``; a roomy timeout: a page's first run computes the model's scores."""
+    at = AppTest.from_file(APP, default_timeout=180)
+    if page:
+        at.switch_page(f"pages/{page}.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
 
 
 def fake_identification(aucs: dict[str, float]):
@@ -40,7 +51,7 @@ def test_the_salience_answer_follows_the_measured_aucs(monkeypatch):
 
 def test_the_salience_answer_on_a_real_model_agrees_with_its_roc():
     at = open_app("salience")
-    run_until(at, lambda a: any("roc" in c.proto.id for c in a.get("plotly_chart")), timeout=150)
+    run_until(at, lambda a: any("roc" in c.proto.id for c in a.get("plotly_chart")), timeout=400)
     roc = chart(at, "roc")
     auc = {t["name"].split(" (AUC ")[0]: t["name"].split(" (AUC ")[1].rstrip(")") for t in roc["data"][:4]}
     said = salience_answer(at)
@@ -53,7 +64,7 @@ def test_the_salience_answer_on_a_real_model_agrees_with_its_roc():
 
 def test_the_threshold_sentences_read_the_pruning_curve():
     at = open_app("threshold")
-    run_until(at, lambda a: any("curve" in c.proto.id for c in a.get("plotly_chart")), timeout=180)
+    run_until(at, lambda a: any("curve" in c.proto.id for c in a.get("plotly_chart")), timeout=400)
     spec = chart(at, "curve")
     bs_asr = next(t for t in spec["data"] if t["name"] == "benign salience" and t.get("yaxis") == "y2")
     said = next(m.value for m in at.main.markdown if m.value.startswith("With benign salience"))
