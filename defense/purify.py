@@ -143,7 +143,8 @@ def _shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> t
 class Purification:
     """Fine-tune a *copy* of ``model`` on ``clean`` with a penalty on the marked neurons.
 
-    Iterate it to run: every step yields a record (task loss, penalty, norm of the marked
+    Iterate it to run: every step yields a record (task loss, the plain clean cross-entropy of the
+    batch (``clean_ce``, without penalty or distillation, comparable across defenses), penalty, norm of the marked
     parameters, and, every ``eval_every`` steps and at the end, clean accuracy and ASR on
     ``test``/``triggered``). ``stop()`` ends the run after the current step. The purified
     model is ``self.model``; the records are kept in ``self.history``.
@@ -261,6 +262,7 @@ class Purification:
             {
                 "step": 0,
                 "task_loss": float("nan"),
+                "clean_ce": float("nan"),
                 "penalty": 0.0,
                 "marked_norm": self.marked_norm(),
                 "marked": marked_count(self.mask),
@@ -287,6 +289,7 @@ class Purification:
             opt.zero_grad(set_to_none=True)
             logits = self.model(xb)
             task = loss_fn(logits, yb)
+            clean_ce = float(task.detach())  # the same quantity for every defense: the loss panel plots it
             if self.teacher is not None:
                 with torch.no_grad():
                     t_in = x_clean if cfg.teacher_input == "clean" else xb
@@ -316,6 +319,7 @@ class Purification:
             record = {
                 "step": step,
                 "task_loss": float(task.detach()),
+                "clean_ce": clean_ce,
                 "penalty": float(pen.detach()),
                 "marked_norm": self.marked_norm(),
                 "marked": marked_count(self.mask),
