@@ -4,13 +4,14 @@ import streamlit as st
 
 st.set_page_config(page_title="Backdoor Neuron Lab", page_icon=":material/neurology:", layout="wide")
 
-import appkit  # noqa: E402
 from defense.runtime import configure_threads  # noqa: E402
+from ui import lab, state  # noqa: E402
+from ui.sidebar import sidebar  # noqa: E402
 
 # torch's thread count is per thread, and every script run has a new thread: set it on each run
-# (appkit's worker threads do the same), leaving a core to the Streamlit server.
+# (the app's worker threads do the same), leaving a core to the Streamlit server.
 configure_threads(share_with_server=True)
-appkit.init_state()
+state.init_state()
 page = st.navigation(
     [
         st.Page("pages/model.py", title="Model", icon=":material/biotech:", default=True),
@@ -19,8 +20,7 @@ page = st.navigation(
         st.Page("pages/purify.py", title="Purify", icon=":material/cleaning_services:"),
     ]
 )
-lab = appkit.lab()
-appkit.sidebar(lab)
-appkit.app_ran()
+current = lab.lab()
+sidebar(current)
 page.run()
-appkit.warm(lab)  # then the slow measurements start in the background (after the page, to keep it quick)
+lab.warm(current)  # then the slow measurements start in the background (after the page, to keep it quick)

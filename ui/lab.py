@@ -1,0 +1,244 @@
+"""The current model: the shared cached bundle, this session's copy of it, its data and cached measurements.
+
+- A model is known by its *key*: its name plus a hash of its weights. Every cache is keyed by it (and by the
+  clean subset's fraction and seed where the clean data matters).
+- Models held by ``st.cache_resource`` are never mutated: every computation runs on a ``copy.deepcopy``
+  (hooks included), and each session works on its own copy (``Lab.model``).
+- The slow measurements (the ablation ground truth, the pruning curves) run in the background worker
+  (``ui.jobs``); ``warm`` starts them as soon as a model is opened.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+from torch import nn
+
+from defense import attacks, data, explain, metrics, purify, salience
+from defense import bundle as bundle_io
+from defense.cli import MODELS_DIR, load_splits_for
+from defense.runtime import configure_threads
+from ui import state
+from ui.jobs import background
+
+SLIDER_STEP = 0.05  # the threshold slider's step; the pruning curves are measured on the same grid
+SLIDER_GRID = [round(i * SLIDER_STEP, 4) for i in range(int(round(1 / SLIDER_STEP)) + 1)]
+LOAD_ERRORS = (bundle_io.BundleError, attacks.TriggerError, data.DataError, ValueError, KeyError)
+
+
+def bundled_names() -> list[str]:
+    return sorted(p.name for p in MODELS_DIR.iterdir() if (p / "meta.json").is_file())
+
+
+def weights_key(name: str, model: nn.Module) -> str:
+    """A model's name plus a hash of its weights: the key of every cache."""
+    h = hashlib.sha1()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return f"{name}@{h.hexdigest()[:12]}"
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def bundled(name: str) -> tuple[str, bundle_io.Bundle]:
+    """(key, Bundle) of a model under assets/models; shared by all sessions, never mutated."""
+    b = bundle_io.load_bundle(MODELS_DIR / name)
+    return weights_key(name, b.model), b
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _splits(dataset: str, shape: tuple, num_classes: int, fraction: float, seed: int) -> data.DataSplits:
+    meta = {"dataset": dataset, "input_shape": list(shape), "num_classes": num_classes}
+    return load_splits_for(meta, None, seed=seed, clean_fraction=fraction)
+
+
+def splits_for(meta: dict, fraction: float, seed: int) -> data.DataSplits:
+    return _splits(meta["dataset"], tuple(meta["input_shape"]), meta["num_classes"], fraction, seed)
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _triggered(key: str, _test: data.TensorData, _trigger: attacks.Trigger, target: int) -> data.TensorData:
+    return metrics.triggered_set(_test, _trigger, target)
+
+
+@dataclass
+class Lab:
+    """What every page works on: the current model, this session's copy of it, and the data."""
+
+    key: str
+    bundle: bundle_io.Bundle  # shared and cached: never mutated
+    model: nn.Module  # this session's own copy
+    layers: dict[str, salience.NeuronLayer]
+    splits: data.DataSplits
+    triggered: data.TensorData
+    fraction: float
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return self.bundle.name
+
+    @property
+    def target(self) -> int:
+        return self.bundle.target
+
+    @property
+    def neurons(self) -> int:
+        return sum(nl.size for nl in self.layers.values())
+
+    def evaluation(self) -> dict:
+        return _evaluation(self.key, self.bundle.model, self.splits.test, self.triggered)
+
+    def scores(self) -> dict[str, salience.NeuronScores]:
+        return _scores(self.key, self.fraction, self.seed, self.bundle.model, self.splits.clean)
+
+    def mask(self, metric: str, mode: str, value: float, scope: str) -> purify.NeuronMask:
+        s = self.scores()[metric]
+        return purify.mark(s, ratio=value, scope=scope) if mode == "ratio" else purify.mark(s, threshold=value)
+
+    def threshold_mask(self, metric: str | None = None) -> purify.NeuronMask:
+        """The mask set on the Threshold page (by ``metric`` instead of its score, if given)."""
+        chosen, mode, value, scope = state.threshold()
+        return self.mask(metric or chosen, mode, value, scope)
+
+    def preview(self, metric: str, mode: str, value: float, scope: str) -> dict:
+        """Clean accuracy and ASR with the marked neurons zeroed, and how many are marked.
+
+        A share on the slider's grid is read from the pruning curve once it is measured (it holds every
+        grid value of the three scores); anything else is measured here and cached.
+        """
+        value = round(value, 4)
+        grid = self.pruning_curve(scope) if mode == "ratio" else self.cut_curve(metric)
+        if grid.done() and grid.exception() is None:
+            which = f"{mode}:{scope}:{metric}"
+            hit = _curve_index(self.key, self.fraction, self.seed, which, grid.result()).get((metric, value))
+            if hit is not None:
+                return {**hit, "marked": purify.marked_count(self.mask(metric, mode, value, scope))}
+        return _preview(self.key, self.fraction, self.seed, metric, mode, value, scope, self)
+
+    def ground_truth(self) -> Future:
+        return background(("truth", self.key), _ground_truth, self.bundle.model, self.splits.test, self.triggered)
+
+    def pruning_curve(self, scope: str) -> Future:
+        """Previews of every share on the slider's grid, for the curve's scores (measured in the background)."""
+        scores = self.scores()
+        return background(
+            ("curve", self.key, self.fraction, self.seed, scope),
+            _pruning_curve,
+            self.bundle.model,
+            [scores[m] for m in state.CURVE_METRICS],
+            self.splits.test,
+            self.triggered,
+            scope,
+        )
+
+    def cut_curve(self, metric: str) -> Future:
+        """Previews of every score cut on the slider's grid, for one score (measured in the background)."""
+        return background(
+            ("cut", self.key, self.fraction, self.seed, metric),
+            _cut_curve,
+            self.bundle.model,
+            self.scores()[metric],
+            self.splits.test,
+            self.triggered,
+        )
+
+    def attribution(self, model: nn.Module | None = None, n: int = 8) -> np.ndarray:
+        """Integrated gradients of the first ``n`` triggered test images toward the target label.
+
+        Of the original model (cached) unless another ``model`` is given (a purified one).
+        """
+        if model is None:
+            return _attribution(self.key, n, self.bundle.model, self.triggered.x[:n], self.target)
+        return explain.attribution(model, self.triggered.x[:n], self.target)
+
+
+def lab() -> Lab:
+    """The current model of this session (errors on the page, then stop)."""
+    ss = st.session_state
+    try:
+        if ss["model"] in ss["uploads"]:
+            key, b = ss["model"], ss["uploads"][ss["model"]]
+        else:
+            key, b = bundled(ss["model"])
+        splits = splits_for(b.meta, ss["clean_fraction"], ss["clean_seed"])
+    except LOAD_ERRORS as err:
+        st.error(f"The model '{ss['model']}' cannot be opened: {err}")
+        ss["model"] = state.DEFAULT_MODEL
+        st.stop()
+    own = ss.get("_own_model")
+    if own is None or own[0] != key:  # each session works on its own copy
+        model = copy.deepcopy(b.model).eval()
+        own = ss["_own_model"] = (key, model, salience.neuron_map(model))
+    triggered = _triggered(key, splits.test, b.trigger, b.target)
+    return Lab(key, b, own[1], own[2], splits, triggered, ss["clean_fraction"], ss["clean_seed"])
+
+
+def warm(lab_: Lab) -> None:
+    """Start the slow measurements of the current model in the background."""
+    lab_.ground_truth()
+    lab_.pruning_curve(st.session_state["threshold_scope"])
+    lab_.cut_curve(st.session_state["threshold_metric"])  # so the slider is quick by score cut too, once chosen
+
+
+# ---------------------------------------------------------------- cached measurements
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _evaluation(key: str, _model: nn.Module, _test: data.TensorData, _triggered: data.TensorData) -> dict:
+    return metrics.evaluate(copy.deepcopy(_model), _test, None, 0, triggered=_triggered)
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _scores(key: str, fraction: float, seed: int, _model: nn.Module, _clean: data.TensorData) -> dict:
+    model = copy.deepcopy(_model)
+    layers = salience.neuron_map(model)
+    return {m: salience.compute(m, model, _clean, layers) for m in salience.METRICS}
+
+
+@st.cache_resource(show_spinner=False, max_entries=2048)
+def _preview(key: str, fraction: float, seed: int, metric: str, mode: str, value: float, scope: str, _lab: Lab) -> dict:
+    mask = _lab.mask(metric, mode, value, scope)
+    result = purify.preview(_lab.model, _lab.layers, mask, _lab.splits.test, _lab.triggered)
+    return {**result, "marked": purify.marked_count(mask)}
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _curve_index(key: str, fraction: float, seed: int, which: str, _curve: pd.DataFrame) -> dict:
+    return {(r.metric, round(r.ratio, 4)): {"clean_acc": r.clean_acc, "asr": r.asr} for r in _curve.itertuples()}
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _attribution(key: str, n: int, _model: nn.Module, _x, target: int) -> np.ndarray:
+    return explain.attribution(_model, _x, target)
+
+
+# ---------------------------------------------------------------- background jobs (never call st.*)
+
+
+def _ground_truth(model: nn.Module, test: data.TensorData, triggered: data.TensorData) -> dict:
+    configure_threads(share_with_server=True)  # per thread in torch: a new thread would take every core
+    model = copy.deepcopy(model)
+    return metrics.backdoor_ground_truth(model, salience.neuron_map(model), test, triggered)
+
+
+def _pruning_curve(model: nn.Module, scores: list, test, triggered, scope: str) -> pd.DataFrame:
+    configure_threads(share_with_server=True)
+    model = copy.deepcopy(model)
+    return purify.pruning_curve(
+        model, salience.neuron_map(model), scores, test, triggered, ratios=SLIDER_GRID, scope=scope
+    )
+
+
+def _cut_curve(model: nn.Module, scores: salience.NeuronScores, test, triggered) -> pd.DataFrame:
+    configure_threads(share_with_server=True)
+    model = copy.deepcopy(model)
+    return purify.pruning_curve(
+        model, salience.neuron_map(model), [scores], test, triggered, ratios=SLIDER_GRID, by="value"
+    )

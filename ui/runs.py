@@ -1,0 +1,247 @@
+"""Purification runs: one thread each, owned by the session that started it.
+
+- Each run is a ``Runner``: one ``threading.Thread`` per run, kept in ``st.session_state["runs"]``. The thread
+  never calls ``st.*``; the Purify page polls it with ``st.fragment(run_every=POLL_S)``.
+- A session that goes away stops its threads. Choice: the thread asks Streamlit's runtime whether its session
+  is still active (``runtime.get_instance().is_active_session``, which a closed tab leaves at once) and stops
+  itself after ``ABSENT_S`` of absence (a brief reconnect keeps it alive). Without a runtime (``AppTest``,
+  plain scripts) it falls back to a heartbeat: every page render marks the session seen, and the run stops if
+  it is not seen for ``ABSENT_S``. A heartbeat alone would stop a run while the user sits on another page.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import streamlit as st
+
+from defense import baselines, purify
+from defense import bundle as bundle_io
+from defense.runtime import configure_threads
+from ui.charts import COLORS
+from ui.lab import Lab
+
+EVAL_EVERY = 10  # steps between clean-accuracy/ASR points of a live run
+POLL_S = 0.4  # the Purify page redraws a live run this often
+ABSENT_S = 10.0  # a run stops once its session has been gone this long
+MARKING_DEFENSES = {
+    "bs-ar": ("benign", "ar"),
+    "bs-l1": ("benign", "l1"),
+    "bs-l2": ("benign", "l2"),
+    "bs-prune": ("benign", "prune"),
+    "mag-ar": ("magnitude", "ar"),
+}
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runner:
+    """One purification running in its own thread; the thread never calls st.*.
+
+    ``records`` grows as the run goes (list.append is atomic); ``status`` is 'starting',
+    'running', 'stopping', 'stopped', 'done', 'abandoned' or 'error'.
+    """
+
+    label: str
+    defense: str
+    model_key: str
+    steps: int
+    build: Callable[[], purify.Purification]  # called in the thread (FP measures its mask there)
+    session_id: str | None = None
+    color: str = COLORS[0]
+    records: list[dict] = field(default_factory=list)
+    status: str = "starting"
+    error: str | None = None
+    run: purify.Purification | None = None
+    last_seen: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=time.perf_counter)
+    attr_after: np.ndarray | None = None  # the purified model's attribution, computed once by the page
+    _gone_since: float | None = None
+    _stop: bool = False
+
+    def start(self) -> Runner:
+        self.thread = threading.Thread(target=self._main, name=f"bnl-purify-{self.label}", daemon=True)
+        self.thread.start()
+        return self
+
+    def _main(self) -> None:
+        configure_threads(share_with_server=True)  # per thread in torch: a new thread would take every core
+        try:
+            self.run = self.build()
+            if self._stop:
+                self.status = "stopped"
+                return
+            self.status = "running"
+            for record in self.run:
+                self.records.append(dict(record))
+                if self._stop:
+                    self.run.stop()
+                elif not self._session_alive():
+                    self.run.stop()
+                    self.status = "abandoned"
+            if self.status == "abandoned":  # one line in the server's log, so it can be seen from outside
+                log.warning("bnl: run '%s' stopped: its session went away", self.label)
+            else:
+                self.status = "stopped" if self._stop else "done"
+        except Exception as err:  # noqa: BLE001 - shown on the page; the thread must not die silently
+            self.error = " ".join(str(err).split()) or type(err).__name__
+            self.status = "error"
+
+    def _session_alive(self) -> bool:
+        now = time.monotonic()
+        from streamlit import runtime
+
+        if runtime.exists() and self.session_id is not None:
+            if runtime.get_instance().is_active_session(self.session_id):
+                self._gone_since = None
+                return True
+            self._gone_since = self._gone_since or now
+            return now - self._gone_since < ABSENT_S
+        return now - self.last_seen < ABSENT_S
+
+    def seen(self) -> None:
+        self.last_seen = time.monotonic()
+
+    def stop(self) -> None:
+        self._stop = True
+        if self.status in ("starting", "running"):
+            self.status = "stopping"
+        if self.run is not None:
+            self.run.stop()
+
+    @property
+    def active(self) -> bool:
+        return self.status in ("starting", "running", "stopping")
+
+    @property
+    def step(self) -> int:
+        return self.records[-1]["step"] if self.records else 0
+
+    @property
+    def seconds(self) -> float:
+        return self.records[-1]["seconds"] if self.records else 0.0
+
+    def evaluations(self) -> list[dict]:
+        return [r for r in list(self.records) if "asr" in r]
+
+    def before_after(self) -> tuple[dict | None, dict | None]:
+        ev = self.evaluations()
+        return (ev[0], ev[-1]) if ev else (None, None)
+
+    def report(self, lab_: Lab) -> dict:
+        before, after = self.before_after()
+
+        def pick(r):
+            return {k: r[k] for k in ("clean_acc", "asr")} if r else None
+
+        return {
+            "model": lab_.name,
+            "model_key": self.model_key,
+            "defense": self.defense,
+            "description": baselines.DEFENSES.get(self.defense),
+            "status": self.status,
+            "before": pick(before),
+            "after": pick(after),
+            "steps": self.step,
+            "seconds": round(self.seconds, 2),
+            "config": self.run.config.to_dict() if self.run else None,
+            "marked_neurons": self.records[0]["marked"] if self.records else None,
+            "history": [
+                {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
+                for r in self.records
+            ],
+        }
+
+    def bundle_zip(self, lab_: Lab) -> bytes:
+        _, after = self.before_after()
+        meta = {
+            **copy.deepcopy(lab_.bundle.meta),
+            "name": f"{lab_.name}-{self.defense}",
+            "purified_from": lab_.name,
+            "clean_acc": round(after["clean_acc"], 4),
+            "asr": round(after["asr"], 4),
+            "purification": {"defense": self.defense, **self.run.config.to_dict()},
+        }
+        return bundle_io.bundle_bytes(bundle_io.Bundle(self.run.model, meta, lab_.bundle.trigger), meta["name"])
+
+
+def purification_config(steps: int, lr: float, lam: float) -> purify.PurifyConfig:
+    """The recommended settings with the page's steps, learning rate, λ and the Threshold page's marking."""
+    ss = st.session_state
+    cfg = replace(purify.PurifyConfig(), steps=int(steps), lr=float(lr), lam=float(lam), eval_every=EVAL_EVERY)
+    if ss["threshold_mode"] == "ratio":
+        cfg = replace(cfg, ratio=float(ss["threshold_value"]), scope=ss["threshold_scope"])
+    return cfg.validate()
+
+
+def start_run(lab_: Lab, defense: str, cfg: purify.PurifyConfig) -> Runner:
+    """A new run of ``defense`` on a private copy of this session's model, started in its own thread."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ss = st.session_state
+    model = copy.deepcopy(lab_.model)  # taken here, in the page's thread: no hooks of a preview can be in flight
+    scores = lab_.scores()
+    clean, test, trig = lab_.splits.clean, lab_.splits.test, lab_.triggered
+    mask = None
+    if defense in MARKING_DEFENSES and ss["threshold_mode"] == "value":
+        metric, _ = MARKING_DEFENSES[defense]
+        mask = lab_.mask(metric, "value", ss["threshold_value"], ss["threshold_scope"])
+
+    def build() -> purify.Purification:
+        if mask is not None:
+            metric, reg = MARKING_DEFENSES[defense]
+            return purify.Purification(
+                model, clean, test, trig, replace(cfg, metric=metric, reg=reg), scores=scores[metric], mask=mask
+            )
+        return baselines.make(defense, model, clean, test, trig, cfg, scores=scores["benign"])
+
+    runs = ss["runs"]
+    ctx = get_script_run_ctx()
+    number = 1 + sum(r.model_key == lab_.key for r in runs)
+    runner = Runner(
+        f"{number}. {defense}",
+        defense,
+        lab_.key,
+        cfg.steps if defense != "clp" else 0,
+        build,
+        session_id=ctx.session_id if ctx else None,
+        color=COLORS[(number - 1) % len(COLORS)],
+    )
+    runs.append(runner)
+    return runner.start()
+
+
+def runs_table(runs: list[Runner]) -> list[dict]:
+    """One row per run: status, steps, time, and clean accuracy and ASR (in %) before and now."""
+
+    def pct(rec: dict | None, k: str) -> float | None:
+        return round(100 * rec[k], 1) if rec else None
+
+    rows = []
+    for r in runs:
+        before, after = r.before_after()
+        rows.append(
+            {
+                "run": r.label,
+                "status": r.status,
+                "steps": r.step,
+                "seconds": round(r.seconds, 1),
+                "accuracy before": pct(before, "clean_acc"),
+                "accuracy now": pct(after, "clean_acc"),
+                "attack success before": pct(before, "asr"),
+                "attack success now": pct(after, "asr"),
+            }
+        )
+    return rows
+
+
+def report_json(report: dict) -> str:
+    return json.dumps(report, indent=2)

@@ -1,0 +1,62 @@
+"""Uploaded models: a bundle (.zip) or bare weights (.safetensors/.pt) with an architecture."""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+
+from defense import attacks, data
+from defense import bundle as bundle_io
+from ui.lab import bundled, splits_for, weights_key
+
+
+def read_upload(
+    filename: str,
+    payload: bytes,
+    arch: str | None = None,
+    like: str | None = None,
+    attack: tuple[str, int] | None = None,
+) -> tuple[str, bundle_io.Bundle]:
+    """(key, Bundle) from an uploaded bundle (.zip) or a bare state dict (.safetensors/.pt).
+
+    A bare state dict needs an architecture and the meta of a bundled model of the same
+    dataset (``like``); with ``attack`` = (kind, target) its trigger is rebuilt by
+    make_trigger instead of taken from that model. Raises ui.lab.LOAD_ERRORS with plain messages.
+    The file is data: safetensors, or torch.load(weights_only=True), never unpickled.
+    """
+    stem = Path(filename).stem or "upload"
+    if filename.lower().endswith(".zip"):
+        with tempfile.TemporaryDirectory(prefix="bnl-upload-") as tmp:  # private, removed afterwards
+            path = Path(tmp) / "upload.zip"
+            path.write_bytes(payload)
+            b = bundle_io.load_bundle(path)
+        b.meta["name"] = b.meta.get("name") if b.meta.get("name") not in (None, "upload") else stem
+    elif filename.lower().endswith((".safetensors", ".pt", ".pth")):
+        if arch is None or like is None:
+            raise ValueError("a bare state dict needs an architecture and a model whose dataset and trigger it shares")
+        _, base = bundled(like)
+        state = bundle_io.read_state_dict(
+            payload, "model.safetensors" if filename.lower().endswith(".safetensors") else filename
+        )
+        meta = {k: v for k, v in copy.deepcopy(base.meta).items() if k not in ("clean_acc", "asr", "training", "seed")}
+        meta.update(architecture=arch, arch_kwargs={}, name=stem)
+        trigger = base.trigger
+        if attack is not None:
+            kind, target = attack
+            meta["attack"] = {
+                "kind": kind,
+                "target_label": int(target),
+                "poison_rate": base.meta["attack"].get("poison_rate", 0.1),
+                "params": {},
+            }
+            trigger = attacks.make_trigger(kind, meta["input_shape"])
+            meta["attack"]["params"] = trigger.params()
+        bundle_io.validate_meta(meta)
+        model = bundle_io.build_model(meta)
+        bundle_io.load_weights(model, state)
+        b = bundle_io.Bundle(model.eval(), meta, trigger)
+    else:
+        raise ValueError(f"{filename}: expected a bundle (.zip) or a state dict (.safetensors, .pt)")
+    splits_for(b.meta, data.CLEAN_FRACTION, 0)  # the app holds this dataset, in this shape
+    return "upload:" + weights_key(b.name, b.model) + f":{b.trigger.kind}:{b.target}", b
