@@ -380,9 +380,7 @@ def leaderboard(results: dict[tuple[int, str], dict], defenses: list[Entry] | No
 def pareto(asr: list[float], lost: list[float]) -> list[bool]:
     """True for points no other point beats on both (lower is better; equal on both is not beaten)."""
     pts = list(zip(asr, lost))
-    return [
-        not any((b[0] <= a[0] and b[1] <= a[1]) and (b[0] < a[0] or b[1] < a[1]) for b in pts) for a in pts
-    ]
+    return [not any((b[0] <= a[0] and b[1] <= a[1]) and (b[0] < a[0] or b[1] < a[1]) for b in pts) for a in pts]
 
 
 def time_left(comparison: Comparison, started: float) -> float | None:

@@ -7,8 +7,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from . import compare, data
 from . import bundle as bundle_io
+from . import compare, data
 
 
 def add_compare_arguments(p, positive_int, fraction) -> None:
