@@ -4,9 +4,12 @@ A thin re-export while the pages move over; removed once they import ``ui`` them
 """
 
 from defense.explain import attribution, trigger_share  # noqa: F401
-from defense.salience import METRIC_LABELS as LABELS  # noqa: F401
 from ui.charts import COLORS, image_grid, layer_heatmaps, layers_row, scaled  # noqa: F401
-from ui.curves import pruning_figure, runs_figure  # noqa: F401
+from ui.curves import (  # noqa: F401
+    LABELS,  # noqa: F401
+    pruning_figure,
+    runs_figure,
+)
 from ui.jobs import background, wait_note  # noqa: F401
 from ui.lab import LOAD_ERRORS, SLIDER_GRID, SLIDER_STEP, Lab, bundled, bundled_names, lab, warm, weights_key  # noqa: F401
 from ui.runs import ABSENT_S, MARKING_DEFENSES, Runner, purification_config, report_json, start_run  # noqa: F401

@@ -8,7 +8,7 @@ Measures
 - live purification: curve updates per second seen in the browser while a run trains, and the training
   slowdown against the same purification run alone in a plain process with the app's thread setting.
 Appends its figures to bench/RESULTS.md (section 'app-speed', after the marker the main bench writer keeps).
-Run: .venv/bin/python bench/app_speed.py [--repeat N]
+Run from the repository root: .venv/bin/python -m bench.app_speed [--repeat N]
 """
 
 from __future__ import annotations
@@ -23,12 +23,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.sections import write_section  # noqa: E402
+from bench.sections import write_section
+from defense.paths import ROOT
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -228,7 +225,6 @@ def live_run(page, steps: int) -> dict:
 
 ALONE = """
 import sys, threading
-sys.path.insert(0, {root!r})
 from dataclasses import replace
 from defense import bundle, data, metrics, purify
 from defense.runtime import configure_threads
@@ -256,6 +252,7 @@ def alone(steps: int) -> float:
     """The same purification (the page's settings) in a worker thread of a plain process: no server, no browser."""
     out = subprocess.run(
         [sys.executable, "-c", ALONE.format(root=str(ROOT), steps=steps)],
+        cwd=ROOT,  # `python -c` imports from the working directory
         capture_output=True,
         text=True,
         check=True,

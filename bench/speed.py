@@ -1,6 +1,6 @@
 """Speed of the library on this machine: training, evaluate, salience, preview, purification.
 
-Run: .venv/bin/python bench/speed.py   (writes the 'library speed' section of bench/RESULTS.md)
+Run from the repository root: .venv/bin/python -m bench.speed   (writes the 'library speed' section of bench/RESULTS.md)
 """
 
 from __future__ import annotations
@@ -10,17 +10,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from bench.sections import write_section  # noqa: E402
-from defense import bundle, data, metrics, salience  # noqa: E402
-from defense.purify import Purification, PurifyConfig, mark, preview  # noqa: E402
-from defense.runtime import configure_threads  # noqa: E402
+from bench.sections import write_section
+from defense import bundle, data, metrics, salience
+from defense.masking import mark, preview
+from defense.paths import ROOT
+from defense.purify import Purification, PurifyConfig
+from defense.registry import SCORES
+from defense.runtime import configure_threads
 
 MODEL = ROOT / "assets" / "models" / "mnist-badnets"
 
@@ -50,7 +49,7 @@ def main() -> None:
     splits = data.load_dataset("mnist5k")
     triggered = metrics.triggered_set(splits.test, b.trigger, b.target)
     layers = salience.neuron_map(b.model)
-    t = timed(lambda: [salience.compute(m, b.model, splits.clean, layers) for m in salience.METRICS], 7)
+    t = timed(lambda: [salience.compute(m, b.model, splits.clean, layers) for m in SCORES.names()], 7)
     rows.append(("all four salience metrics, all layers (in process)", t, 0.5))
     t = timed(lambda: salience.compute("benign", b.model, splits.clean, layers), 7)
     rows.append(("benign salience, all layers (in process)", t, 0.5))

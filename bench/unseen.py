@@ -3,27 +3,23 @@
 Trains two models with triggers of our own making (a mask/pattern file the defaults never
 saw, and a blend with another pattern and strength), then runs BS + AR with default
 settings on 3 seeds. Writes the 'unseen triggers' section of bench/RESULTS.md.
-Run: .venv/bin/python bench/unseen.py
+Run from the repository root: .venv/bin/python -m bench.unseen
 """
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import torch
+from safetensors.torch import save_file
 
-import torch  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
-
-from bench.sections import write_section  # noqa: E402
-from defense import attacks, data, metrics  # noqa: E402
-from defense.purify import Purification, PurifyConfig  # noqa: E402
-from defense.runtime import configure_threads  # noqa: E402
-from defense.train import train_backdoored  # noqa: E402
+from bench.sections import write_section
+from defense import attacks, data, metrics
+from defense.purify import Purification, PurifyConfig
+from defense.runtime import configure_threads
+from defense.train import train_backdoored
 
 
 def l_shaped_trigger(shape) -> attacks.MaskPatternTrigger:

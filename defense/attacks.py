@@ -11,21 +11,15 @@ Every trigger acts on pixels in [0, 1], before normalization, and returns pixels
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-ATTACKS = ("badnets", "blend", "sig", "wanet", "file")
-# the parameters each kind of trigger takes (``--attack-params``, meta.json's attack.params)
-PARAMS = {
-    "badnets": ("size", "margin"),
-    "blend": ("alpha",),
-    "sig": ("delta", "frequency"),
-    "wanet": ("k", "strength"),
-    "file": (),
-}
+from .registry import ATTACKS, Attack
+
 TENSOR_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -199,16 +193,6 @@ def _number(params: dict, key: str, default, low, high, integer: bool = False):
     return int(value) if integer else float(value)
 
 
-def _check_params(kind: str, params) -> dict:
-    if not isinstance(params, dict):
-        raise TriggerError(f"trigger parameters must be an object of names and values, found {type(params).__name__}")
-    unknown = sorted(str(k) for k in params if k not in PARAMS.get(kind, ()))
-    if unknown:
-        allowed = ", ".join(PARAMS.get(kind, ())) or "none"
-        raise TriggerError(f"unknown parameter(s) {', '.join(unknown)} for attack '{kind}' (it takes: {allowed})")
-    return params
-
-
 def load_trigger_file(path: str | Path, input_shape=None) -> MaskPatternTrigger:
     """A mask/pattern trigger from a safetensors file (never a pickle)."""
     from safetensors import SafetensorError
@@ -225,65 +209,148 @@ def load_trigger_file(path: str | Path, input_shape=None) -> MaskPatternTrigger:
     return MaskPatternTrigger(tensors["mask"], tensors["pattern"], kind="file")
 
 
-def make_trigger(kind: str, input_shape, seed: int = 0, trigger_file: str | Path | None = None, **params) -> Trigger:
-    """A new trigger of ``kind`` for images of ``input_shape``."""
-    if kind in PARAMS:
-        _check_params(kind, params)
-    side = min(input_shape[1], input_shape[2])
-    if kind == "badnets":
-        size = _number(params, "size", 3, 1, side, integer=True)
-        return badnets(input_shape, size=size, margin=_number(params, "margin", 1, 0, side - size, integer=True))
-    if kind == "blend":
-        return blend(input_shape, alpha=_number(params, "alpha", 0.2, 0, 1), seed=seed)
-    if kind == "sig":
-        return SigTrigger(
-            delta=_number(params, "delta", 0.2, 0, 1),
-            frequency=_number(params, "frequency", 6, 0, 10_000, integer=True),
+def _check_params(attack: Attack, params) -> dict:
+    if not isinstance(params, dict):
+        raise TriggerError(f"trigger parameters must be an object of names and values, found {type(params).__name__}")
+    unknown = sorted(str(k) for k in params if k not in attack.params)
+    if unknown:
+        allowed = ", ".join(attack.params) or "none"
+        raise TriggerError(
+            f"unknown parameter(s) {', '.join(unknown)} for attack '{attack.name}' (it takes: {allowed})"
         )
-    if kind == "wanet":
-        return wanet(
-            input_shape,
-            k=_number(params, "k", 4, 2, 256, integer=True),
-            strength=_number(params, "strength", 0.5, 0, 100),
-            seed=seed,
-        )
-    if kind == "file":
-        if trigger_file is None:
-            raise TriggerError("attack 'file' needs --trigger-file PATH (a safetensors file with 'mask' and 'pattern')")
-        return load_trigger_file(trigger_file, input_shape)
-    raise TriggerError(f"unknown attack '{kind}': expected one of {', '.join(ATTACKS)}")
+    return params
 
 
-def trigger_from_meta(attack: dict, tensors: dict[str, torch.Tensor], input_shape) -> Trigger:
+def _attack(kind) -> Attack:
+    if not isinstance(kind, str) or kind not in ATTACKS:
+        raise TriggerError(f"unknown attack '{kind}': expected one of {', '.join(ATTACKS.names())}")
+    return ATTACKS[kind]
+
+
+def make_trigger(
+    kind: str, input_shape: Sequence[int], seed: int = 0, trigger_file: str | Path | None = None, **params
+) -> Trigger:
+    """A new trigger of ``kind`` for images of ``input_shape`` (parameters checked for name, type and range)."""
+    attack = _attack(kind)
+    return attack.make(input_shape, seed, _check_params(attack, params), trigger_file)
+
+
+def trigger_from_meta(attack: dict, tensors: dict[str, torch.Tensor], input_shape: Sequence[int]) -> Trigger:
     """Rebuild the trigger a bundle describes."""
     kind, params = attack.get("kind"), attack.get("params") or {}
     if not isinstance(params, dict):
         raise TriggerError(f"attack parameters must be an object, found {type(params).__name__}")
-    params = dict(params)
-    if kind in ("badnets", "blend", "file"):
+    entry = _attack(kind)
+    return entry.from_meta(dict(params), tensors, input_shape)
+
+
+# ---------------------------------------------------------------- the registered attacks
+# make(input_shape, seed, params, trigger_file) and from_meta(params, tensors, input_shape); params come from the
+# command line or from a file, so every value is checked by _number.
+
+
+def _sig_from(params: dict) -> SigTrigger:
+    return SigTrigger(
+        delta=_number(params, "delta", 0.2, 0, 1), frequency=_number(params, "frequency", 6, 0, 10_000, integer=True)
+    )
+
+
+def _mask_pattern_from_meta(kind: str):
+    def from_meta(params: dict, tensors: dict[str, torch.Tensor], input_shape) -> MaskPatternTrigger:
         if not {"mask", "pattern"} <= set(tensors):
             raise TriggerError(f"attack '{kind}' needs trigger.safetensors with 'mask' and 'pattern'")
         validate_mask_pattern(tensors["mask"], tensors["pattern"], input_shape)
         return MaskPatternTrigger(tensors["mask"], tensors["pattern"], kind=kind, extra=params)
-    if kind == "sig":
-        return SigTrigger(
-            delta=_number(params, "delta", 0.2, 0, 1),
-            frequency=_number(params, "frequency", 6, 0, 10_000, integer=True),
+
+    return from_meta
+
+
+def _make_badnets(input_shape, seed, params, trigger_file=None) -> MaskPatternTrigger:
+    side = min(input_shape[1], input_shape[2])
+    size = _number(params, "size", 3, 1, side, integer=True)
+    return badnets(input_shape, size=size, margin=_number(params, "margin", 1, 0, side - size, integer=True))
+
+
+def _make_file(input_shape, seed, params, trigger_file=None) -> MaskPatternTrigger:
+    if trigger_file is None:
+        raise TriggerError("attack 'file' needs --trigger-file PATH (a safetensors file with 'mask' and 'pattern')")
+    return load_trigger_file(trigger_file, input_shape)
+
+
+def _make_wanet(input_shape, seed, params, trigger_file=None) -> WaNetTrigger:
+    k = _number(params, "k", 4, 2, 256, integer=True)
+    return wanet(input_shape, k=k, strength=_number(params, "strength", 0.5, 0, 100), seed=seed)
+
+
+def _wanet_from_meta(params: dict, tensors: dict[str, torch.Tensor], input_shape) -> WaNetTrigger:
+    flow = tensors.get("flow")
+    if (
+        flow is None
+        or flow.layout != torch.strided
+        or flow.dtype not in TENSOR_DTYPES
+        or list(flow.shape) != [input_shape[1], input_shape[2], 2]
+        or not torch.isfinite(flow).all()
+    ):
+        raise TriggerError(
+            f"attack 'wanet' needs a finite float 'flow' tensor of shape {[input_shape[1], input_shape[2], 2]}"
         )
-    if kind == "wanet":
-        flow = tensors.get("flow")
-        if (
-            flow is None
-            or flow.layout != torch.strided
-            or flow.dtype not in TENSOR_DTYPES
-            or list(flow.shape) != [input_shape[1], input_shape[2], 2]
-            or not torch.isfinite(flow).all()
-        ):
-            raise TriggerError(
-                f"attack 'wanet' needs a finite float 'flow' tensor of shape {[input_shape[1], input_shape[2], 2]}"
-            )
-        return WaNetTrigger(flow.float(), _number(params, "strength", 0.5, 0, 100))
-    raise TriggerError(f"unknown attack '{kind}': expected one of {', '.join(ATTACKS)}")
+    return WaNetTrigger(flow.float(), _number(params, "strength", 0.5, 0, 100))
+
+
+ATTACKS.register(
+    Attack(
+        "badnets",
+        "BadNets",
+        "A small white-and-black checker patch stamped in the bottom-right corner of the image (BadNets, "
+        "Gu et al. 2017); parameters: the patch's size and its margin from the corner, in pixels.",
+        _make_badnets,
+        params=("size", "margin"),
+        from_meta=_mask_pattern_from_meta("badnets"),
+    )
+)
+ATTACKS.register(
+    Attack(
+        "blend",
+        "Blend",
+        "A fixed random-noise image blended into the whole picture at strength alpha (Chen et al. 2017).",
+        lambda input_shape, seed, params, trigger_file=None: blend(
+            input_shape, alpha=_number(params, "alpha", 0.2, 0, 1), seed=seed
+        ),
+        params=("alpha",),
+        from_meta=_mask_pattern_from_meta("blend"),
+    )
+)
+ATTACKS.register(
+    Attack(
+        "sig",
+        "SIG",
+        "A faint horizontal sinusoid added to the image (Barni et al. 2019); parameters: its amplitude delta "
+        "and the number of periods across the image.",
+        lambda input_shape, seed, params, trigger_file=None: _sig_from(params),
+        params=("delta", "frequency"),
+        from_meta=lambda params, tensors, input_shape: _sig_from(params),
+    )
+)
+ATTACKS.register(
+    Attack(
+        "wanet",
+        "WaNet",
+        "An almost invisible, fixed smooth warp of the whole image (Nguyen & Tran 2021, no noise mode); "
+        "parameters: the size k of the random flow grid and the warp's strength.",
+        _make_wanet,
+        params=("k", "strength"),
+        from_meta=_wanet_from_meta,
+    )
+)
+ATTACKS.register(
+    Attack(
+        "file",
+        "Trigger from a file",
+        "Any mask/pattern pair read from a trigger.safetensors file: x' = (1 − mask)·x + mask·pattern.",
+        _make_file,
+        from_meta=_mask_pattern_from_meta("file"),
+    )
+)
 
 
 def poison(x: torch.Tensor, y: torch.Tensor, trigger: Trigger, target: int, rate: float, seed: int = 0):

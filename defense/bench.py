@@ -14,13 +14,16 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from . import baselines, data, metrics, salience
 from . import bundle as bundle_io
+from .neurons import NeuronLayer, neuron_map
+from .paths import MODELS_DIR, RESULTS, bundled_models
 from .purify import PurifyConfig
+from .registry import DEFENSES, SCORES
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
 ASR_GOAL = 0.05
 
 PEERS = """BackdoorBench leaderboard, CIFAR-10, PreAct-ResNet18, defender holds 5% clean data (ACC / ASR in %),
@@ -33,24 +36,30 @@ quoted from ../shared/GUIDE.md for context only (different data set and model, n
 """
 
 
-def bundled_models() -> list[str]:
-    return sorted(p.name for p in MODELS_DIR.iterdir() if (p / "meta.json").exists())
-
-
 def steps_to_goal(history: list[dict], goal: float = ASR_GOAL) -> float:
     """First evaluated step at which ASR ≤ goal (NaN if never)."""
     return next((h["step"] for h in history if "asr" in h and h["asr"] <= goal), float("nan"))
 
 
+def identification_rows(
+    model: nn.Module, clean: data.TensorData, layers: dict[str, NeuronLayer], infected: dict[str, torch.Tensor]
+) -> list[dict]:
+    """ROC AUC and precision at k of every registered score against the measured infected neurons."""
+    return [
+        {"metric": name, **metrics.identification_quality(salience.compute(name, model, clean, layers), infected)}
+        for name in SCORES.names()
+    ]
+
+
 def run_bench(
     seeds: int = 3,
     models: list[str] | None = None,
-    out: str | Path = "bench/RESULTS.md",
+    out: str | Path = RESULTS,
     defenses: list[str] | None = None,
     eval_every: int = 10,
 ) -> pd.DataFrame:
     models = models or bundled_models()
-    defenses = defenses or list(baselines.DEFENSES)
+    defenses = defenses or DEFENSES.names()
     rows, ident = [], []
     total = len(models) * seeds * len(defenses)
     bar = tqdm(total=total, desc="bench", unit="run")
@@ -59,16 +68,14 @@ def run_bench(
         for seed in range(seeds):
             splits = data.load_dataset(b.meta["dataset"], seed=seed)
             triggered = metrics.triggered_set(splits.test, b.trigger, b.target)
-            layers = salience.neuron_map(b.model)
+            layers = neuron_map(b.model)
             if seed == 0:
                 truth = metrics.backdoor_ground_truth(b.model, layers, splits.test, triggered)
             t0 = time.perf_counter()
-            bs = salience.compute("benign", b.model, splits.clean, layers)
+            salience.compute("benign", b.model, splits.clean, layers)
             bs_seconds = time.perf_counter() - t0
-            for metric in salience.METRICS:
-                scores = bs if metric == "benign" else salience.compute(metric, b.model, splits.clean, layers)
-                q = metrics.identification_quality(scores, truth["infected"])
-                ident.append({"model": name, "seed": seed, "metric": metric, **q})
+            rows_of_seed = identification_rows(b.model, splits.clean, layers, truth["infected"])
+            ident += [{"model": name, "seed": seed, **row} for row in rows_of_seed]
             for defense in defenses:
                 config = replace(PurifyConfig(), seed=seed, eval_every=eval_every)
                 run = baselines.make(defense, b.model, splits.clean, splits.test, triggered, config)
@@ -91,7 +98,7 @@ def run_bench(
                 bar.update(1)
     bar.close()
     frame = pd.DataFrame(rows)
-    write_results(frame, pd.DataFrame(ident), Path(out), seeds)
+    write_results(frame, pd.DataFrame(ident), Path(out), seeds, SCORES.names())
     return frame
 
 
@@ -105,7 +112,8 @@ def _pm(series: pd.Series, scale: float = 100, digits: int = 1) -> str:
     return text + (f" ({s.size}/{series.size})" if s.size < series.size else "")
 
 
-def write_results(frame: pd.DataFrame, ident: pd.DataFrame, out: Path, seeds: int) -> None:
+def write_results(frame: pd.DataFrame, ident: pd.DataFrame, out: Path, seeds: int, scores: list[str]) -> None:
+    ours = baselines.recommended().name
     lines = [
         "# Benchmark results",
         "",
@@ -131,13 +139,12 @@ def write_results(frame: pd.DataFrame, ident: pd.DataFrame, out: Path, seeds: in
         )
     lines += [
         "",
-        "## Goal check: BS + AR with default settings",
+        f"## Goal check: {ours} (the recommended defense) with default settings",
         "",
         "Goal: ASR ≤ 2% and clean-accuracy drop ≤ 1 point on every model and seed.",
         "",
     ]
-    ours = frame[frame.defense == "bs-ar"]
-    for model, g in ours.groupby("model", sort=False):
+    for model, g in frame[frame.defense == ours].groupby("model", sort=False):
         ok = (g.asr_after <= 0.02) & (g.acc_before - g.acc_after <= 0.01)
         lines.append(
             f"- {model}: {int(ok.sum())}/{len(g)} seeds meet the goal "
@@ -153,8 +160,9 @@ def write_results(frame: pd.DataFrame, ident: pd.DataFrame, out: Path, seeds: in
         "|---|---|---|---|",
     ]
     means = frame.groupby("defense")[["steps_to_goal", "asr_after", "acc_after"]].mean()
-    for a, b in (("bs-ar", "mag-ar"), ("bs-ar", "bs-l1"), ("bs-ar", "bs-l2"), ("bs-ar", "ft"), ("bs-ar", "fp")):
-        if a in means.index and b in means.index:
+    for b in DEFENSES.names():
+        a = ours
+        if b != a and a in means.index and b in means.index:
 
             def ratio(col, a=a, b=b):
                 x, y = means.loc[a, col], means.loc[b, col]
@@ -167,20 +175,16 @@ def write_results(frame: pd.DataFrame, ident: pd.DataFrame, out: Path, seeds: in
         "",
         "Ground truth by ablation (defense/metrics.py `backdoor_ground_truth`); AUC 0.5 is chance.",
         "",
-        "| model | "
-        + " | ".join(f"{m} AUC" for m in salience.METRICS)
-        + " | "
-        + " | ".join(f"{m} P@k" for m in salience.METRICS)
-        + " |",
-        "|---|" + "---|" * (2 * len(salience.METRICS)),
+        "| model | " + " | ".join(f"{m} AUC" for m in scores) + " | " + " | ".join(f"{m} P@k" for m in scores) + " |",
+        "|---|" + "---|" * (2 * len(scores)),
     ]
     for model, g in ident.groupby("model", sort=False):
         by = g.groupby("metric")
         lines.append(
             f"| {model} | "
-            + " | ".join(_pm(by.get_group(m).auc, 1, 2) for m in salience.METRICS)
+            + " | ".join(_pm(by.get_group(m).auc, 1, 2) for m in scores)
             + " | "
-            + " | ".join(_pm(by.get_group(m).precision_at_k, 1, 2) for m in salience.METRICS)
+            + " | ".join(_pm(by.get_group(m).precision_at_k, 1, 2) for m in scores)
             + " |"
         )
     lines += ["", "## Peers, for context", "", PEERS]

@@ -111,7 +111,9 @@ def validate_meta(meta) -> dict:
             problems.append("'normalization.std' values must be positive")
     attack = meta["attack"]
     if attack.get("kind") not in attacks.ATTACKS:
-        problems.append(f"'attack.kind' must be one of {', '.join(attacks.ATTACKS)}, found {attack.get('kind')!r}")
+        problems.append(
+            f"'attack.kind' must be one of {', '.join(attacks.ATTACKS.names())}, found {attack.get('kind')!r}"
+        )
     target = attack.get("target_label")
     if not isinstance(target, int) or isinstance(target, bool) or not 0 <= target < max(meta["num_classes"], 1):
         problems.append(

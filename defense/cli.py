@@ -10,16 +10,16 @@ from pathlib import Path
 
 from . import attacks, data, models
 from . import bundle as bundle_io
+from .paths import RESULTS
+from .registry import ATTACKS, DEFENSES, SCORES
 from .runtime import configure_threads
-
-MODELS_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
 
 
 class UsageError(ValueError):
     """A bad command-line value; reported in one line."""
 
 
-def _number(text: str, kind=float):
+def _number(text: str, kind: type = float) -> float | int:
     try:
         return kind(text)
     except ValueError:
@@ -60,20 +60,7 @@ def _seed(text: str) -> int:
     return value
 
 
-def load_splits_for(meta: dict, data_root: str | None, seed: int = 0, clean_fraction: float = data.CLEAN_FRACTION):
-    splits = data.load_dataset(meta["dataset"], data_root, clean_fraction=clean_fraction, seed=seed)
-    if list(splits.input_shape) != list(meta["input_shape"]):
-        raise UsageError(
-            f"the model takes images {meta['input_shape']}, but dataset '{meta['dataset']}' holds {splits.input_shape}"
-        )
-    if splits.num_classes > meta["num_classes"]:
-        raise UsageError(
-            f"the model has {meta['num_classes']} classes, but dataset '{meta['dataset']}' has {splits.num_classes}"
-        )
-    return splits
-
-
-def cmd_train(args) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
     from .train import train_backdoored
 
     splits = data.load_dataset(args.dataset, args.data_root)
@@ -113,11 +100,11 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_evaluate(args) -> int:
+def cmd_evaluate(args: argparse.Namespace) -> int:
     from .metrics import evaluate
 
     b = bundle_io.load_bundle(args.bundle)
-    splits = load_splits_for(b.meta, args.data_root)
+    splits = data.load_splits_for(b.meta, args.data_root)
     scores = evaluate(b.model, splits.test, b.trigger, b.target)
     if args.json:
         print(json.dumps(scores))
@@ -126,12 +113,12 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_salience(args) -> int:
+def cmd_salience(args: argparse.Namespace) -> int:
     from . import salience
 
     b = bundle_io.load_bundle(args.bundle)
-    splits = load_splits_for(b.meta, args.data_root, seed=args.seed, clean_fraction=args.clean_fraction)
-    metrics_wanted = salience.METRICS if args.metric == "all" else (args.metric,)
+    splits = data.load_splits_for(b.meta, args.data_root, seed=args.seed, clean_fraction=args.clean_fraction)
+    metrics_wanted = SCORES.names() if args.metric == "all" else [args.metric]
     layers = salience.neuron_map(b.model)
     frame = salience.scores_frame([salience.compute(m, b.model, splits.clean, layers) for m in metrics_wanted])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -140,7 +127,7 @@ def cmd_salience(args) -> int:
     return 0
 
 
-def cmd_purify(args) -> int:
+def cmd_purify(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from tqdm import tqdm
@@ -169,7 +156,7 @@ def cmd_purify(args) -> int:
         config = replace(defaults, **overrides).validate()
     except ValueError as err:
         raise UsageError(str(err)) from None
-    splits = load_splits_for(b.meta, args.data_root, seed=config.seed, clean_fraction=args.clean_fraction)
+    splits = data.load_splits_for(b.meta, args.data_root, seed=config.seed, clean_fraction=args.clean_fraction)
     run = Purification(b.model, splits.clean, splits.test, triggered_set(splits.test, b.trigger, b.target), config)
     with tqdm(total=config.steps, desc="purify", unit="step", disable=args.quiet) as bar:
         for record in run:
@@ -207,7 +194,7 @@ def cmd_purify(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
+def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
     run_bench(seeds=args.seeds, models=args.models, out=args.out, defenses=args.defenses)
@@ -234,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="mnist5k", choices=data.DATASETS)
     p.add_argument("--data-root", help="folder of a local CIFAR-10 or ImageFolder dataset")
     p.add_argument("--arch", default=models.DEFAULT_ARCH, choices=models.architectures())
-    p.add_argument("--attack", required=True, choices=attacks.ATTACKS)
+    p.add_argument("--attack", required=True, choices=ATTACKS.names())
     p.add_argument("--attack-params", help="JSON object of trigger parameters, e.g. '{\"alpha\": 0.2}'")
     p.add_argument("--trigger-file", help="safetensors with 'mask' and 'pattern' for --attack file")
     p.add_argument("--target", type=_integer, default=0)
@@ -252,11 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     from .purify import REGULARIZERS, SCHEDULES
-    from .salience import METRICS
 
     p = sub.add_parser("salience", help="per-neuron scores of a bundle as CSV")
     p.add_argument("--bundle", required=True)
-    p.add_argument("--metric", default="benign", choices=(*METRICS, "all"))
+    p.add_argument("--metric", default="benign", choices=(*SCORES.names(), "all"))
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=_seed, default=0, help="seed of the defender's clean subset")
     p.add_argument("--clean-fraction", type=_fraction, default=data.CLEAN_FRACTION)
@@ -265,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("purify", help="identify and purify infected neurons (defaults are the recommended settings)")
     p.add_argument("--bundle", required=True)
-    p.add_argument("--metric", choices=METRICS)
+    p.add_argument("--metric", choices=SCORES.names())
     p.add_argument("--reg", choices=REGULARIZERS)
     p.add_argument("--ratio", type=_fraction, help="share of neurons to mark in each layer")
     p.add_argument("--scope", choices=("layer", "global"))
@@ -284,8 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="every defense x every bundled model x seeds -> bench/RESULTS.md")
     p.add_argument("--seeds", type=_positive_int, default=3)
     p.add_argument("--models", nargs="*", help="bundle names under assets/models (default: all)")
-    p.add_argument("--defenses", nargs="*", help="defense names (default: all)")
-    p.add_argument("--out", default=str(MODELS_DIR.parent.parent / "bench" / "RESULTS.md"))
+    p.add_argument("--defenses", nargs="*", choices=DEFENSES.names(), help="defense names (default: all)")
+    p.add_argument("--out", default=str(RESULTS))
     p.set_defaults(func=cmd_bench)
 
     from .compare_cli import add_compare_arguments

@@ -9,6 +9,7 @@ Three sources, none of which downloads anything:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -38,7 +39,9 @@ class TensorData:
     def subset(self, index: torch.Tensor) -> TensorData:
         return TensorData(self.x[index], self.y[index])
 
-    def batches(self, batch_size: int, generator: torch.Generator | None = None):
+    def batches(
+        self, batch_size: int, generator: torch.Generator | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Mini-batches, shuffled when a generator is given."""
         order = torch.randperm(len(self), generator=generator) if generator is not None else torch.arange(len(self))
         for start in range(0, len(self), batch_size):
@@ -179,3 +182,19 @@ def load_dataset(
         )
     num_classes = int(max(train.y.max(), test.y.max())) + 1
     return DataSplits(name, train, test, clean_subset(train, clean_fraction, seed), num_classes)
+
+
+def load_splits_for(
+    meta: dict, data_root: str | Path | None, seed: int = 0, clean_fraction: float = CLEAN_FRACTION
+) -> DataSplits:
+    """The dataset a bundle's meta.json names, checked against the model's input shape and classes."""
+    splits = load_dataset(meta["dataset"], data_root, clean_fraction=clean_fraction, seed=seed)
+    if list(splits.input_shape) != list(meta["input_shape"]):
+        raise DataError(
+            f"the model takes images {meta['input_shape']}, but dataset '{meta['dataset']}' holds {splits.input_shape}"
+        )
+    if splits.num_classes > meta["num_classes"]:
+        raise DataError(
+            f"the model has {meta['num_classes']} classes, but dataset '{meta['dataset']}' has {splits.num_classes}"
+        )
+    return splits

@@ -7,6 +7,7 @@ from torch import nn
 
 from .attacks import Trigger
 from .data import TensorData
+from .neurons import NeuronLayer, NeuronScores, neuron_masking
 
 
 @torch.no_grad()
@@ -32,7 +33,7 @@ def accuracy(model: nn.Module, data: TensorData) -> float:
 
 
 def evaluate(
-    model: nn.Module, test: TensorData, trigger: Trigger, target: int, triggered: TensorData | None = None
+    model: nn.Module, test: TensorData, trigger: Trigger | None, target: int, triggered: TensorData | None = None
 ) -> dict[str, float]:
     """{'clean_acc', 'asr'} as fractions; ASR counts only images whose true label is not the target."""
     triggered = triggered if triggered is not None else triggered_set(test, trigger, target)
@@ -45,12 +46,12 @@ def evaluate(
 @torch.no_grad()
 def backdoor_ground_truth(
     model: nn.Module,
-    layers,
+    layers: dict[str, NeuronLayer],
     test: TensorData,
     triggered: TensorData,
     infected_fraction: float = 0.1,
     max_images: int = 256,
-) -> dict:
+) -> dict[str, dict[str, torch.Tensor]]:
     """Which neurons carry the backdoor, measured by ablation when the trigger is known.
 
     Each neuron is zeroed on its own; its *backdoor effect* is the rise of the
@@ -59,8 +60,6 @@ def backdoor_ground_truth(
     positive backdoor effect are labelled infected.
     Returns {'backdoor_effect', 'clean_effect', 'infected'}, each {layer: tensor}.
     """
-    from .purify import neuron_masking
-
     loss = nn.CrossEntropyLoss()
     dev = next(model.parameters()).device
     xt, yt = triggered.x[:max_images].to(dev), triggered.y[:max_images].to(dev)
@@ -97,10 +96,17 @@ def roc_auc(suspicion: torch.Tensor, positive: torch.Tensor) -> float:
 
 
 def roc_curve(suspicion: torch.Tensor, positive: torch.Tensor) -> tuple[list[float], list[float]]:
-    """False- and true-positive rates as the threshold sweeps from most to least suspect."""
+    """False- and true-positive rates as the threshold sweeps from most to least suspect.
+
+    One point per distinct score: neurons with equal scores cross the threshold together, so
+    the segment over a tie is a diagonal and the area under the curve equals ``roc_auc``.
+    """
     order = suspicion.argsort(descending=True)
-    hits = positive[order].float()
+    ranked, hits = suspicion[order], positive[order].float()
     tp, fp = hits.cumsum(0), (1 - hits).cumsum(0)
+    last_of_tie = torch.ones(len(ranked), dtype=torch.bool)
+    last_of_tie[:-1] = ranked[1:] != ranked[:-1]
+    tp, fp = tp[last_of_tie], fp[last_of_tie]
     p, n = max(float(hits.sum()), 1.0), max(float((1 - hits).sum()), 1.0)
     return [0.0] + (fp / n).tolist(), [0.0] + (tp / p).tolist()
 
@@ -113,8 +119,8 @@ def precision_at_k(suspicion: torch.Tensor, positive: torch.Tensor, k: int | Non
     return float(positive[suspicion.topk(k).indices].float().mean())
 
 
-def identification_quality(scores, infected: dict) -> dict[str, float]:
-    """ROC AUC and precision at k of a metric's suspicion against the infected labels."""
+def identification_quality(scores: NeuronScores, infected: dict[str, torch.Tensor]) -> dict[str, float]:
+    """ROC AUC and precision at k of a score's suspicion against the infected labels."""
     s = scores.suspicion()
     flat_s = torch.cat([s[n] for n in infected])
     flat_p = torch.cat([infected[n] for n in infected])

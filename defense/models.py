@@ -1,31 +1,67 @@
-"""Architectures by name, and the layers whose output units are the "neurons" we score.
+"""Architectures by name (entries of ``registry.ARCHITECTURES``), and building them.
 
 Every model takes pixels in [0, 1]; normalization is its first step (non-persistent
-buffers, so the state dict holds only learned weights). A neuron is one output channel
-of a Conv2d or one output unit of a Linear layer.
+buffers, so the state dict holds only learned weights). Adding an architecture is one
+function decorated with ``@register(name, label, explanation)`` here or in any imported module.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+import warnings
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
+from .registry import ARCHITECTURES, Architecture
+
 DEFAULT_ARCH = "small_cnn"
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
-def register(name: str):
-    def wrap(builder):
-        _REGISTRY[name] = builder
+def count_parameters(arch: str, num_classes: int, input_shape: Sequence[int], **kwargs) -> int:
+    """Parameters of ``arch`` built for these shapes, counted on torch's 'meta' device (no memory, no arithmetic)."""
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = ARCHITECTURES[arch].build(num_classes=num_classes, input_shape=tuple(input_shape), **kwargs)
+    return sum(p.numel() for p in net.parameters())
+
+
+def register(
+    name: str, label: str = "", explanation: str = "", kwargs: tuple[str, ...] | None = None
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register ``builder(num_classes, input_shape, **kwargs) -> nn.Module`` as architecture ``name``.
+
+    ``kwargs``: the keyword arguments meta.json's arch_kwargs may set; by default every parameter of the
+    builder after num_classes and input_shape.
+    """
+
+    def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        accepted = kwargs
+        if accepted is None:
+            accepted = tuple(
+                p for p in inspect.signature(builder).parameters if p not in ("num_classes", "input_shape")
+            )
+        ARCHITECTURES.register(
+            Architecture(
+                name,
+                label or name,
+                explanation or (inspect.getdoc(builder) or "").split("\n\n")[0],
+                builder,
+                kwargs=accepted,
+                param_count=lambda num_classes, input_shape, **kw: count_parameters(
+                    name, num_classes, input_shape, **kw
+                ),
+            )
+        )
         return builder
 
     return wrap
 
 
 def architectures() -> list[str]:
-    return sorted(_REGISTRY)
+    """Registered architecture names, sorted."""
+    return sorted(ARCHITECTURES.names())
 
 
 class Normalized(nn.Module):
@@ -41,8 +77,10 @@ class Normalized(nn.Module):
         return self.net((x - self.mean) / self.std)
 
 
-@register("small_cnn")
-def small_cnn(num_classes: int = 10, input_shape=(1, 28, 28), width: int = 16, hidden: int = 64) -> nn.Module:
+@register("small_cnn", "small CNN")
+def small_cnn(
+    num_classes: int = 10, input_shape: Sequence[int] = (1, 28, 28), width: int = 16, hidden: int = 64
+) -> nn.Module:
     """Two conv blocks with BatchNorm and a two-layer head: quick on two CPU cores."""
     channels, height, w = input_shape
     return _SmallCNN(num_classes, channels, height, w, width, hidden)
@@ -66,8 +104,8 @@ class _SmallCNN(nn.Module):
         return self.fc2(x)
 
 
-@register("resnet18")
-def resnet18(num_classes: int = 10, input_shape=(3, 32, 32)) -> nn.Module:
+@register("resnet18", "ResNet-18")
+def resnet18(num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32)) -> nn.Module:
     """torchvision's ResNet-18 for small images: 3x3 stem, stride 1, no max-pool."""
     from torchvision.models import resnet18 as tv_resnet18
 
@@ -77,16 +115,9 @@ def resnet18(num_classes: int = 10, input_shape=(3, 32, 32)) -> nn.Module:
     return net
 
 
-def build(arch: str, num_classes: int, input_shape, mean, std, **kwargs) -> Normalized:
-    if arch not in _REGISTRY:
-        raise KeyError(f"unknown architecture '{arch}': expected one of {', '.join(architectures())}")
-    return Normalized(_REGISTRY[arch](num_classes=num_classes, input_shape=tuple(input_shape), **kwargs), mean, std)
-
-
-def neuron_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Conv2d and Linear layers by qualified name, in forward order of definition."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-
-
-def neuron_count(layer: nn.Module) -> int:
-    return layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+def build(
+    arch: str, num_classes: int, input_shape: Sequence[int], mean: list[float], std: list[float], **kwargs
+) -> Normalized:
+    """Architecture ``arch`` behind its input normalization (KeyError naming the known ones if unknown)."""
+    builder = ARCHITECTURES[arch].build
+    return Normalized(builder(num_classes=num_classes, input_shape=tuple(input_shape), **kwargs), mean, std)

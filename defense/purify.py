@@ -1,12 +1,10 @@
-"""Marking suspect neurons, previewing their removal, and purifying by regularized fine-tuning.
+"""Purifying by regularized fine-tuning: the penalties, the settings and the run.
 
-- ``mark``: a neuron mask ({layer: bool tensor}, True = marked) by ratio (per layer or
-  global) or by a threshold on the per-layer normalized score.
-- ``neuron_masking`` / ``preview``: zero marked neurons' outputs with forward hooks, so
-  a preview needs no copy of the model; ``prune`` zeroes their parameters for good.
-- ``Purification``: fine-tuning on clean data as a step generator, with a penalty on the
-  marked neurons' parameters: ``ar`` (adaptive), ``l1``, ``l2``, ``none`` (plain
-  fine-tuning) or ``prune`` (zeroed, then fine-tuned with them held at zero).
+``Purification`` fine-tunes a copy of the model on clean data as a step generator, with a
+penalty on the marked neurons' parameters: ``ar`` (adaptive), ``l1``, ``l2``, ``none``
+(plain fine-tuning) or ``prune`` (zeroed, then fine-tuned with them held at zero).
+Marking and previews are in ``masking.py``, neurons and their masks in ``neurons.py``;
+their names are re-exported here because the app reads them from this module.
 """
 
 from __future__ import annotations
@@ -15,130 +13,38 @@ import copy
 import math
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import salience
 from .data import TensorData
+from .masking import mark, preview, pruning_curve
 from .metrics import evaluate
-from .salience import NeuronLayer, NeuronScores
+from .neurons import NeuronLayer, NeuronMask, NeuronScores, marked_count, neuron_map, neuron_masking, prune
+from .registry import SCORES
+
+__all__ = [
+    "REGULARIZERS",
+    "SCHEDULES",
+    "NeuronLayer",
+    "NeuronMask",
+    "Purification",
+    "PurifyConfig",
+    "ar_penalty",
+    "mark",
+    "marked_count",
+    "neuron_masking",
+    "penalty",
+    "preview",
+    "prune",
+    "pruning_curve",
+]
 
 REGULARIZERS = ("ar", "l1", "l2", "none", "prune")
 SCHEDULES = ("fixed", "dynamic")
-NeuronMask = dict[str, torch.Tensor]
-
-
-# ---------------------------------------------------------------- marking
-
-
-def mark(
-    scores: NeuronScores, ratio: float | None = None, threshold: float | None = None, scope: str = "layer"
-) -> NeuronMask:
-    """Mark the most suspect neurons.
-
-    ``ratio``: the share to mark, in each layer (scope 'layer') or over all layers on the
-    per-layer rank scale (scope 'global'). ``threshold``: instead, mark every neuron whose
-    per-layer min-max normalized importance (0 = most suspect, 1 = least) is ≤ threshold.
-    Ties are broken by neuron order, so a ratio marks exactly round(ratio·n) neurons.
-    """
-    if (ratio is None) == (threshold is None):
-        raise ValueError("give exactly one of ratio or threshold")
-    value = ratio if ratio is not None else threshold
-    if not 0 <= value <= 1:
-        raise ValueError(f"{'ratio' if ratio is not None else 'threshold'} must be in [0, 1], got {value}")
-    if threshold is not None:
-        return {
-            n: v <= threshold if threshold < 1 else torch.ones_like(v, dtype=torch.bool)
-            for n, v in scores.normalized("minmax").items()
-        }
-    if scope == "layer":
-        out = {}
-        for name, s in scores.suspicion().items():
-            k = int(round(ratio * len(s)))
-            m = torch.zeros(len(s), dtype=torch.bool)
-            m[torch.sort(s, descending=True, stable=True).indices[:k]] = True
-            out[name] = m
-        return out
-    if scope == "global":
-        ranks = scores.normalized("rank")
-        names = list(ranks)
-        flat = torch.cat([ranks[n] for n in names])
-        k = int(round(ratio * len(flat)))
-        chosen = torch.zeros(len(flat), dtype=torch.bool)
-        chosen[torch.sort(flat, stable=True).indices[:k]] = True
-        return dict(zip(names, chosen.split([len(ranks[n]) for n in names])))
-    raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
-
-
-def marked_count(mask: NeuronMask) -> int:
-    return int(sum(int(m.sum()) for m in mask.values()))
-
-
-@contextmanager
-def neuron_masking(layers: dict[str, NeuronLayer], mask: NeuronMask):
-    """Within the block, marked neurons output zero (forward hooks; the weights are untouched)."""
-    hooks = []
-    for name, m in mask.items():
-        if name not in layers or not m.any():
-            continue
-        keep = (~m).float()
-
-        def hook(_mod, _inp, out, keep=keep):
-            k = keep.to(out.device)
-            return out * (k.view(1, -1, 1, 1) if out.dim() == 4 else k.view(1, -1))
-
-        hooks.append(layers[name].output.register_forward_hook(hook))
-    try:
-        yield
-    finally:
-        for h in hooks:
-            h.remove()
-
-
-def preview(
-    model: nn.Module, layers: dict[str, NeuronLayer], mask: NeuronMask, test: TensorData, triggered: TensorData
-) -> dict[str, float]:
-    """Clean accuracy and ASR with the marked neurons zeroed (the model is left as it was)."""
-    with neuron_masking(layers, mask):
-        return evaluate(model, test, None, 0, triggered=triggered)
-
-
-@torch.no_grad()
-def prune(layers: dict[str, NeuronLayer], mask: NeuronMask) -> None:
-    """Zero the marked neurons' parameters in place (weight rows, bias, BatchNorm γ and β)."""
-    for name, m in mask.items():
-        for p in layers[name].neuron_params():
-            p[m.to(p.device)] = 0
-
-
-def pruning_curve(
-    model: nn.Module,
-    layers: dict[str, NeuronLayer],
-    scores: list[NeuronScores],
-    test: TensorData,
-    triggered: TensorData,
-    ratios=None,
-    scope: str = "layer",
-    by: str = "ratio",
-) -> pd.DataFrame:
-    """Clean accuracy and ASR against the marked ratio, for each metric.
-
-    ``by='value'`` cuts by normalized score instead (``mark(threshold=...)``); the column is still 'ratio'.
-    """
-    if by not in ("ratio", "value"):
-        raise ValueError("by must be 'ratio' or 'value'")
-    ratios = ratios if ratios is not None else [i / 10 for i in range(11)]
-    rows = []
-    for s in scores:
-        for r in ratios:
-            mask = mark(s, ratio=r, scope=scope) if by == "ratio" else mark(s, threshold=r)
-            rows.append({"metric": s.metric, "ratio": r, **preview(model, layers, mask, test, triggered)})
-    return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------- penalties
@@ -194,8 +100,8 @@ class PurifyConfig:
 
     def validate(self) -> PurifyConfig:
         problems = []
-        if self.metric not in salience.METRICS:
-            problems.append(f"metric must be one of {', '.join(salience.METRICS)}")
+        if self.metric not in SCORES:
+            problems.append(f"metric must be one of {', '.join(SCORES.names())}")
         if self.reg not in REGULARIZERS:
             problems.append(f"regularizer must be one of {', '.join(REGULARIZERS)}")
         if not 0 <= self.ratio <= 1:
@@ -258,13 +164,13 @@ class Purification:
 
     def __post_init__(self):
         self.config.validate()
-        if len(self.clean) == 0:
+        if len(self.clean) == 0 and not (self.config.steps == 0 and self.mask is not None):  # CLP needs no data
             raise ValueError("the clean subset is empty: purification needs clean images")
         self.teacher = copy.deepcopy(self.model).eval() if self.config.distill > 0 else None
         self.model = copy.deepcopy(self.model)
         self.history: list[dict] = []
         self._stop = False
-        self.layers = salience.neuron_map(self.model)
+        self.layers = neuron_map(self.model)
         if self.config.layer_names is not None:
             unknown = set(self.config.layer_names) - set(self.layers)
             if unknown:
@@ -279,6 +185,15 @@ class Purification:
         self.scores = NeuronScores(self.scores.metric, {n: self.scores.layers[n] for n in self.layers})
         self._fixed_mask = self.mask
         self.mask = self._mark(0)
+        cfg = self.config
+        # each tensor's AR knee, from its scale before any step (so marked_norm() works before iterating too)
+        self._knees = {
+            id(p): (
+                1.0 if cfg.knee == "reference" else max(cfg.knee_scale * float(p.detach().pow(2).mean().sqrt()), 1e-3)
+            )
+            for nl in self.layers.values()
+            for p in nl.neuron_params()
+        }
 
     def _ratio_at(self, step: int) -> float:
         """Fixed: the configured ratio. Dynamic (reference schedule): grows from β·ratio to ratio, β = 0.5."""
@@ -330,13 +245,6 @@ class Purification:
         torch.manual_seed(cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)
         dev = next(self.model.parameters()).device
-        self._knees = {
-            id(p): (
-                1.0 if cfg.knee == "reference" else max(cfg.knee_scale * float(p.detach().pow(2).mean().sqrt()), 1e-3)
-            )
-            for nl in self.layers.values()
-            for p in nl.neuron_params()
-        }
         opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=0.9)
         warmup = max(1, int(cfg.warmup * cfg.steps))
         # a short linear warm-up, then cosine decay: the first large steps are what costs clean accuracy

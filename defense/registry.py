@@ -8,6 +8,7 @@ entry (usually one new file that calls ``SCORES.register``).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -17,11 +18,12 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Score:
-    """A per-neuron score.
+    """A per-neuron score (one module under defense/scores/).
 
     ``compute(model, clean, layers) -> NeuronScores``; ``clean`` is the defender's clean
     TensorData (None for data-free scores); ``layers`` the neuron map of ``model``.
     ``low_is_suspect``: the direction in which a neuron looks infected.
+    ``salience.compute(name, model, clean, layers)`` runs one by name.
     """
 
     name: str
@@ -37,11 +39,13 @@ class Score:
 
 @dataclass(frozen=True)
 class Defense:
-    """A purification defense.
+    """A purification defense (defense/baselines.py).
 
-    ``build(model, clean, test, triggered, config, scores) -> Purification`` returns a
-    ready-to-iterate run; ``marking`` is (score name, regularizer) for defenses that mark
-    neurons with a score and can take the Threshold page's mask, else None.
+    ``build(model, clean, test, triggered, config, scores, mask) -> Purification`` returns a
+    ready-to-iterate run (``baselines.make(name, ...)`` calls it); ``scores`` are precomputed
+    scores of the original model or None, ``mask`` a mask chosen elsewhere or None.
+    ``marking`` is (score name, regularizer) for defenses that mark neurons with a score and
+    can take the Threshold page's mask, else None.
     """
 
     name: str
@@ -57,7 +61,13 @@ class Defense:
 
 @dataclass(frozen=True)
 class Attack:
-    """A kind of trigger: ``make(input_shape, seed, **params) -> Trigger``; ``params`` the names it takes."""
+    """A kind of trigger (defense/attacks.py).
+
+    ``make(input_shape, seed, params, trigger_file) -> Trigger`` builds a new one (``params``: a dict whose
+    keys are already known to be among ``params``; values still to be checked); ``from_meta(params, tensors,
+    input_shape) -> Trigger`` rebuilds the one a bundle describes. ``attacks.make_trigger`` and
+    ``attacks.trigger_from_meta`` dispatch to them.
+    """
 
     name: str
     label: str
@@ -69,7 +79,7 @@ class Attack:
 
 @dataclass(frozen=True)
 class Architecture:
-    """A model builder: ``build(num_classes, input_shape, **kwargs) -> nn.Module``."""
+    """A model builder: ``build(num_classes, input_shape, **kwargs) -> nn.Module`` (``models.register``)."""
 
     name: str
     label: str
@@ -81,10 +91,27 @@ class Architecture:
 
 @dataclass
 class Registry(Generic[T]):
-    """Entries of one kind by name, in registration order."""
+    """Entries of one kind by name, in registration order.
+
+    ``source`` names the module (or package) whose import registers the built-in entries; it is
+    imported on the first lookup, so a caller never sees a half-filled registry and this module
+    imports nothing of the library (no import cycles through it).
+    """
 
     kind: str
+    source: str = ""
     _items: dict[str, T] = field(default_factory=dict)
+    _loaded: bool = False
+
+    def _load(self) -> None:
+        if self._loaded or not self.source:
+            return
+        self._loaded = True  # before the import: the source registers into this registry while it loads
+        try:
+            importlib.import_module(self.source)
+        except BaseException:
+            self._loaded = False
+            raise
 
     def register(self, item: T) -> T:
         name = item.name  # type: ignore[attr-defined]
@@ -98,28 +125,36 @@ class Registry(Generic[T]):
         self._items.pop(name, None)
 
     def get(self, name: str) -> T:
+        self._load()
         try:
             return self._items[name]
-        except KeyError:
-            raise KeyError(f"unknown {self.kind} '{name}': expected one of {', '.join(self._items)}") from None
+        except (KeyError, TypeError):
+            raise KeyError(f"unknown {self.kind} {name!r}: expected one of {', '.join(self._items)}") from None
 
     def __getitem__(self, name: str) -> T:
         return self.get(name)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        self._load()
+        try:
+            return name in self._items
+        except TypeError:  # an unhashable value read from a file is simply not a name
+            return False
 
     def __iter__(self) -> Iterator[T]:
+        self._load()
         return iter(list(self._items.values()))
 
     def __len__(self) -> int:
+        self._load()
         return len(self._items)
 
     def names(self) -> list[str]:
+        self._load()
         return list(self._items)
 
 
-SCORES: Registry[Score] = Registry("score")
-DEFENSES: Registry[Defense] = Registry("defense")
-ATTACKS: Registry[Attack] = Registry("attack")
-ARCHITECTURES: Registry[Architecture] = Registry("architecture")
+SCORES: Registry[Score] = Registry("score", "defense.scores")
+DEFENSES: Registry[Defense] = Registry("defense", "defense.baselines")
+ATTACKS: Registry[Attack] = Registry("attack", "defense.attacks")
+ARCHITECTURES: Registry[Architecture] = Registry("architecture", "defense.models")

@@ -22,8 +22,8 @@ import plotly.io as pio
 import torch
 
 from . import compare, metrics, purify, result_store, salience
+from .registry import SCORES
 
-CURVE_METRICS = ("benign", "magnitude", "activation")
 RATIOS = [i / 10 for i in range(11)]
 DEFAULT_THRESHOLD = ("benign", "ratio", purify.PurifyConfig().ratio, purify.PurifyConfig().scope)
 CSS = """
@@ -167,7 +167,7 @@ def build_report(
     bar.update(1)
 
     # -- salience and identification
-    scores = scores or {m: salience.compute(m, model, subset.clean, layers) for m in salience.METRICS}
+    scores = scores or {m: salience.compute(m, model, subset.clean, layers) for m in SCORES.names()}
     metric, mode, value, scope = threshold
     s = scores[metric]
     mask = purify.mark(s, ratio=value, scope=scope) if mode == "ratio" else purify.mark(s, threshold=value)
@@ -178,7 +178,7 @@ def build_report(
             "(dark = most suspect); red outlines are the neurons marked by the chosen threshold (section 3)."
         ),
     ]
-    for m in salience.METRICS:
+    for m in SCORES.names():
         raw = {ln: {score_label(m): v} for ln, v in scores[m].layers.items()}
         marked = mask if m == metric else {ln: torch.zeros(len(v), dtype=torch.bool) for ln, v in raw.items()}
         parts += [
@@ -189,7 +189,7 @@ def build_report(
     truth = truth or metrics.backdoor_ground_truth(model, layers, subset.test, subset.triggered)
     infected = truth["infected"]
     curves, quality = [], []
-    for m in salience.METRICS:
+    for m in SCORES.names():
         sus = scores[m].suspicion()
         fpr, tpr = metrics.roc_curve(torch.cat([sus[ln] for ln in layers]), torch.cat([infected[ln] for ln in layers]))
         q = metrics.identification_quality(scores[m], infected)
@@ -215,7 +215,13 @@ def build_report(
     marked_n = purify.marked_count(mask)
     total = sum(nl.size for nl in layers.values())
     curve = purify.pruning_curve(
-        model, layers, [scores[m] for m in CURVE_METRICS], subset.test, subset.triggered, ratios=RATIOS, scope=scope
+        model,
+        layers,
+        [scores[s.name] for s in SCORES if s.curve],
+        subset.test,
+        subset.triggered,
+        ratios=RATIOS,
+        scope=scope,
     )
     how = (
         f"the {value:.0%} most suspect {'in each layer' if scope == 'layer' else 'overall'}"

@@ -3,7 +3,8 @@
 import streamlit as st
 
 import appkit
-from defense import attacks, metrics, models
+from defense import metrics, models
+from defense.registry import ATTACKS
 
 appkit.require_app()
 st.title("The backdoored model")
@@ -61,7 +62,7 @@ with right, st.expander("Upload your own model"):
         )
         if st.checkbox("The trigger differs: build a standard one", key="w_upload_own_trigger"):
             c1, c2 = st.columns(2)
-            kind = c1.selectbox("Attack", [a for a in attacks.ATTACKS if a != "file"], key="w_upload_kind")
+            kind = c1.selectbox("Attack", [a for a in ATTACKS.names() if a != "file"], key="w_upload_kind")
             target = c2.number_input("Target label", 0, 9, 0, key="w_upload_target")
             attack = (kind, int(target))
     if upload is not None:

@@ -3,7 +3,8 @@
 import streamlit as st
 
 import appkit
-from defense import baselines, metrics, purify
+from defense import metrics, purify
+from defense.registry import DEFENSES
 
 appkit.require_app()
 st.title("Purify the model")
@@ -33,8 +34,8 @@ with c1:
         st.selectbox,
         "Defense",
         "purify_defense",
-        options=list(baselines.DEFENSES),
-        format_func=lambda d: f"{d}: {baselines.DEFENSES[d]}",
+        options=DEFENSES.names(),
+        format_func=lambda d: f"{d}: {DEFENSES[d].label}",
     )
 with c2:
     appkit.synced(
@@ -62,8 +63,8 @@ with c4:
         help="strength of the penalty on the marked neurons (bs-… and mag-ar)",
     )
 defense = ss["purify_defense"]
-if defense in appkit.MARKING_DEFENSES:
-    metric = appkit.MARKING_DEFENSES[defense][0]
+if DEFENSES[defense].marking is not None:
+    metric = DEFENSES[defense].marking[0]
     marked = purify.marked_count(lab.threshold_mask(metric))
     how = (
         f"the {ss['threshold_value']:.0%} most suspect "

@@ -8,6 +8,7 @@ import torch
 
 import appkit
 from defense import metrics, salience
+from defense.registry import SCORES
 
 appkit.require_app()
 st.title("Which neurons look infected?")
@@ -48,7 +49,7 @@ st.caption(
     "trigger are labelled infected. A good score puts them at the low end."
 )
 truth = lab.ground_truth()
-frame = salience.scores_frame([scores[m] for m in salience.METRICS])
+frame = salience.scores_frame([scores[m] for m in SCORES.names()])
 if appkit.wait_note(
     [truth],
     "Measuring which neurons carry the backdoor (zeroing each one in turn: about 10 s, "
@@ -83,7 +84,7 @@ if appkit.wait_note(
     with right:
         fig = go.Figure()
         rows = []
-        for i, m in enumerate(salience.METRICS):
+        for i, m in enumerate(SCORES.names()):
             s = scores[m].suspicion()
             fpr, tpr = metrics.roc_curve(
                 torch.cat([s[n] for n in lab.layers]), torch.cat([infected[n] for n in lab.layers])

@@ -11,6 +11,7 @@ from torch import nn
 
 from defense import baselines, bundle, data, metrics, salience
 from defense.purify import Purification, PurifyConfig, ar_penalty, mark, preview, prune, pruning_curve
+from defense.registry import DEFENSES, SCORES
 
 ROOT = Path(__file__).resolve().parent.parent
 BADNETS = ROOT / "assets" / "models" / "mnist-badnets"
@@ -242,7 +243,7 @@ def test_bad_settings_are_refused_with_a_message(bad):
 
 def test_every_baseline_runs(badnets):
     b, splits, triggered = badnets
-    for name in baselines.DEFENSES:
+    for name in DEFENSES.names():
         run = baselines.make(name, b.model, splits.clean, splits.test, triggered, PurifyConfig(steps=2))
         result = run.run()
         assert 0 <= result["after"]["asr"] <= 1, name
@@ -298,5 +299,5 @@ def test_cli_salience_csv(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     frame = pd.read_csv(out)
-    assert list(frame.columns) == ["layer", "neuron", *salience.METRICS]
+    assert list(frame.columns) == ["layer", "neuron", *SCORES.names()]
     assert len(frame) == sum(nl.size for nl in salience.neuron_map(bundle.load_bundle(BADNETS).model).values())

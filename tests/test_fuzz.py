@@ -79,7 +79,7 @@ def valid_meta_strategy():
         st.integers(1, 1024),
         finite,
         st.floats(1e-3, 10),
-        st.sampled_from(attacks.ATTACKS),
+        st.sampled_from(attacks.ATTACKS.names()),
         st.floats(0, 1, exclude_max=True),
         st.floats(0, 1),
         st.none() | st.floats(0, 1),
@@ -300,7 +300,7 @@ def test_load_trigger_file(found, input_shape):
 
 @FUZZ
 @given(
-    kind=st.sampled_from([*attacks.ATTACKS, "other", None, 3]),
+    kind=st.sampled_from([*attacks.ATTACKS.names(), "other", None, 3]),
     params=json_values,
     found=trigger_dicts,
     input_shape=st.sampled_from(INPUT_SHAPES),
@@ -315,7 +315,7 @@ def test_trigger_from_meta(kind, params, found, input_shape):
 
 @FUZZ
 @given(
-    kind=st.sampled_from(attacks.ATTACKS[:4]),
+    kind=st.sampled_from(attacks.ATTACKS.names()[:4]),
     params=st.dictionaries(
         st.sampled_from(["size", "margin", "alpha", "delta", "frequency", "k", "strength", "other"]),
         scalars,

@@ -10,12 +10,14 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from defense.salience import METRIC_LABELS
+from defense.registry import SCORES
 from ui.charts import COLORS, MARK_COLOR
+
+LABELS = {s.name: s.label for s in SCORES}
 
 
 def score_label(name: str) -> str:
-    return METRIC_LABELS.get(name, name)
+    return SCORES[name].label if name in SCORES else name
 
 
 def pruning_figure(curve: pd.DataFrame, current: float | None) -> go.Figure:

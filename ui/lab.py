@@ -22,7 +22,9 @@ from torch import nn
 
 from defense import attacks, data, explain, metrics, purify, salience
 from defense import bundle as bundle_io
-from defense.cli import MODELS_DIR, load_splits_for
+from defense.data import load_splits_for
+from defense.paths import MODELS_DIR
+from defense.registry import SCORES
 from defense.runtime import configure_threads
 from ui import state
 from ui.jobs import background
@@ -199,7 +201,7 @@ def _evaluation(key: str, _model: nn.Module, _test: data.TensorData, _triggered:
 def _scores(key: str, fraction: float, seed: int, _model: nn.Module, _clean: data.TensorData) -> dict:
     model = copy.deepcopy(_model)
     layers = salience.neuron_map(model)
-    return {m: salience.compute(m, model, _clean, layers) for m in salience.METRICS}
+    return {m: salience.compute(m, model, _clean, layers) for m in SCORES.names()}
 
 
 @st.cache_resource(show_spinner=False, max_entries=2048)

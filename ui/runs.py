@@ -25,6 +25,7 @@ import streamlit as st
 
 from defense import baselines, purify
 from defense import bundle as bundle_io
+from defense.registry import DEFENSES
 from defense.runtime import configure_threads
 from ui.charts import COLORS
 from ui.lab import Lab
@@ -32,13 +33,7 @@ from ui.lab import Lab
 EVAL_EVERY = 10  # steps between clean-accuracy/ASR points of a live run
 POLL_S = 0.4  # the Purify page redraws a live run this often
 ABSENT_S = 10.0  # a run stops once its session has been gone this long
-MARKING_DEFENSES = {
-    "bs-ar": ("benign", "ar"),
-    "bs-l1": ("benign", "l1"),
-    "bs-l2": ("benign", "l2"),
-    "bs-prune": ("benign", "prune"),
-    "mag-ar": ("magnitude", "ar"),
-}
+MARKING_DEFENSES = {d.name: d.marking for d in DEFENSES if d.marking is not None}
 log = logging.getLogger(__name__)
 
 
@@ -146,7 +141,7 @@ class Runner:
             "model": lab_.name,
             "model_key": self.model_key,
             "defense": self.defense,
-            "description": baselines.DEFENSES.get(self.defense),
+            "description": DEFENSES[self.defense].label if self.defense in DEFENSES else None,
             "status": self.status,
             "before": pick(before),
             "after": pick(after),
@@ -195,13 +190,12 @@ def start_run(lab_: Lab, defense: str, cfg: purify.PurifyConfig) -> Runner:
         metric, _ = MARKING_DEFENSES[defense]
         mask = lab_.mask(metric, "value", ss["threshold_value"], ss["threshold_scope"])
 
+    marking = DEFENSES[defense].marking
+
     def build() -> purify.Purification:
-        if mask is not None:
-            metric, reg = MARKING_DEFENSES[defense]
-            return purify.Purification(
-                model, clean, test, trig, replace(cfg, metric=metric, reg=reg), scores=scores[metric], mask=mask
-            )
-        return baselines.make(defense, model, clean, test, trig, cfg, scores=scores["benign"])
+        return baselines.make(
+            defense, model, clean, test, trig, cfg, scores=scores[marking[0]] if marking else None, mask=mask
+        )
 
     runs = ss["runs"]
     ctx = get_script_run_ctx()

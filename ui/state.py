@@ -9,9 +9,10 @@ from typing import Any
 import streamlit as st
 
 from defense import data, purify
+from defense.registry import SCORES
 
 DEFAULT_MODEL = "mnist-badnets"
-CURVE_METRICS = ("benign", "magnitude", "activation")
+CURVE_METRICS = tuple(s.name for s in SCORES if s.curve)
 
 
 def init_state() -> None:
