@@ -53,14 +53,23 @@ def sidebar_report(lab_: Lab) -> None:
                 icon=":material/download:",
                 help="one self-contained file: opens offline in any browser",
             )
-            if st.button("Prepare again", key="w_report_again", help="include what was run since"):
-                ss.pop("report_html")
-                st.rerun()
-        elif st.button(
-            "Prepare report",
-            key="w_report_prepare",
-            help="the model, its salience maps, the threshold, every run and the comparison in one HTML file",
-        ):
-            with st.spinner("Writing the report (measures what is missing: up to a minute)…"):
-                ss["report_html"] = (key, build(lab_))
-            st.rerun()
+            st.button(
+                "Prepare again",
+                key="w_report_again",
+                on_click=_prepare,
+                args=(lab_, key),
+                help="include what was run since",
+            )
+        else:
+            st.button(
+                "Prepare report",
+                key="w_report_prepare",
+                on_click=_prepare,
+                args=(lab_, key),
+                help="the model, its salience maps, the threshold, every run and the comparison in one HTML file "
+                "(measures what is missing first: up to a minute)",
+            )
+
+
+def _prepare(lab_: Lab, key: tuple) -> None:
+    st.session_state["report_html"] = (key, build(lab_))
