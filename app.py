@@ -22,7 +22,7 @@ page = st.navigation(
         st.Page("pages/compare.py", title="Compare", icon=":material/leaderboard:"),
     ]
 )
-current = lab.lab()
+current = lab.current_lab()
 sidebar(current)
 sidebar_report(current)
 page.run()

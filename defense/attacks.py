@@ -70,16 +70,14 @@ class MaskPatternTrigger(Trigger):
         return {"mask": self.mask.contiguous(), "pattern": self.pattern.contiguous()}
 
     def describe(self) -> str:
-        if self.kind == "badnets":
-            size = self.extra.get("size", "?")
-            return f"BadNets: a {size}x{size} checker patch in the bottom-right corner"
-        if self.kind == "blend":
-            return f"Blend: a fixed noise image mixed into the whole picture at alpha = {self.extra.get('alpha')}"
+        entry = ATTACKS.get(self.kind) if self.kind in ATTACKS else None
+        if entry is not None and entry.describe is not None:
+            return entry.describe(self)
         covered = float((self.mask > 0).float().mean())
         return f"Trigger from a file: mask covers {covered:.1%} of the pixels"
 
 
-def validate_mask_pattern(mask: torch.Tensor, pattern: torch.Tensor, input_shape=None) -> None:
+def validate_mask_pattern(mask: torch.Tensor, pattern: torch.Tensor, input_shape: Sequence[int] | None = None) -> None:
     for name, t in (("mask", mask), ("pattern", pattern)):
         if not isinstance(t, torch.Tensor) or t.layout != torch.strided or t.dtype not in TENSOR_DTYPES:
             kind = f"{t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
@@ -102,7 +100,7 @@ def validate_mask_pattern(mask: torch.Tensor, pattern: torch.Tensor, input_shape
         raise TriggerError("; ".join(problems))
 
 
-def badnets(input_shape, size: int = 3, margin: int = 1) -> MaskPatternTrigger:
+def badnets(input_shape: Sequence[int], size: int = 3, margin: int = 1) -> MaskPatternTrigger:
     c, h, w = input_shape
     mask = torch.zeros(c, h, w)
     pattern = torch.zeros(c, h, w)
@@ -113,7 +111,7 @@ def badnets(input_shape, size: int = 3, margin: int = 1) -> MaskPatternTrigger:
     return MaskPatternTrigger(mask, pattern, kind="badnets", extra={"size": size, "margin": margin})
 
 
-def blend(input_shape, alpha: float = 0.2, seed: int = 0) -> MaskPatternTrigger:
+def blend(input_shape: Sequence[int], alpha: float = 0.2, seed: int = 0) -> MaskPatternTrigger:
     pattern = torch.rand(*input_shape, generator=torch.Generator().manual_seed(seed))
     return MaskPatternTrigger(
         torch.full(tuple(input_shape), alpha), pattern, kind="blend", extra={"alpha": alpha, "seed": seed}
@@ -168,7 +166,7 @@ class WaNetTrigger(Trigger):
         return f"WaNet: an almost invisible smooth warp of the whole image (strength {self.strength})"
 
 
-def wanet(input_shape, k: int = 4, strength: float = 0.5, seed: int = 0) -> WaNetTrigger:
+def wanet(input_shape: Sequence[int], k: int = 4, strength: float = 0.5, seed: int = 0) -> WaNetTrigger:
     _, h, w = input_shape
     noise = torch.rand(1, 2, k, k, generator=torch.Generator().manual_seed(seed)) * 2 - 1
     noise = noise / noise.abs().mean()
@@ -193,7 +191,7 @@ def _number(params: dict, key: str, default, low, high, integer: bool = False):
     return int(value) if integer else float(value)
 
 
-def load_trigger_file(path: str | Path, input_shape=None) -> MaskPatternTrigger:
+def load_trigger_file(path: str | Path, input_shape: Sequence[int] | None = None) -> MaskPatternTrigger:
     """A mask/pattern trigger from a safetensors file (never a pickle)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -256,7 +254,7 @@ def _sig_from(params: dict) -> SigTrigger:
 
 
 def _mask_pattern_from_meta(kind: str):
-    def from_meta(params: dict, tensors: dict[str, torch.Tensor], input_shape) -> MaskPatternTrigger:
+    def from_meta(params: dict, tensors: dict[str, torch.Tensor], input_shape: Sequence[int]) -> MaskPatternTrigger:
         if not {"mask", "pattern"} <= set(tensors):
             raise TriggerError(f"attack '{kind}' needs trigger.safetensors with 'mask' and 'pattern'")
         validate_mask_pattern(tensors["mask"], tensors["pattern"], input_shape)
@@ -306,6 +304,9 @@ ATTACKS.register(
         _make_badnets,
         params=("size", "margin"),
         from_meta=_mask_pattern_from_meta("badnets"),
+        describe=lambda t: (
+            f"BadNets: a {t.extra.get('size', '?')}x{t.extra.get('size', '?')} checker patch in the bottom-right corner"
+        ),
     )
 )
 ATTACKS.register(
@@ -318,14 +319,15 @@ ATTACKS.register(
         ),
         params=("alpha",),
         from_meta=_mask_pattern_from_meta("blend"),
+        describe=lambda t: f"Blend: a fixed noise image mixed into the whole picture at alpha = {t.extra.get('alpha')}",
     )
 )
 ATTACKS.register(
     Attack(
         "sig",
         "SIG",
-        "A faint horizontal sinusoid added to the image (Barni et al. 2019); parameters: its amplitude delta "
-        "and the number of periods across the image.",
+        "A faint sinusoid along the image's width (vertical stripes) added to the image (Barni et al. 2019); "
+        "parameters: its amplitude delta and the number of periods across the image.",
         lambda input_shape, seed, params, trigger_file=None: _sig_from(params),
         params=("delta", "frequency"),
         from_meta=lambda params, tensors, input_shape: _sig_from(params),
@@ -353,7 +355,9 @@ ATTACKS.register(
 )
 
 
-def poison(x: torch.Tensor, y: torch.Tensor, trigger: Trigger, target: int, rate: float, seed: int = 0):
+def poison(
+    x: torch.Tensor, y: torch.Tensor, trigger: Trigger, target: int, rate: float, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Stamp the trigger on a seeded ``rate`` share of the non-target images and relabel them.
 
     Returns (x, y, poisoned) where ``poisoned`` marks the altered samples.

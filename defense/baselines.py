@@ -69,7 +69,15 @@ def clp_mask(model: nn.Module, u: float = 3.0) -> NeuronMask:
 def marking_build(score: str, reg: str) -> Callable[..., Purification]:
     """The build of a defense that marks neurons with ``score`` and applies regularizer ``reg``."""
 
-    def build(model, clean, test, triggered, config, scores=None, mask=None) -> Purification:
+    def build(
+        model: nn.Module,
+        clean: TensorData,
+        test: TensorData,
+        triggered: TensorData,
+        config: PurifyConfig,
+        scores: NeuronScores | None = None,
+        mask: NeuronMask | None = None,
+    ) -> Purification:
         cfg = replace(config, metric=score, reg=reg)
         reuse = scores if scores is not None and scores.metric == score else None  # precomputed on this model
         return Purification(model, clean, test, triggered, cfg, scores=reuse, mask=mask)

@@ -72,7 +72,7 @@ _REQUIRED = {
 }
 
 
-def validate_meta(meta) -> dict:
+def validate_meta(meta: object) -> dict:
     """Check meta.json's fields and types; raise BundleError naming every problem."""
     if not isinstance(meta, dict):
         raise BundleError(f"meta.json must hold a JSON object, found {type(meta).__name__}")

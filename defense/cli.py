@@ -1,4 +1,4 @@
-"""``python -m defense``: train, evaluate, salience, purify, bench, compare, report."""
+"""``python -m defense``: train, evaluate, salience, purify, list, bench, compare, report."""
 
 from __future__ import annotations
 
@@ -132,9 +132,13 @@ def cmd_purify(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from . import baselines
     from .metrics import triggered_set
     from .purify import Purification, PurifyConfig
+    from .results import purified_bundle, run_report
 
+    if args.defense is not None and (args.metric is not None or args.reg is not None):
+        raise UsageError(f"--defense {args.defense} sets its own score and regularizer: leave out --metric and --reg")
     b = bundle_io.load_bundle(args.bundle)
     defaults = PurifyConfig()
     overrides = {
@@ -157,32 +161,22 @@ def cmd_purify(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UsageError(str(err)) from None
     splits = data.load_splits_for(b.meta, args.data_root, seed=config.seed, clean_fraction=args.clean_fraction)
-    run = Purification(b.model, splits.clean, splits.test, triggered_set(splits.test, b.trigger, b.target), config)
+    triggered = triggered_set(splits.test, b.trigger, b.target)
+    if args.defense is None:
+        run = Purification(b.model, splits.clean, splits.test, triggered, config)
+    else:
+        run = baselines.make(args.defense, b.model, splits.clean, splits.test, triggered, config)
+    config = run.config  # a defense may set the score, regularizer, distillation or steps
     with tqdm(total=config.steps, desc="purify", unit="step", disable=args.quiet) as bar:
         for record in run:
             bar.update(1 if record["step"] else 0)
             if "asr" in record:
                 bar.set_postfix(acc=f"{record['clean_acc']:.3f}", asr=f"{record['asr']:.3f}")
-    first, last = run.history[0], run.history[-1]
-    report = {
-        "before": {k: first[k] for k in ("clean_acc", "asr")},
-        "after": {k: last[k] for k in ("clean_acc", "asr")},
-        "steps": last["step"],
-        "seconds": round(last["seconds"], 2),
-        "config": config.to_dict(),
-    }
+    report = run_report(run.history, config, context={"defense": args.defense} if args.defense else None)
     if args.out:
-        from .bundle import Bundle
-
-        meta = {
-            **b.meta,
-            "name": Path(args.out).stem,
-            "clean_acc": round(report["after"]["clean_acc"], 4),
-            "asr": round(report["after"]["asr"], 4),
-            "purified_from": b.name,
-            "purification": config.to_dict(),
-        }
-        report["out"] = str(bundle_io.save_bundle(Bundle(run.model, meta, b.trigger), args.out))
+        name = Path(args.out).stem
+        purified = purified_bundle(b, run.model, name=name, after=report["after"], config=config, defense=args.defense)
+        report["out"] = str(bundle_io.save_bundle(purified, args.out))
     if args.json:
         print(json.dumps(report))
     else:
@@ -191,6 +185,26 @@ def cmd_purify(args: argparse.Namespace) -> int:
             f"attack success {report['before']['asr']:.2%} -> {report['after']['asr']:.2%} "
             f"({report['steps']} steps, {report['seconds']} s)"
         )
+    return 0
+
+
+TABLES_START, TABLES_END = "<!-- registry tables: python -m defense list --update README.md -->", "<!-- /registry -->"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .registry import markdown_tables
+
+    tables = markdown_tables()
+    if args.update is None:
+        print(tables, end="")
+        return 0
+    path = Path(args.update)
+    text = path.read_text()
+    if TABLES_START not in text or TABLES_END not in text:
+        raise UsageError(f"{path} has no block between {TABLES_START} and {TABLES_END}")
+    head, rest = text.split(TABLES_START, 1)
+    path.write_text(head + TABLES_START + "\n" + tables + TABLES_END + rest.split(TABLES_END, 1)[1])
+    print(f"updated the registry tables in {path}", file=sys.stderr)
     return 0
 
 
@@ -251,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("purify", help="identify and purify infected neurons (defaults are the recommended settings)")
     p.add_argument("--bundle", required=True)
+    p.add_argument("--defense", choices=DEFENSES.names(), help="run this defense (default: the settings below)")
     p.add_argument("--metric", choices=SCORES.names())
     p.add_argument("--reg", choices=REGULARIZERS)
     p.add_argument("--ratio", type=_fraction, help="share of neurons to mark in each layer")
@@ -266,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_purify)
+
+    p = sub.add_parser("list", help="every score, defense, attack and architecture, as markdown tables")
+    p.add_argument("--update", metavar="FILE", help="rewrite the registry block of FILE (README.md) instead")
+    p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("bench", help="every defense x every bundled model x seeds -> bench/RESULTS.md")
     p.add_argument("--seeds", type=_positive_int, default=3)

@@ -338,13 +338,9 @@ class Purification:
         self.model.eval()
 
     def run(self) -> dict:
-        """Run to the end; returns {'before', 'after', 'steps', 'seconds'}."""
+        """Run to the end; returns the report {'before', 'after', 'steps', 'seconds', 'config'} (results.py)."""
+        from .results import run_report  # results builds on this module
+
         for _ in self:
             pass
-        first, last = self.history[0], self.history[-1]
-        return {
-            "before": {k: first[k] for k in ("clean_acc", "asr")},
-            "after": {k: last[k] for k in ("clean_acc", "asr")},
-            "steps": last["step"],
-            "seconds": round(last["seconds"], 2),
-        }
+        return run_report(self.history, self.config)

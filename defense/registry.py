@@ -75,6 +75,7 @@ class Attack:
     make: Callable[..., Any]
     params: tuple[str, ...] = ()
     from_meta: Callable[..., Any] | None = None  # (params, tensors, input_shape) -> Trigger
+    describe: Callable[[Any], str] | None = None  # (trigger) -> one line for people, when the trigger has none
 
 
 @dataclass(frozen=True)
@@ -158,3 +159,28 @@ SCORES: Registry[Score] = Registry("score", "defense.scores")
 DEFENSES: Registry[Defense] = Registry("defense", "defense.baselines")
 ATTACKS: Registry[Attack] = Registry("attack", "defense.attacks")
 ARCHITECTURES: Registry[Architecture] = Registry("architecture", "defense.models")
+
+
+def _cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def markdown_tables() -> str:
+    """Every registry as a markdown table (the README's block between the registry markers)."""
+    lines = ["| score | what it measures | suspect when | needs |", "|---|---|---|---|"]
+    for s in SCORES:
+        needs = ", ".join(sorted(s.needs)) + " data" if s.needs else "weights only"
+        lines.append(f"| `{s.name}` | {_cell(s.explanation)} | {'low' if s.low_is_suspect else 'high'} | {needs} |")
+    lines += ["", "| defense | what it does | marks with | notes |", "|---|---|---|---|"]
+    for d in DEFENSES:
+        marks = f"`{d.marking[0]}`, {d.marking[1]}" if d.marking else "—"
+        notes = [n for n, on in (("recommended", d.recommended), ("paper", d.paper), ("distills", d.distill)) if on]
+        notes += [] if d.needs else ["data-free"]
+        lines.append(f"| `{d.name}` | {_cell(d.label)} | {marks} | {', '.join(notes)} |")
+    lines += ["", "| attack | trigger | parameters |", "|---|---|---|"]
+    for a in ATTACKS:
+        lines.append(f"| `{a.name}` | {_cell(a.explanation)} | {', '.join(a.params) or '—'} |")
+    lines += ["", "| architecture | what it is | arch_kwargs |", "|---|---|---|"]
+    for m in ARCHITECTURES:
+        lines.append(f"| `{m.name}` | {_cell(m.explanation)} | {', '.join(m.kwargs) or '—'} |")
+    return "\n".join(lines) + "\n"

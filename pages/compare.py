@@ -6,7 +6,7 @@ import streamlit as st
 from defense import compare
 from ui import compare_job, state
 from ui.compare_charts import asr_curves_figure, table_rows, tradeoff_figure
-from ui.lab import lab as current_lab
+from ui.lab import current_lab
 
 state.require_app()
 st.title("Compare every defense")

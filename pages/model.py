@@ -2,13 +2,16 @@
 
 import streamlit as st
 
-import appkit
 from defense import metrics, models
+from defense.explain import trigger_share
 from defense.registry import ATTACKS
+from ui import charts, state
+from ui.lab import LOAD_ERRORS, bundled_names, current_lab
+from ui.upload import read_upload
 
-appkit.require_app()
+state.require_app()
 st.title("The backdoored model")
-appkit.intro(
+state.intro(
     "A **backdoor** is a hidden rule planted in a network during training: it classifies ordinary images "
     "correctly, but any image carrying a small **trigger** (a patch, a faint pattern) is sent to the attacker's "
     "**target label**. Choose a model here; the other pages find the neurons that carry the backdoor and remove it."
@@ -20,18 +23,18 @@ ss = st.session_state
 def load_upload(arch, like, attack) -> None:
     upload = ss["w_upload"]
     try:
-        key, bundle = appkit.read_upload(upload.name, upload.getvalue(), arch, like, attack)
-    except appkit.LOAD_ERRORS as err:
+        key, bundle = read_upload(upload.name, upload.getvalue(), arch, like, attack)
+    except LOAD_ERRORS as err:
         ss["upload_error"] = str(err)
     else:
         ss["uploads"][key] = bundle
         ss["model"] = key
 
 
-names = appkit.bundled_names() + list(ss["uploads"])
+names = bundled_names() + list(ss["uploads"])
 left, right = st.columns([2, 3])
 with left:
-    appkit.synced(
+    state.synced(
         st.selectbox,
         "Model",
         "model",
@@ -56,7 +59,7 @@ with right, st.expander("Upload your own model"):
         )
         like = c2.selectbox(
             "Dataset and trigger as in",
-            appkit.bundled_names(),
+            bundled_names(),
             key="w_upload_like",
             help="the weights are judged on this model's dataset and trigger",
         )
@@ -70,7 +73,7 @@ with right, st.expander("Upload your own model"):
     if ss.get("upload_error"):
         st.error(f"This file cannot be used: {ss.pop('upload_error')}")
 
-lab = appkit.lab()
+lab = current_lab()
 ev = lab.evaluation()
 c1, c2, c3 = st.columns(3)
 c1.metric("Clean accuracy", f"{ev['clean_acc']:.1%}", help="on the 1,000 test images")
@@ -97,7 +100,7 @@ clean_x, clean_y = lab.splits.test.x[keep][:n], lab.splits.test.y[keep][:n]
 trig_x = lab.triggered.x[:n]
 pc, pt = metrics.predict(lab.model, clean_x), metrics.predict(lab.model, trig_x)
 st.plotly_chart(
-    appkit.image_grid(
+    charts.image_grid(
         [
             ("clean", clean_x.amax(1).numpy(), [f"{y} → {p}" for y, p in zip(clean_y.tolist(), pc.tolist())]),
             (
@@ -118,7 +121,7 @@ st.caption(
     "trigger more than at the digit."
 )
 attr = lab.attribution(n=n)
-share = appkit.trigger_share(attr, lab.bundle.trigger)
+share = trigger_share(attr, lab.bundle.trigger)
 if share is not None:
     st.metric(
         "Attribution on the trigger",
@@ -127,7 +130,7 @@ if share is not None:
         "of the image",
     )
 st.plotly_chart(
-    appkit.image_grid(
+    charts.image_grid(
         [
             ("triggered", trig_x.amax(1).numpy(), [""] * n),
             ("attribution", attr, [""] * n),

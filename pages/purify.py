@@ -2,13 +2,16 @@
 
 import streamlit as st
 
-import appkit
 from defense import metrics, purify
+from defense.explain import trigger_share
 from defense.registry import DEFENSES
+from ui import charts, curves, state
+from ui.lab import current_lab
+from ui.runs import POLL_S, purification_config, report_json, runs_table, start_run
 
-appkit.require_app()
+state.require_app()
 st.title("Purify the model")
-appkit.intro(
+state.intro(
     "Purification fine-tunes the model on the defender's few clean images while a penalty pushes the marked "
     "neurons' weights toward zero (**bs-ar**: benign salience + adaptive regularization, this paper's method). "
     "Watch the attack success rate fall while the clean accuracy holds; then run a baseline such as plain "
@@ -16,7 +19,7 @@ appkit.intro(
 )
 
 ss = st.session_state
-lab = appkit.lab()
+lab = current_lab()
 defaults = purify.PurifyConfig()
 for key, value in {
     "purify_defense": "bs-ar",
@@ -30,15 +33,16 @@ busy = any(r.active for r in runs)
 
 c1, c2, c3, c4 = st.columns([3, 1, 1, 1])
 with c1:
-    appkit.synced(
+    state.synced(
         st.selectbox,
         "Defense",
         "purify_defense",
         options=DEFENSES.names(),
         format_func=lambda d: f"{d}: {DEFENSES[d].label}",
+        help=DEFENSES[ss["purify_defense"]].explanation,
     )
 with c2:
-    appkit.synced(
+    state.synced(
         st.number_input,
         "Steps",
         "purify_steps",
@@ -48,11 +52,11 @@ with c2:
         help="fine-tuning steps of 64 clean images each (CLP does none)",
     )
 with c3:
-    appkit.synced(
+    state.synced(
         st.number_input, "Learning rate", "purify_lr", min_value=0.0001, max_value=1.0, step=0.005, format="%.4f"
     )
 with c4:
-    appkit.synced(
+    state.synced(
         st.number_input,
         "Penalty λ",
         "purify_lam",
@@ -63,8 +67,9 @@ with c4:
         help="strength of the penalty on the marked neurons (bs-… and mag-ar)",
     )
 defense = ss["purify_defense"]
-if DEFENSES[defense].marking is not None:
-    metric = DEFENSES[defense].marking[0]
+marking = DEFENSES[defense].marking
+if marking is not None:
+    metric = marking[0]
     marked = purify.marked_count(lab.threshold_mask(metric))
     how = (
         f"the {ss['threshold_value']:.0%} most suspect "
@@ -72,15 +77,14 @@ if DEFENSES[defense].marking is not None:
         if ss["threshold_mode"] == "ratio"
         else f"normalized importance ≤ {ss['threshold_value']:.2f}"
     )
-    st.caption(
-        f"Marked by {appkit.LABELS[metric]}: {marked} of {lab.neurons} neurons ({how}), as set on the Threshold page."
-    )
+    label = curves.score_label(metric)
+    st.caption(f"Marked by {label}: {marked} of {lab.neurons} neurons ({how}), as set on the Threshold page.")
 
 
 def start() -> None:
     try:
-        cfg = appkit.purification_config(ss["purify_steps"], ss["purify_lr"], ss["purify_lam"])
-        appkit.start_run(appkit.lab(), ss["purify_defense"], cfg)
+        cfg = purification_config(ss["purify_steps"], ss["purify_lr"], ss["purify_lam"])
+        start_run(current_lab(), ss["purify_defense"], cfg)
     except ValueError as err:
         ss["purify_error"] = f"These settings cannot run: {err}"
 
@@ -97,7 +101,7 @@ if ss.get("purify_error"):
 ss["_polling"] = busy
 
 
-@st.fragment(run_every=appkit.POLL_S if busy else None)
+@st.fragment(run_every=POLL_S if busy else None)
 def live():
     """Progress, Stop and the curves: redrawn every POLL_S seconds while a run is going, without rerunning the page."""
     now = [r for r in ss["runs"] if r.model_key == lab.key]
@@ -114,32 +118,11 @@ def live():
         c1.progress(min(r.step / total, 1.0), text=f"{r.label}: {text}")
         c2.button("Stop", key=f"w_stop_{r.label}", on_click=r.stop, disabled=r.status == "stopping")
     if now:
-        st.plotly_chart(appkit.runs_figure(now), width="stretch", key="runs")
-    if (
-        now and not active
-    ):  # the table waits for the end: redrawing it twice a second costs the browser more than it tells
-        rows = []
-        for r in now:
-            before, after = r.before_after()
-
-            def pct(rec, k):
-                return round(100 * rec[k], 1) if rec else None
-
-            rows.append(
-                {
-                    "run": r.label,
-                    "status": r.status,
-                    "steps": r.step,
-                    "seconds": round(r.records[-1]["seconds"], 1) if r.records else 0.0,
-                    "accuracy before": pct(before, "clean_acc"),
-                    "accuracy now": pct(after, "clean_acc"),
-                    "attack success before": pct(before, "asr"),
-                    "attack success now": pct(after, "asr"),
-                }
-            )
+        st.plotly_chart(curves.runs_figure(now), width="stretch", key="runs")
+    if now and not active:  # the table waits for the end: redrawn twice a second it costs more than it tells
         fmt = st.column_config.NumberColumn(format="%.1f%%")
         st.dataframe(
-            rows,
+            runs_table(now),
             hide_index=True,
             width="stretch",
             key="runs-table",
@@ -168,19 +151,19 @@ if finished:
     ]
     before, after = pick.before_after()
     c1, c2, c3 = st.columns(3)
-    c1.metric("Clean accuracy", f"{after['clean_acc']:.1%}", appkit.points(after["clean_acc"] - before["clean_acc"]))
+    c1.metric("Clean accuracy", f"{after['clean_acc']:.1%}", state.points(after["clean_acc"] - before["clean_acc"]))
     c2.metric(
-        "Attack success rate", f"{after['asr']:.1%}", appkit.points(after["asr"] - before["asr"]), delta_color="inverse"
+        "Attack success rate", f"{after['asr']:.1%}", state.points(after["asr"] - before["asr"]), delta_color="inverse"
     )
-    c3.metric(f"Time for {pick.step} steps", f"{pick.records[-1]['seconds']:.1f} s")
+    c3.metric(f"Time for {pick.step} steps", f"{pick.seconds:.1f} s")
     n = 8
     if pick.attr_after is None:
         pick.attr_after = lab.attribution(pick.run.model, n=n)
     x = lab.triggered.x[:n]
     pred_b, pred_a = metrics.predict(lab.model, x), metrics.predict(pick.run.model, x)
     attr_before = lab.attribution(n=n)
-    share_b = appkit.trigger_share(attr_before, lab.bundle.trigger)
-    share_a = appkit.trigger_share(pick.attr_after, lab.bundle.trigger)
+    share_b = trigger_share(attr_before, lab.bundle.trigger)
+    share_a = trigger_share(pick.attr_after, lab.bundle.trigger)
     st.caption(
         f"Integrated gradients toward the target label {lab.target} on triggered images, before and after "
         "(each map scaled to its own maximum); titles are the predictions. After purification the model should "
@@ -193,7 +176,7 @@ if finished:
         )
     )
     st.plotly_chart(
-        appkit.image_grid(
+        charts.image_grid(
             [
                 ("triggered", x.amax(1).numpy(), [""] * n),
                 ("before", attr_before, [f"→ {p}" for p in pred_b.tolist()]),
@@ -214,7 +197,7 @@ if finished:
     )
     d2.download_button(
         "Download report (JSON)",
-        appkit.report_json(pick.report(lab)),
+        report_json(pick.report(lab)),
         file_name=f"{lab.name}-{pick.defense}-report.json",
         mime="application/json",
         key="w_dl_report",

@@ -1,18 +1,17 @@
 """Salience page: per-layer heatmaps of benign salience and weight magnitude, ground truth, ROC, CSV."""
 
 import pandas as pd
-import plotly.express as px
-import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-import appkit
 from defense import metrics, salience
 from defense.registry import SCORES
+from ui import charts, curves, jobs, state
+from ui.lab import current_lab
 
-appkit.require_app()
+state.require_app()
 st.title("Which neurons look infected?")
-appkit.intro(
+state.intro(
     "Each square is one neuron (a conv channel or a hidden unit). **Benign salience** measures how much the "
     "clean-data loss would rise if the neuron were removed: neurons the normal task barely needs (low salience) "
     "are the suspects, because a backdoor lives in neurons the clean images do not use. Next to it, **weight "
@@ -20,7 +19,7 @@ appkit.intro(
     "Threshold page."
 )
 
-lab = appkit.lab()
+lab = current_lab()
 scores = lab.scores()
 bs, mag = scores["benign"], scores["magnitude"]
 scale = st.radio(
@@ -33,9 +32,9 @@ scale = st.radio(
 )
 bar = "raw" if scale == "raw" else "importance"
 marked = lab.threshold_mask()
-bs_s, mag_s = appkit.scaled(bs, scale), appkit.scaled(mag, scale)
+bs_s, mag_s = charts.scaled(bs, scale), charts.scaled(mag, scale)
 for name, nl in lab.layers.items():
-    fig = appkit.layer_heatmaps(
+    fig = charts.layer_heatmaps(
         f"{name} · {nl.size} {'channels' if nl.layer.__class__.__name__ == 'Conv2d' else 'units'}",
         [("benign salience", bs_s[name], bar), ("weight magnitude", mag_s[name], bar)],
         {"benign salience": bs.layers[name], "weight magnitude": mag.layers[name]},
@@ -50,7 +49,7 @@ st.caption(
 )
 truth = lab.ground_truth()
 frame = salience.scores_frame([scores[m] for m in SCORES.names()])
-if appkit.wait_note(
+if jobs.wait_note(
     [truth],
     "Measuring which neurons carry the backdoor (zeroing each one in turn: about 10 s, "
     "once per model). The page updates by itself.",
@@ -61,55 +60,18 @@ if appkit.wait_note(
     frame["infected"] = torch.cat([infected[n] for n in lab.layers]).numpy()
     left, right = st.columns(2)
     with left:
-        shown = frame.assign(truth=frame["infected"].map({True: "infected", False: "clean"}))
-        fig = px.scatter(
-            shown,
-            x="magnitude",
-            y="benign",
-            color="truth",
-            color_discrete_map={"infected": "#d62728", "clean": "#9fb3c8"},
-            hover_data={
-                "layer": True,
-                "neuron": True,
-                "benign": ":.4g",
-                "magnitude": ":.4g",
-                "backdoor_effect": ":.3g",
-                "truth": False,
-            },
-            labels={"benign": "benign salience", "magnitude": "weight magnitude"},
-            title="benign salience against weight magnitude",
-        )
-        fig.update_layout(height=420, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.2))
-        st.plotly_chart(fig, width="stretch", key="scatter")
+        st.plotly_chart(curves.truth_scatter(frame, "magnitude", "benign"), width="stretch", key="scatter")
     with right:
-        fig = go.Figure()
-        rows = []
-        for i, m in enumerate(SCORES.names()):
+        roc, rows = [], []
+        for m in SCORES.names():
             s = scores[m].suspicion()
             fpr, tpr = metrics.roc_curve(
                 torch.cat([s[n] for n in lab.layers]), torch.cat([infected[n] for n in lab.layers])
             )
             q = metrics.identification_quality(scores[m], infected)
-            rows.append({"score": appkit.LABELS[m], "ROC AUC": q["auc"], "precision at k": q["precision_at_k"]})
-            fig.add_trace(
-                go.Scatter(
-                    x=fpr,
-                    y=tpr,
-                    mode="lines",
-                    name=f"{appkit.LABELS[m]} (AUC {q['auc']:.2f})",
-                    line=dict(color=appkit.COLORS[i], width=3 if m == "benign" else 2),
-                )
-            )
-        fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#bbb", dash="dot"), name="chance"))
-        fig.update_layout(
-            title="finding infected neurons: ROC",
-            height=420,
-            margin=dict(l=10, r=10, t=40, b=10),
-            xaxis_title="share of clean neurons flagged",
-            yaxis_title="share of infected neurons found",
-            legend=dict(orientation="h", y=-0.2),
-        )
-        st.plotly_chart(fig, width="stretch", key="roc")
+            roc.append((curves.score_label(m), fpr, tpr, q["auc"]))
+            rows.append({"score": curves.score_label(m), "ROC AUC": q["auc"], "precision at k": q["precision_at_k"]})
+        st.plotly_chart(curves.roc_figure(roc, bold=curves.score_label("benign")), width="stretch", key="roc")
     st.caption(
         "ROC AUC: the chance that the score ranks a random infected neuron as more suspect than a random clean "
         "one (1 = perfect, 0.5 = a coin toss). Precision at k: the share of infected neurons among the k most "

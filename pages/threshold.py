@@ -2,30 +2,33 @@
 
 import streamlit as st
 
-import appkit
+from defense.registry import SCORES
+from ui import charts, curves, jobs, state
+from ui.lab import SLIDER_GRID, SLIDER_STEP, current_lab
 
-appkit.require_app()
+state.require_app()
 st.title("Choose the purification threshold")
-appkit.intro(
+state.intro(
     "The threshold decides which neurons count as suspect: the ones with the lowest scores are **marked**, and "
     "purification then pushes their weights toward zero while fine-tuning the rest. Mark too few and the backdoor "
     "survives; mark too many and the model forgets how to read digits. Move the slider and watch both numbers."
 )
 
 ss = st.session_state
-lab = appkit.lab()
+lab = current_lab()
 c1, c2, c3 = st.columns(3)
 with c1:
-    appkit.synced(
+    state.synced(
         st.selectbox,
         "Score",
         "threshold_metric",
-        options=list(appkit.CURVE_METRICS),
-        format_func=appkit.LABELS.get,
-        help="which score ranks the neurons (purification with bs-… uses benign salience)",
+        options=state.curve_scores(),
+        format_func=curves.score_label,
+        help="which score ranks the neurons (purification with bs-… uses benign salience). "
+        + SCORES[ss["threshold_metric"]].explanation,
     )
 with c2:
-    appkit.synced(
+    state.synced(
         st.radio,
         "Mark by",
         "threshold_mode",
@@ -36,7 +39,7 @@ with c2:
         "importance (0 = most suspect, 1 = most important in its layer) is at or below the value",
     )
 with c3:
-    appkit.synced(
+    state.synced(
         st.radio,
         "Scope",
         "threshold_scope",
@@ -49,15 +52,15 @@ with c3:
 label = (
     "Share of neurons to mark" if ss["threshold_mode"] == "ratio" else "Mark neurons with normalized importance up to"
 )
-appkit.synced(st.slider, label, "threshold_value", min_value=0.0, max_value=1.0, step=appkit.SLIDER_STEP)
+state.synced(st.slider, label, "threshold_value", min_value=0.0, max_value=1.0, step=SLIDER_STEP)
 
 metric, mode, value, scope = ss["threshold_metric"], ss["threshold_mode"], ss["threshold_value"], ss["threshold_scope"]
 base = lab.evaluation()
 pv = lab.preview(metric, mode, value, scope)
 c1, c2, c3 = st.columns(3)
 c1.metric("Marked neurons", f"{pv['marked']} of {lab.neurons}")
-c2.metric("Clean accuracy if zeroed", f"{pv['clean_acc']:.1%}", appkit.points(pv["clean_acc"] - base["clean_acc"]))
-c3.metric("Attack success if zeroed", f"{pv['asr']:.1%}", appkit.points(pv["asr"] - base["asr"]), delta_color="inverse")
+c2.metric("Clean accuracy if zeroed", f"{pv['clean_acc']:.1%}", state.points(pv["clean_acc"] - base["clean_acc"]))
+c3.metric("Attack success if zeroed", f"{pv['asr']:.1%}", state.points(pv["asr"] - base["asr"]), delta_color="inverse")
 st.caption(
     "Preview: the marked neurons' outputs are set to zero, with no fine-tuning, on the 1,000 test images. "
     "Purification does better than this, because it retrains the rest of the network."
@@ -65,24 +68,26 @@ st.caption(
 
 mask = lab.mask(metric, mode, value, scope)
 scores = lab.scores()[metric]
-raw = {n: {appkit.LABELS[metric]: v} for n, v in scores.layers.items()}
+raw = {n: {curves.score_label(metric): v} for n, v in scores.layers.items()}
 st.plotly_chart(
-    appkit.layers_row(scores.normalized("minmax"), raw, mask, "importance"), width="stretch", key="threshold-heat"
+    charts.layers_row(scores.normalized("minmax"), raw, mask, "importance"), width="stretch", key="threshold-heat"
 )
 st.caption(
-    f"Colour: {appkit.LABELS[metric]}, normalized per layer (dark = most suspect). Red outlines: marked neurons."
+    f"Colour: {curves.score_label(metric)}, normalized per layer (dark = most suspect). Red outlines: marked neurons."
 )
 
 st.subheader("Pruning curve")
+drawn = len(state.curve_scores())
 st.caption(
     "Accuracy and attack success when the given share of each layer's most suspect neurons is zeroed, for "
-    "three scores. A good score makes the attack collapse long before the accuracy does."
+    f"{state.in_words(drawn)} scores. A good score makes the attack collapse long before the accuracy does."
 )
 curve = lab.pruning_curve(scope)
-if appkit.wait_note(
+previews = drawn * len(SLIDER_GRID)
+if jobs.wait_note(
     [curve],
-    "Computing the pruning curves (63 previews, about 20 s, once per model). "
+    f"Computing the pruning curves ({previews} previews, about {round(previews / 3, -1):.0f} s, once per model). "
     "The slider works meanwhile; the curve appears by itself.",
 ):
     share = value if mode == "ratio" else pv["marked"] / lab.neurons
-    st.plotly_chart(appkit.pruning_figure(curve.result(), share), width="stretch", key="curve")
+    st.plotly_chart(curves.pruning_figure(curve.result(), share), width="stretch", key="curve")

@@ -65,3 +65,16 @@ def badnets_copy(tmp_path) -> Path:
 def tree(root: Path) -> set[str]:
     """Every path under ``root`` (to check that nothing was written)."""
     return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium under Playwright, for the browser tests (test_browser*.py)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_browser import ARGS, CHROMIUM
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield b
+        b.close()

@@ -101,16 +101,6 @@ def server(tmp_path_factory):
         yield url
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield b
-        b.close()
-
-
 def goto_page(page, link: str, heading: str) -> None:
     page.locator('[data-testid="stSidebarNav"]').get_by_text(link, exact=True).click()
     page.get_by_role("heading", name=heading).wait_for(timeout=60_000)

@@ -20,7 +20,7 @@ from tests.test_browser import (
     CHROMIUM,
     goto_page,
     metric_value,
-    no_exceptions,  # noqa: F401 - browser is a fixture
+    no_exceptions,
     running_app,
 )
 from tests.test_trust import bundle_files, payload_bytes, write_zip
@@ -28,7 +28,7 @@ from tests.test_trust import bundle_files, payload_bytes, write_zip
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium at /usr/bin/chromium")
 
 VIEWPORT = {"width": 1400, "height": 1000}
-GONE = "stopped: its session went away"  # appkit.Runner's log line when a run's session is gone
+GONE = "stopped: its session went away"  # ui.runs.Runner's log line when a run's session is gone
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from defense import baselines, bundle, data, metrics, salience
@@ -156,6 +158,37 @@ def test_identification_metrics_from_first_principles():
     assert fpr[0] == 0 and tpr[-1] == 1 and fpr[-1] == 1
 
 
+def _area(fpr: list[float], tpr: list[float]) -> float:
+    """Trapezoid area under a drawn curve."""
+    return sum((x1 - x0) * (y0 + y1) / 2 for x0, x1, y0, y1 in zip(fpr, fpr[1:], tpr, tpr[1:]))
+
+
+def test_roc_curve_with_ties_has_the_area_of_the_stated_auc():
+    # the issue's example: ten neurons tie at 2 (dead units tie like this), the two infected among them
+    suspicion = torch.tensor([2.0, 2, 1, 2, 2, 2, 2, 2, 2, 2, 2, 1])
+    positive = torch.zeros(12, dtype=torch.bool)
+    positive[:2] = True
+    fpr, tpr = metrics.roc_curve(suspicion, positive)
+    assert metrics.roc_auc(suspicion, positive) == pytest.approx(0.6)
+    assert _area(fpr, tpr) == pytest.approx(0.6)
+    assert fpr == pytest.approx([0.0, 0.8, 1.0]) and tpr == pytest.approx([0.0, 1.0, 1.0])  # one point per score
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 4), st.booleans()), min_size=2, max_size=40).filter(
+        lambda rows: 0 < sum(p for _, p in rows) < len(rows)
+    )
+)
+@settings(max_examples=200, deadline=None)
+def test_roc_curve_area_equals_auc_for_any_ties(rows):
+    suspicion = torch.tensor([float(s) for s, _ in rows])
+    positive = torch.tensor([p for _, p in rows])
+    fpr, tpr = metrics.roc_curve(suspicion, positive)
+    assert _area(fpr, tpr) == pytest.approx(metrics.roc_auc(suspicion, positive), abs=1e-6)
+    assert fpr[-1] == pytest.approx(1.0) and tpr[-1] == pytest.approx(1.0)
+    assert len(fpr) == 1 + len(set(suspicion.tolist()))
+
+
 @pytest.fixture(scope="module")
 def badnets():
     b = bundle.load_bundle(BADNETS)
@@ -301,3 +334,35 @@ def test_cli_salience_csv(tmp_path):
     frame = pd.read_csv(out)
     assert list(frame.columns) == ["layer", "neuron", *SCORES.names()]
     assert len(frame) == sum(nl.size for nl in salience.neuron_map(bundle.load_bundle(BADNETS).model).values())
+
+
+def test_marked_norm_works_before_iterating_and_the_report_has_one_builder():
+    from defense.data import TensorData
+    from defense.results import purified_meta, run_report
+
+    torch.manual_seed(0)
+    clean = TensorData(torch.rand(16, 1, 4, 4), torch.arange(16) % 3)
+    run = Purification(TinyNet(), clean, clean, clean, PurifyConfig(metric="magnitude", steps=3, eval_every=2))
+    norm = run.marked_norm()  # before any step: the knees are set when the run is made
+    records = list(run)
+    assert records[0]["marked_norm"] == norm > 0
+    report = run_report(run.history, run.config, context={"defense": "bs-ar"}, history=True)
+    assert list(report)[:5] == ["defense", "before", "after", "steps", "seconds"]
+    assert report["steps"] == 3 and report["before"] == {k: records[0][k] for k in ("clean_acc", "asr")}
+    assert report["after"] == {k: records[-1][k] for k in ("clean_acc", "asr")}
+    assert report["history"][0]["task_loss"] is None  # NaN is not JSON
+    json.dumps(report, allow_nan=False)
+    assert run_report(run.history, run.config) == {
+        k: report[k] for k in ("before", "after", "steps", "seconds", "config")
+    }
+    assert run_report([], None, history=True)["before"] is None
+    meta = purified_meta(
+        {"name": "m", "attack": {"kind": "badnets"}},
+        name="m-bs-ar",
+        source_name="m",
+        after=report["after"],
+        config=run.config,
+        defense="bs-ar",
+    )
+    assert meta["name"] == "m-bs-ar" and meta["purified_from"] == "m" and meta["purification"]["defense"] == "bs-ar"
+    assert meta["purification"]["steps"] == 3 and meta["attack"] == {"kind": "badnets"}

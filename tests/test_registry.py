@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from defense import attacks, baselines, bench, cli, metrics, models, salience
+from defense import attacks, baselines, bench, bundle, data, metrics, models, salience
+from defense import cli as cli_module
+from defense.data import TensorData
 from defense.neurons import NeuronScores, neuron_map
 from defense.purify import REGULARIZERS, Purification, PurifyConfig
-from defense.registry import ARCHITECTURES, ATTACKS, DEFENSES, SCORES, Score
+from defense.registry import ARCHITECTURES, ATTACKS, DEFENSES, SCORES, Defense, Score
 
 ROOT = Path(__file__).resolve().parent.parent
 BADNETS = ROOT / "assets" / "models" / "mnist-badnets"
@@ -51,21 +54,15 @@ def test_a_registered_score_reaches_the_cli(toy_score, cli, tmp_path):
     assert code == 0, err
     with out.open() as f:
         assert list(csv.DictReader(f))[0].keys() >= {"benign", "clp", "toy"}
-    args = cli_module_parser().parse_args(["purify", "--bundle", "x", "--metric", "toy"])
+    args = cli_module.build_parser().parse_args(["purify", "--bundle", "x", "--metric", "toy"])
     assert args.metric == "toy"
     SCORES.unregister("toy")
     code, _, err = cli("salience", "--bundle", BADNETS, "--metric", "toy", "--out", out)
     assert code == 2 and "invalid choice: 'toy'" in err
 
 
-def cli_module_parser():
-    return cli.build_parser()
-
-
 def test_a_registered_score_reaches_the_benchmark(toy_score):
-    b = bundle_of_badnets()
-    from defense import data
-
+    b = bundle.load_bundle(BADNETS)
     splits = data.load_dataset("mnist5k")
     layers = neuron_map(b.model)
     truth = metrics.backdoor_ground_truth(
@@ -74,12 +71,6 @@ def test_a_registered_score_reaches_the_benchmark(toy_score):
     rows = bench.identification_rows(b.model, splits.clean, layers, truth["infected"])
     assert [r["metric"] for r in rows] == SCORES.names()
     assert rows[-1]["metric"] == "toy" and 0 <= rows[-1]["auc"] <= 1
-
-
-def bundle_of_badnets():
-    from defense import bundle
-
-    return bundle.load_bundle(BADNETS)
 
 
 def test_direction_and_compute_come_from_the_registry(toy_score):
@@ -112,8 +103,6 @@ def test_defense_entries_agree_with_the_rest():
     # the distill flag says whether the run it builds distills
     tiny = models.build("small_cnn", 10, (1, 8, 8), [0.5], [0.5], width=2, hidden=4)
     x, y = torch.rand(8, 1, 8, 8), torch.arange(8) % 10
-    from defense.data import TensorData
-
     clean = TensorData(x, y)
     for d in DEFENSES:
         run = baselines.make(d.name, tiny, clean, clean, clean, PurifyConfig(steps=1))
@@ -154,13 +143,23 @@ def test_architecture_entries_count_parameters_without_building():
 
 
 def _imports(path: Path, package: str) -> set[str]:
-    """Modules of ``package`` that a file imports, at any depth of the file (lazy imports count too)."""
+    """Modules of ``package`` that a file imports, at any depth of the file (lazy imports count too, type-only not)."""
     module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
     if module.endswith(".__init__"):
         module = module[: -len(".__init__")]
     here = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    typing_only = {  # imports under `if TYPE_CHECKING:` never run
+        id(n)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and getattr(block.test, "id", None) == "TYPE_CHECKING"
+        for stmt in block.body
+        for n in ast.walk(stmt)
+    }
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.ImportFrom):
             base = here[: len(here) - node.level + 1] if node.level else []
             target = ".".join([*base, *(node.module.split(".") if node.module else [])])
@@ -207,3 +206,37 @@ def test_each_module_imports_alone(module):
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout.strip()) >= 4
+
+
+def test_readme_tables_are_the_registries(cli):
+    text = (ROOT / "README.md").read_text()
+    block = text.split(cli_module.TABLES_START, 1)[1].split("<!-- /registry -->", 1)[0]
+    code, out, _ = cli("list")
+    assert code == 0
+    assert block.strip() == out.strip(), "README's tables are stale: run python -m defense list --update README.md"
+    for entry in [*SCORES, *DEFENSES, *ATTACKS, *ARCHITECTURES]:
+        assert f"`{entry.name}`" in out
+
+
+def test_purify_runs_any_registered_defense(cli, tmp_path):
+    code, out, err = cli("purify", "--bundle", BADNETS, "--defense", "clp", "--json", "--out", tmp_path / "p.zip")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["defense"] == "clp" and report["steps"] == 0
+    assert (report["config"]["metric"], report["config"]["reg"]) == ("clp", "prune")
+    assert bundle.load_bundle(tmp_path / "p.zip").meta["purification"]["defense"] == "clp"
+    code, _, err = cli("purify", "--bundle", BADNETS, "--defense", "clp", "--reg", "l1")
+    assert code == 2 and "leave out --metric and --reg" in err
+
+
+def test_a_registered_defense_reaches_the_cli_choices():
+    entry = DEFENSES["ft"]
+    DEFENSES.register(Defense("toy-ft", "toy", "A test entry: plain fine-tuning under another name.", entry.build))
+    try:
+        parser = cli_module.build_parser()
+        assert parser.parse_args(["bench", "--defenses", "toy-ft"]).defenses == ["toy-ft"]
+        assert parser.parse_args(["purify", "--bundle", "x", "--defense", "toy-ft"]).defense == "toy-ft"
+    finally:
+        DEFENSES.unregister("toy-ft")
+    with pytest.raises(SystemExit):
+        cli_module.build_parser().parse_args(["bench", "--defenses", "toy-ft"])

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from defense import salience
+from defense.neurons import NeuronScores
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
 MARK_COLOR = "#ff2b2b"
@@ -28,7 +28,7 @@ def _grid(values: torch.Tensor | np.ndarray, rows: int, cols: int) -> np.ndarray
     return out.reshape(rows, cols)
 
 
-def scaled(scores: salience.NeuronScores, scale: str) -> dict[str, torch.Tensor]:
+def scaled(scores: NeuronScores, scale: str) -> dict[str, torch.Tensor]:
     """'raw' values, or per-layer 'minmax'/'rank' importance (0 = most suspect)."""
     return scores.layers if scale == "raw" else scores.normalized(scale)
 

@@ -13,10 +13,9 @@ from plotly.subplots import make_subplots
 from defense.registry import SCORES
 from ui.charts import COLORS, MARK_COLOR
 
-LABELS = {s.name: s.label for s in SCORES}
-
 
 def score_label(name: str) -> str:
+    """The registered score's label (its name if it is not registered)."""
     return SCORES[name].label if name in SCORES else name
 
 

@@ -20,10 +20,11 @@ import pandas as pd
 import streamlit as st
 from torch import nn
 
-from defense import attacks, data, explain, metrics, purify, salience
+from defense import attacks, data, explain, masking, metrics, salience
 from defense import bundle as bundle_io
 from defense.data import load_splits_for
-from defense.paths import MODELS_DIR
+from defense.neurons import NeuronLayer, NeuronMask, NeuronScores, marked_count, neuron_map
+from defense.paths import MODELS_DIR, bundled_models
 from defense.registry import SCORES
 from defense.runtime import configure_threads
 from ui import state
@@ -35,7 +36,7 @@ LOAD_ERRORS = (bundle_io.BundleError, attacks.TriggerError, data.DataError, Valu
 
 
 def bundled_names() -> list[str]:
-    return sorted(p.name for p in MODELS_DIR.iterdir() if (p / "meta.json").is_file())
+    return bundled_models()
 
 
 def weights_key(name: str, model: nn.Module) -> str:
@@ -76,7 +77,7 @@ class Lab:
     key: str
     bundle: bundle_io.Bundle  # shared and cached: never mutated
     model: nn.Module  # this session's own copy
-    layers: dict[str, salience.NeuronLayer]
+    layers: dict[str, NeuronLayer]
     splits: data.DataSplits
     triggered: data.TensorData
     fraction: float
@@ -97,14 +98,16 @@ class Lab:
     def evaluation(self) -> dict:
         return _evaluation(self.key, self.bundle.model, self.splits.test, self.triggered)
 
-    def scores(self) -> dict[str, salience.NeuronScores]:
-        return _scores(self.key, self.fraction, self.seed, self.bundle.model, self.splits.clean)
+    def scores(self) -> dict[str, NeuronScores]:
+        """Every registered score of the original model (a score registered later is computed then)."""
+        names = tuple(SCORES.names())
+        return _scores(self.key, self.fraction, self.seed, names, self.bundle.model, self.splits.clean)
 
-    def mask(self, metric: str, mode: str, value: float, scope: str) -> purify.NeuronMask:
+    def mask(self, metric: str, mode: str, value: float, scope: str) -> NeuronMask:
         s = self.scores()[metric]
-        return purify.mark(s, ratio=value, scope=scope) if mode == "ratio" else purify.mark(s, threshold=value)
+        return masking.mark(s, ratio=value, scope=scope) if mode == "ratio" else masking.mark(s, threshold=value)
 
-    def threshold_mask(self, metric: str | None = None) -> purify.NeuronMask:
+    def threshold_mask(self, metric: str | None = None) -> NeuronMask:
         """The mask set on the Threshold page (by ``metric`` instead of its score, if given)."""
         chosen, mode, value, scope = state.threshold()
         return self.mask(metric or chosen, mode, value, scope)
@@ -113,7 +116,7 @@ class Lab:
         """Clean accuracy and ASR with the marked neurons zeroed, and how many are marked.
 
         A share on the slider's grid is read from the pruning curve once it is measured (it holds every
-        grid value of the three scores); anything else is measured here and cached.
+        grid value of the curve's scores); anything else is measured here and cached.
         """
         value = round(value, 4)
         grid = self.pruning_curve(scope) if mode == "ratio" else self.cut_curve(metric)
@@ -121,7 +124,7 @@ class Lab:
             which = f"{mode}:{scope}:{metric}"
             hit = _curve_index(self.key, self.fraction, self.seed, which, grid.result()).get((metric, value))
             if hit is not None:
-                return {**hit, "marked": purify.marked_count(self.mask(metric, mode, value, scope))}
+                return {**hit, "marked": marked_count(self.mask(metric, mode, value, scope))}
         return _preview(self.key, self.fraction, self.seed, metric, mode, value, scope, self)
 
     def ground_truth(self) -> Future:
@@ -129,12 +132,12 @@ class Lab:
 
     def pruning_curve(self, scope: str) -> Future:
         """Previews of every share on the slider's grid, for the curve's scores (measured in the background)."""
-        scores = self.scores()
+        scores, names = self.scores(), state.curve_scores()
         return background(
-            ("curve", self.key, self.fraction, self.seed, scope),
+            ("curve", self.key, self.fraction, self.seed, scope, tuple(names)),
             _pruning_curve,
             self.bundle.model,
-            [scores[m] for m in state.CURVE_METRICS],
+            [scores[m] for m in names],
             self.splits.test,
             self.triggered,
             scope,
@@ -161,7 +164,7 @@ class Lab:
         return explain.attribution(model, self.triggered.x[:n], self.target)
 
 
-def lab() -> Lab:
+def current_lab() -> Lab:
     """The current model of this session (errors on the page, then stop)."""
     ss = st.session_state
     try:
@@ -177,7 +180,7 @@ def lab() -> Lab:
     own = ss.get("_own_model")
     if own is None or own[0] != key:  # each session works on its own copy
         model = copy.deepcopy(b.model).eval()
-        own = ss["_own_model"] = (key, model, salience.neuron_map(model))
+        own = ss["_own_model"] = (key, model, neuron_map(model))
     triggered = _triggered(key, splits.test, b.trigger, b.target)
     return Lab(key, b, own[1], own[2], splits, triggered, ss["clean_fraction"], ss["clean_seed"])
 
@@ -198,17 +201,17 @@ def _evaluation(key: str, _model: nn.Module, _test: data.TensorData, _triggered:
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
-def _scores(key: str, fraction: float, seed: int, _model: nn.Module, _clean: data.TensorData) -> dict:
+def _scores(key: str, fraction: float, seed: int, names: tuple[str, ...], _model: nn.Module, _clean) -> dict:
     model = copy.deepcopy(_model)
-    layers = salience.neuron_map(model)
-    return {m: salience.compute(m, model, _clean, layers) for m in SCORES.names()}
+    layers = neuron_map(model)
+    return {m: salience.compute(m, model, _clean, layers) for m in names}
 
 
 @st.cache_resource(show_spinner=False, max_entries=2048)
 def _preview(key: str, fraction: float, seed: int, metric: str, mode: str, value: float, scope: str, _lab: Lab) -> dict:
     mask = _lab.mask(metric, mode, value, scope)
-    result = purify.preview(_lab.model, _lab.layers, mask, _lab.splits.test, _lab.triggered)
-    return {**result, "marked": purify.marked_count(mask)}
+    result = masking.preview(_lab.model, _lab.layers, mask, _lab.splits.test, _lab.triggered)
+    return {**result, "marked": marked_count(mask)}
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
@@ -227,20 +230,16 @@ def _attribution(key: str, n: int, _model: nn.Module, _x, target: int) -> np.nda
 def _ground_truth(model: nn.Module, test: data.TensorData, triggered: data.TensorData) -> dict:
     configure_threads(share_with_server=True)  # per thread in torch: a new thread would take every core
     model = copy.deepcopy(model)
-    return metrics.backdoor_ground_truth(model, salience.neuron_map(model), test, triggered)
+    return metrics.backdoor_ground_truth(model, neuron_map(model), test, triggered)
 
 
 def _pruning_curve(model: nn.Module, scores: list, test, triggered, scope: str) -> pd.DataFrame:
     configure_threads(share_with_server=True)
     model = copy.deepcopy(model)
-    return purify.pruning_curve(
-        model, salience.neuron_map(model), scores, test, triggered, ratios=SLIDER_GRID, scope=scope
-    )
+    return masking.pruning_curve(model, neuron_map(model), scores, test, triggered, ratios=SLIDER_GRID, scope=scope)
 
 
-def _cut_curve(model: nn.Module, scores: salience.NeuronScores, test, triggered) -> pd.DataFrame:
+def _cut_curve(model: nn.Module, scores: NeuronScores, test, triggered) -> pd.DataFrame:
     configure_threads(share_with_server=True)
     model = copy.deepcopy(model)
-    return purify.pruning_curve(
-        model, salience.neuron_map(model), [scores], test, triggered, ratios=SLIDER_GRID, by="value"
-    )
+    return masking.pruning_curve(model, neuron_map(model), [scores], test, triggered, ratios=SLIDER_GRID, by="value")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ import streamlit as st
 from defense import baselines, purify
 from defense import bundle as bundle_io
 from defense.registry import DEFENSES
+from defense.results import purified_bundle, run_report
 from defense.runtime import configure_threads
 from ui.charts import COLORS
 from ui.lab import Lab
@@ -33,7 +33,6 @@ from ui.lab import Lab
 EVAL_EVERY = 10  # steps between clean-accuracy/ASR points of a live run
 POLL_S = 0.4  # the Purify page redraws a live run this often
 ABSENT_S = 10.0  # a run stops once its session has been gone this long
-MARKING_DEFENSES = {d.name: d.marking for d in DEFENSES if d.marking is not None}
 log = logging.getLogger(__name__)
 
 
@@ -132,40 +131,22 @@ class Runner:
         return (ev[0], ev[-1]) if ev else (None, None)
 
     def report(self, lab_: Lab) -> dict:
-        before, after = self.before_after()
-
-        def pick(r):
-            return {k: r[k] for k in ("clean_acc", "asr")} if r else None
-
-        return {
+        context = {
             "model": lab_.name,
             "model_key": self.model_key,
             "defense": self.defense,
-            "description": DEFENSES[self.defense].label if self.defense in DEFENSES else None,
+            "description": DEFENSES[self.defense].label,
             "status": self.status,
-            "before": pick(before),
-            "after": pick(after),
-            "steps": self.step,
-            "seconds": round(self.seconds, 2),
-            "config": self.run.config.to_dict() if self.run else None,
-            "marked_neurons": self.records[0]["marked"] if self.records else None,
-            "history": [
-                {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
-                for r in self.records
-            ],
         }
+        return run_report(list(self.records), self.run.config if self.run else None, context=context, history=True)
 
     def bundle_zip(self, lab_: Lab) -> bytes:
         _, after = self.before_after()
-        meta = {
-            **copy.deepcopy(lab_.bundle.meta),
-            "name": f"{lab_.name}-{self.defense}",
-            "purified_from": lab_.name,
-            "clean_acc": round(after["clean_acc"], 4),
-            "asr": round(after["asr"], 4),
-            "purification": {"defense": self.defense, **self.run.config.to_dict()},
-        }
-        return bundle_io.bundle_bytes(bundle_io.Bundle(self.run.model, meta, lab_.bundle.trigger), meta["name"])
+        name = f"{lab_.name}-{self.defense}"
+        purified = purified_bundle(
+            lab_.bundle, self.run.model, name=name, after=after, config=self.run.config, defense=self.defense
+        )
+        return bundle_io.bundle_bytes(purified, name)
 
 
 def purification_config(steps: int, lr: float, lam: float) -> purify.PurifyConfig:
@@ -185,17 +166,14 @@ def start_run(lab_: Lab, defense: str, cfg: purify.PurifyConfig) -> Runner:
     model = copy.deepcopy(lab_.model)  # taken here, in the page's thread: no hooks of a preview can be in flight
     scores = lab_.scores()
     clean, test, trig = lab_.splits.clean, lab_.splits.test, lab_.triggered
+    marking = DEFENSES[defense].marking  # (score, regularizer) of a defense that can take the Threshold page's mask
     mask = None
-    if defense in MARKING_DEFENSES and ss["threshold_mode"] == "value":
-        metric, _ = MARKING_DEFENSES[defense]
-        mask = lab_.mask(metric, "value", ss["threshold_value"], ss["threshold_scope"])
-
-    marking = DEFENSES[defense].marking
+    if marking is not None and ss["threshold_mode"] == "value":  # a share is passed in cfg (ratio, scope)
+        mask = lab_.mask(marking[0], "value", ss["threshold_value"], ss["threshold_scope"])
 
     def build() -> purify.Purification:
-        return baselines.make(
-            defense, model, clean, test, trig, cfg, scores=scores[marking[0]] if marking else None, mask=mask
-        )
+        marked_by = scores[marking[0]] if marking else None
+        return baselines.make(defense, model, clean, test, trig, cfg, scores=marked_by, mask=mask)
 
     runs = ss["runs"]
     ctx = get_script_run_ctx()

@@ -12,7 +12,11 @@ from defense import data, purify
 from defense.registry import SCORES
 
 DEFAULT_MODEL = "mnist-badnets"
-CURVE_METRICS = tuple(s.name for s in SCORES if s.curve)
+
+
+def curve_scores() -> list[str]:
+    """The registered scores the Threshold page offers and its pruning curve draws (``Score.curve``)."""
+    return [s.name for s in SCORES if s.curve]
 
 
 def init_state() -> None:
@@ -23,7 +27,7 @@ def init_state() -> None:
         "uploads": {},  # key -> Bundle, this session's uploaded models
         "clean_fraction": data.CLEAN_FRACTION,
         "clean_seed": 0,
-        "threshold_metric": defaults.metric if defaults.metric in CURVE_METRICS else "benign",
+        "threshold_metric": defaults.metric if defaults.metric in curve_scores() else "benign",
         "threshold_mode": "ratio",  # 'ratio': share of neurons marked; 'value': normalized-score cut
         "threshold_value": defaults.ratio,
         "threshold_scope": defaults.scope,
@@ -72,6 +76,12 @@ def synced(widget: Callable[..., Any], label: str, state_key: str, **kwargs: Any
 def intro(text: str) -> None:
     """The plain sentences a page opens with."""
     st.markdown(text)
+
+
+def in_words(n: int) -> str:
+    """A small count as a word ("three scores"), larger ones as digits."""
+    words = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+    return words[n] if 0 <= n < len(words) else str(n)
 
 
 def points(delta: float) -> str:
