@@ -180,3 +180,17 @@ def test_cli_report_is_one_offline_html_file(badnets_copy, tmp_path, cache):
         assert section in text
     assert f"<th>package torch</th><td>{torch.__version__}</td>" in text  # versions
     assert "ft" in text and "clp" in text and "--steps 2" in text
+
+
+def test_the_report_and_its_figures_do_not_import_streamlit():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import defense.report_html, defense.compare_cli, ui.charts, ui.curves, ui.compare_charts; "
+        "print('streamlit' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=MODELS_DIR.parent.parent
+    )
+    assert out.stdout.strip() == "False", out.stderr
