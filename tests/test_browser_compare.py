@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from tests.test_browser import ARGS, CHROMIUM, SHOTS, goto_page, no_exceptions, running_app, shoot
+from tests.test_browser import ARGS, CHROMIUM, SHOTS, no_exceptions, running_app, shoot
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium at /usr/bin/chromium")
 
@@ -36,9 +36,10 @@ def test_compare_page_and_the_report_offline(server, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
     main = page.locator('[data-testid="stMain"]')
     page.goto(server)
-    page.get_by_role("heading", name="Where the model looks").wait_for(timeout=90_000)
-    goto_page(page, "Compare", "Compare every defense")
-    main.get_by_text("shipped with this bundled model").wait_for(timeout=60_000)
+    page.get_by_role("heading", name="The backdoored model").wait_for(timeout=240_000)  # a loaded machine is slow
+    page.locator('[data-testid="stSidebarNav"]').get_by_text("Compare", exact=True).click()
+    page.get_by_role("heading", name="Compare every defense").wait_for(timeout=180_000)
+    main.get_by_text("shipped with this bundled model").wait_for(timeout=120_000)
     main.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=30_000)
     page.wait_for_function("document.querySelectorAll('[data-testid=\"stMain\"] .js-plotly-plot').length >= 2")
     no_exceptions(page)
