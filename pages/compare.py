@@ -129,7 +129,7 @@ if board.empty:
 st.subheader("Leaderboard")
 st.caption(
     "Click a column to sort. Rates in % on the 1,000 test images; with 3 subsets, means (± half the range in the "
-    "± columns). Steps to ASR ≤ 5%: the first evaluated step (every 10) where the attack fell below 5%, blank if "
+    "± columns). Steps to ASR ≤ 5%: the first evaluated step (every 10) where the attack fell below 5%, None if "
     "never. ★ marks the paper's method."
 )
 frame = pd.DataFrame(table_rows(board))
@@ -146,6 +146,7 @@ st.dataframe(
     width="stretch",
     key="compare-table",
     column_config={
+        "defense": st.column_config.TextColumn(width="medium"),
         "clean accuracy after": pct,
         "ASR after": pct,
         "accuracy lost (points)": st.column_config.NumberColumn(format="%.1f"),
