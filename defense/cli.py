@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,9 @@ from . import bundle as bundle_io
 from .paths import RESULTS
 from .registry import ATTACKS, DEFENSES, SCORES
 from .runtime import configure_threads
+
+MAX_STEPS = 20_000  # purification steps; the recommended 300 take ~10 s for the MNIST models on one core
+MAX_EPOCHS = 200  # training epochs; the bundled MNIST models use 8
 
 
 class UsageError(ValueError):
@@ -60,9 +64,47 @@ def _seed(text: str) -> int:
     return value
 
 
+def _steps(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_STEPS:
+        raise argparse.ArgumentTypeError(
+            f"at most {MAX_STEPS:,} steps are allowed (asked {value:,}; the recommended number is 300)"
+        )
+    return value
+
+
+def _epochs(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_EPOCHS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_EPOCHS} epochs are allowed (asked {value:,})")
+    return value
+
+
+def check_out(path: str | Path, folder_ok: bool = True) -> Path:
+    """Refuse an --out that cannot be written, before any work: its nearest existing folder must be writable."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != (folder_ok and path.suffix != ".zip"):
+        kind = "a folder" if path.is_dir() else "a file"
+        raise UsageError(f"--out {path} is {kind}; expected {'a bundle folder or .zip' if folder_ok else 'a file'}")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {path} cannot be written ({parent} is not a writable folder)")
+    return path
+
+
+def _data_root_needed(dataset: str, data_root: str | None) -> None:
+    """The library's message is the app's too; the CLI names its flag."""
+    if dataset in ("cifar10", "imagefolder") and data_root is None:
+        raise UsageError(f"dataset '{dataset}' needs a local folder: pass its path (--data-root)")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import train_backdoored
 
+    check_out(args.out)
+    _data_root_needed(args.dataset, args.data_root)
     splits = data.load_dataset(args.dataset, args.data_root)
     if not 0 <= args.target < splits.num_classes:
         raise UsageError(f"--target {args.target} is out of range: the dataset has classes 0..{splits.num_classes - 1}")
@@ -104,6 +146,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .metrics import evaluate
 
     b = bundle_io.load_bundle(args.bundle)
+    _data_root_needed(b.meta["dataset"], args.data_root)
     splits = data.load_splits_for(b.meta, args.data_root)
     scores = evaluate(b.model, splits.test, b.trigger, b.target)
     if args.json:
@@ -116,13 +159,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_salience(args: argparse.Namespace) -> int:
     from . import salience
 
+    out = check_out(args.out, folder_ok=False)
     b = bundle_io.load_bundle(args.bundle)
-    splits = data.load_splits_for(b.meta, args.data_root, seed=args.seed, clean_fraction=args.clean_fraction)
+    _data_root_needed(b.meta["dataset"], args.data_root)
+    splits = data.load_splits_for(
+        b.meta, args.data_root, seed=args.seed, clean_fraction=args.clean_fraction, need_clean=True
+    )
     metrics_wanted = SCORES.names() if args.metric == "all" else [args.metric]
     layers = salience.neuron_map(b.model)
     frame = salience.scores_frame([salience.compute(m, b.model, splits.clean, layers) for m in metrics_wanted])
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(args.out, index=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    try:
+        frame.to_csv(partial, index=False)
+        partial.replace(out)  # atomic: an interrupted run leaves no half-written CSV
+    finally:
+        partial.unlink(missing_ok=True)
     print(f"wrote {len(frame)} neurons x {len(metrics_wanted)} metric(s) to {args.out}", file=sys.stderr)
     return 0
 
@@ -139,7 +191,10 @@ def cmd_purify(args: argparse.Namespace) -> int:
 
     if args.defense is not None and (args.metric is not None or args.reg is not None):
         raise UsageError(f"--defense {args.defense} sets its own score and regularizer: leave out --metric and --reg")
+    if args.out:
+        check_out(args.out)
     b = bundle_io.load_bundle(args.bundle)
+    _data_root_needed(b.meta["dataset"], args.data_root)
     defaults = PurifyConfig()
     overrides = {
         k: v
@@ -160,7 +215,9 @@ def cmd_purify(args: argparse.Namespace) -> int:
         config = replace(defaults, **overrides).validate()
     except ValueError as err:
         raise UsageError(str(err)) from None
-    splits = data.load_splits_for(b.meta, args.data_root, seed=config.seed, clean_fraction=args.clean_fraction)
+    splits = data.load_splits_for(
+        b.meta, args.data_root, seed=config.seed, clean_fraction=args.clean_fraction, need_clean=True
+    )
     triggered = triggered_set(splits.test, b.trigger, b.target)
     if args.defense is None:
         run = Purification(b.model, splits.clean, splits.test, triggered, config)
@@ -189,6 +246,27 @@ def cmd_purify(args: argparse.Namespace) -> int:
 
 
 TABLES_START, TABLES_END = "<!-- registry tables: python -m defense list --update README.md -->", "<!-- /registry -->"
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    from .identify import identify
+
+    b = bundle_io.load_bundle(args.bundle)
+    splits = data.load_splits_for(b.meta, args.data_root, seed=args.seed)
+    report = identify(b, splits)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        g = report["ground_truth"]
+        print(
+            f"{b.name}: {g['infected_ablation']} of {g['neurons']} neurons infected (ablation); "
+            f"TAC agrees with AUC {g['tac_auc_vs_ablation']:.2f}, top-k overlap {g['top_k_overlap']:.0%}"
+        )
+        for name, q in report["scores"].items():
+            print(
+                f"  {name:14s} AUC {q['auc']:.2f}  precision@k {q['precision_at_k']:.2f}  AUC vs TAC {q['auc_tac']:.2f}"
+            )
+    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -227,6 +305,9 @@ def cmd_report(args) -> int:
     return run_report(args)
 
 
+CLEAN_HELP = f"share of the training set the defender holds (it must leave at least {data.MIN_CLEAN_IMAGES} images)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m defense", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -240,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trigger-file", help="safetensors with 'mask' and 'pattern' for --attack file")
     p.add_argument("--target", type=_integer, default=0)
     p.add_argument("--poison-rate", type=_fraction, default=0.1)
-    p.add_argument("--epochs", type=_positive_int, default=8)
+    p.add_argument("--epochs", type=_epochs, default=8, help=f"at most {MAX_EPOCHS}")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--quiet", action="store_true")
@@ -259,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default="benign", choices=(*SCORES.names(), "all"))
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=_seed, default=0, help="seed of the defender's clean subset")
-    p.add_argument("--clean-fraction", type=_fraction, default=data.CLEAN_FRACTION)
+    p.add_argument("--clean-fraction", type=_fraction, default=data.CLEAN_FRACTION, help=CLEAN_HELP)
     p.add_argument("--data-root")
     p.set_defaults(func=cmd_salience)
 
@@ -271,16 +352,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratio", type=_fraction, help="share of neurons to mark in each layer")
     p.add_argument("--scope", choices=("layer", "global"))
     p.add_argument("--schedule", choices=SCHEDULES)
-    p.add_argument("--steps", type=_positive_int)
+    p.add_argument("--steps", type=_steps, help=f"at most {MAX_STEPS:,}")
     p.add_argument("--lam", type=_non_negative, help="penalty strength λ")
     p.add_argument("--lr", type=_number, help="learning rate")
     p.add_argument("--seed", type=_seed)
-    p.add_argument("--clean-fraction", type=_fraction, default=data.CLEAN_FRACTION)
+    p.add_argument("--clean-fraction", type=_fraction, default=data.CLEAN_FRACTION, help=CLEAN_HELP)
     p.add_argument("--data-root")
     p.add_argument("--out", help="write the purified bundle here (directory, or .zip)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_purify)
+
+    p = sub.add_parser("identify", help="how well every score finds the infected neurons (trigger known)")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--data-root")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the defender's clean subset")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_identify)
 
     p = sub.add_parser("list", help="every score, defense, attack and architecture, as markdown tables")
     p.add_argument("--update", metavar="FILE", help="rewrite the registry block of FILE (README.md) instead")
@@ -309,10 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_threads()
     try:
+        args = build_parser().parse_args(argv)
+        configure_threads()
         return args.func(args)
+    except KeyboardInterrupt:  # outputs are written to a temporary name and renamed at the end: nothing partial
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130
     except (bundle_io.BundleError, attacks.TriggerError, data.DataError, UsageError) as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ DATASETS = ("mnist5k", "cifar10", "imagefolder")
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
 CLEAN_FRACTION = 0.05  # the defender's clean share of the training set (reference code, BackdoorBench)
+MIN_CLEAN_IMAGES = 20  # fewer and purification fits a handful of images (1 image took 97.9% accuracy to 8.8%)
 
 
 class DataError(ValueError):
@@ -73,6 +74,16 @@ def _split(data: TensorData, test_fraction: float) -> tuple[TensorData, TensorDa
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(SPLIT_SEED))
     n_test = int(round(len(data) * test_fraction))
     return data.subset(order[n_test:]), data.subset(order[:n_test])
+
+
+def check_clean_size(clean: TensorData, train: TensorData, fraction: float) -> None:
+    """Refuse a clean subset too small to purify or score with (fewer than MIN_CLEAN_IMAGES)."""
+    if len(clean) < MIN_CLEAN_IMAGES:
+        least = MIN_CLEAN_IMAGES / max(len(train), 1)
+        raise DataError(
+            f"a clean share of {fraction:g} leaves the defender {len(clean)} of {len(train)} training images; "
+            f"at least {MIN_CLEAN_IMAGES} are needed (a share of at least {least:.3g})"
+        )
 
 
 def clean_subset(train: TensorData, fraction: float = CLEAN_FRACTION, seed: int = 0) -> TensorData:
@@ -169,7 +180,7 @@ def load_dataset(
         train, test = _split(load_mnist5k(), TEST_FRACTION)
     elif name in ("cifar10", "imagefolder"):
         if root is None:
-            raise DataError(f"dataset '{name}' needs a local folder: pass its path (--data-root)")
+            raise DataError(f"dataset '{name}' needs a local folder of its images, and none was given")
         if name == "cifar10":
             train, test = load_cifar10(root)
         else:
@@ -185,10 +196,19 @@ def load_dataset(
 
 
 def load_splits_for(
-    meta: dict, data_root: str | Path | None, seed: int = 0, clean_fraction: float = CLEAN_FRACTION
+    meta: dict,
+    data_root: str | Path | None,
+    seed: int = 0,
+    clean_fraction: float = CLEAN_FRACTION,
+    need_clean: bool = False,
 ) -> DataSplits:
-    """The dataset a bundle's meta.json names, checked against the model's input shape and classes."""
+    """The dataset a bundle's meta.json names, checked against the model's input shape and classes.
+
+    With ``need_clean`` (scoring, purifying), a clean subset under MIN_CLEAN_IMAGES is refused.
+    """
     splits = load_dataset(meta["dataset"], data_root, clean_fraction=clean_fraction, seed=seed)
+    if need_clean:
+        check_clean_size(splits.clean, splits.train, clean_fraction)
     if list(splits.input_shape) != list(meta["input_shape"]):
         raise DataError(
             f"the model takes images {meta['input_shape']}, but dataset '{meta['dataset']}' holds {splits.input_shape}"

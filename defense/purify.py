@@ -3,8 +3,7 @@
 ``Purification`` fine-tunes a copy of the model on clean data as a step generator, with a
 penalty on the marked neurons' parameters: ``ar`` (adaptive), ``l1``, ``l2``, ``none``
 (plain fine-tuning) or ``prune`` (zeroed, then fine-tuned with them held at zero).
-Marking and previews are in ``masking.py``, neurons and their masks in ``neurons.py``;
-their names are re-exported here because the app reads them from this module.
+Marking and previews are in ``masking.py``, neurons and their masks in ``neurons.py``.
 """
 
 from __future__ import annotations
@@ -21,27 +20,10 @@ from torch import nn
 
 from . import salience
 from .data import TensorData
-from .masking import mark, preview, pruning_curve
+from .masking import mark
 from .metrics import evaluate
-from .neurons import NeuronLayer, NeuronMask, NeuronScores, marked_count, neuron_map, neuron_masking, prune
+from .neurons import NeuronMask, NeuronScores, marked_count, neuron_map, prune
 from .registry import SCORES
-
-__all__ = [
-    "REGULARIZERS",
-    "SCHEDULES",
-    "NeuronLayer",
-    "NeuronMask",
-    "Purification",
-    "PurifyConfig",
-    "ar_penalty",
-    "mark",
-    "marked_count",
-    "neuron_masking",
-    "penalty",
-    "preview",
-    "prune",
-    "pruning_curve",
-]
 
 REGULARIZERS = ("ar", "l1", "l2", "none", "prune")
 SCHEDULES = ("fixed", "dynamic")
@@ -72,6 +54,11 @@ def penalty(kind: str, w: torch.Tensor, knee: float | torch.Tensor = 1.0) -> tor
 
 
 # ---------------------------------------------------------------- purification
+
+
+def nonfinite_weights(model: nn.Module) -> list[str]:
+    """Names of the model's floating-point parameters and buffers that hold NaN or infinite values."""
+    return [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
 
 
 @dataclass
@@ -178,7 +165,7 @@ class Purification:
             self.layers = {n: self.layers[n] for n in self.config.layer_names}
         self.tracker = None
         if self.scores is None or self.config.schedule == "dynamic":
-            if self.config.metric == "benign":
+            if self.config.metric == "benign":  # only benign salience keeps a running tracker (dynamic schedule)
                 self.scores, self.tracker = salience.benign_salience(self.model, self.clean, layers=self.layers)
             elif self.scores is None:
                 self.scores = salience.compute(self.config.metric, self.model, self.clean, self.layers)
@@ -333,6 +320,13 @@ class Purification:
                 }
             )
             yield self.history[-1]
+        bad = nonfinite_weights(self.model)
+        if bad:  # a huge λ or learning rate can blow the weights up in one step while the loss looked fine
+            self.model.eval()
+            raise FloatingPointError(
+                f"training diverged: the weights hold NaN or infinite values after step {step} "
+                f"(in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); lower the learning rate or λ"
+            )
         if "clean_acc" not in self.history[-1]:
             self.history[-1].update(self._evaluate())
         self.model.eval()

@@ -4,6 +4,7 @@ import streamlit as st
 
 from defense import metrics, purify
 from defense.explain import trigger_share
+from defense.neurons import marked_count
 from defense.registry import DEFENSES
 from ui import charts, curves, state
 from ui.lab import current_lab
@@ -70,7 +71,7 @@ defense = ss["purify_defense"]
 marking = DEFENSES[defense].marking
 if marking is not None:
     metric = marking[0]
-    marked = purify.marked_count(lab.threshold_mask(metric))
+    marked = marked_count(lab.threshold_mask(metric))
     how = (
         f"the {ss['threshold_value']:.0%} most suspect "
         f"{'in each layer' if ss['threshold_scope'] == 'layer' else 'overall'}"

@@ -55,9 +55,18 @@ if jobs.wait_note(
     "once per model). The page updates by itself.",
 ):
     gt = truth.result()
-    infected = gt["infected"]
+    infected, measured = gt["infected"], gt["measured"]
     frame["backdoor_effect"] = torch.cat([gt["backdoor_effect"][n] for n in lab.layers]).numpy()
     frame["infected"] = torch.cat([infected[n] for n in lab.layers]).numpy()
+    keep = torch.cat([measured[n] for n in lab.layers])
+    if gt["sampled"]:  # over the ablation budget: a random sample was measured, and everything below is of it
+        frame = frame[keep.numpy()]
+        st.warning(
+            f"This model has {lab.neurons:,} neurons, more than the {jobs.MAX_ABLATION_NEURONS:,} the app "
+            f"ablates per model: the ground truth below is an estimate, measured on a random sample of "
+            f"{int(keep.sum()):,} neurons ({gt['sampled']:.0%}).",
+            icon=":material/query_stats:",
+        )
     left, right = st.columns(2)
     with left:
         st.plotly_chart(curves.truth_scatter(frame, "magnitude", "benign"), width="stretch", key="scatter")
@@ -66,9 +75,9 @@ if jobs.wait_note(
         for m in SCORES.names():
             s = scores[m].suspicion()
             fpr, tpr = metrics.roc_curve(
-                torch.cat([s[n] for n in lab.layers]), torch.cat([infected[n] for n in lab.layers])
+                torch.cat([s[n] for n in lab.layers])[keep], torch.cat([infected[n] for n in lab.layers])[keep]
             )
-            q = metrics.identification_quality(scores[m], infected)
+            q = metrics.identification_quality(scores[m], infected, measured)
             roc.append((curves.score_label(m), fpr, tpr, q["auc"]))
             rows.append({"score": curves.score_label(m), "ROC AUC": q["auc"], "precision at k": q["precision_at_k"]})
         st.plotly_chart(curves.roc_figure(roc, bold=curves.score_label("benign")), width="stretch", key="roc")

@@ -275,14 +275,14 @@ def test_stop_ends_a_run_at_once_and_keeps_its_curves():
 
 
 def test_the_shared_cached_model_is_never_modified():
-    from ui.lab import bundled, weights_key
+    from ui.lab import bundled, model_key
 
     at = open_app("purify")
     key, bundle = bundled("mnist-badnets")
     at.number_input(key="w_purify_steps").set_value(10).run()
     at.button(key="w_start").click().run()
     run_until(at, lambda a: not runs(a)[-1].active)
-    assert weights_key("mnist-badnets", bundle.model) == key
+    assert model_key(bundle) == key
     assert not bundle.model._forward_hooks and all(not m._forward_hooks for m in bundle.model.modules())
 
 

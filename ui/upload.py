@@ -8,7 +8,7 @@ from pathlib import Path
 
 from defense import attacks, data
 from defense import bundle as bundle_io
-from ui.lab import bundled, splits_for, weights_key
+from ui.lab import bundled, model_key, splits_for
 
 
 def read_upload(
@@ -58,5 +58,10 @@ def read_upload(
         b = bundle_io.Bundle(model.eval(), meta, trigger)
     else:
         raise ValueError(f"{filename}: expected a bundle (.zip) or a state dict (.safetensors, .pt)")
+    if b.meta["dataset"] != "mnist5k":  # the app has no local data folders (the CLI takes one)
+        raise ValueError(
+            f"this model was made for the '{b.meta['dataset']}' data set, but the app holds only the built-in "
+            "MNIST digits, so it can open only MNIST models; evaluate it with the command line instead"
+        )
     splits_for(b.meta, data.CLEAN_FRACTION, 0)  # the app holds this dataset, in this shape
-    return "upload:" + weights_key(b.name, b.model) + f":{b.trigger.kind}:{b.target}", b
+    return "upload:" + model_key(b), b
