@@ -6,6 +6,7 @@ st.set_page_config(page_title="Backdoor Neuron Lab", page_icon=":material/neurol
 
 from defense.runtime import configure_threads  # noqa: E402
 from ui import classroom, lab, state  # noqa: E402
+from ui.report_download import sidebar_report  # noqa: E402
 from ui.sidebar import sidebar  # noqa: E402
 
 # torch's thread count is per thread, and every script run has a new thread: set it on each run
@@ -19,5 +20,6 @@ page = st.navigation(
 classroom.apply_css()
 current = lab.current_lab()
 sidebar(current)
+sidebar_report(current)
 page.run()
 lab.warm(current)  # then the slow measurements start in the background (after the page, to keep it quick)

@@ -1,4 +1,4 @@
-"""``python -m defense``: train, evaluate, salience, purify, import, list, bench."""
+"""``python -m defense``: train, evaluate, salience, identify, purify, import, list, bench, compare, report."""
 
 from __future__ import annotations
 
@@ -326,6 +326,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from .compare_cli import run_compare
+
+    return run_compare(args)
+
+
+def cmd_report(args) -> int:
+    from .compare_cli import run_report
+
+    return run_report(args)
+
+
 CLEAN_HELP = f"share of the training set the defender holds (it must leave at least {data.MIN_CLEAN_IMAGES} images)"
 
 
@@ -423,6 +435,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--defenses", nargs="*", choices=DEFENSES.names(), help="defense names (default: all)")
     p.add_argument("--out", default=str(RESULTS))
     p.set_defaults(func=cmd_bench)
+
+    from .compare_cli import add_compare_arguments
+
+    p = sub.add_parser("compare", help="every registered defense on one model, side by side (cached per model)")
+    add_compare_arguments(p, _positive_int, _fraction)
+    p.add_argument("--out", help="also write the results file here (e.g. assets/results/NAME.json)")
+    p.add_argument("--json", action="store_true", help="print the leaderboard as JSON")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="a self-contained offline HTML report of one model")
+    add_compare_arguments(p, _positive_int, _fraction)
+    p.add_argument("--out", required=True, help="the HTML file to write")
+    p.set_defaults(func=cmd_report)
     return parser
 
 
