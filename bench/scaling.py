@@ -77,13 +77,12 @@ def ground_truth_estimate(model, layers, test, triggered) -> tuple[float, bool]:
 
 def fast_ground_truth_estimate(model, layers, test, triggered) -> float:
     """The same for defense/ablation.py's suffix reruns: per layer one prefix run and SAMPLE suffix runs."""
-    from torch import fx
-
     from defense.ablation import _split
+    from defense.dataflow import trace_module
 
     k = GT_MEASURED
     x = torch.cat([triggered.x[:k], test.x[:k]])
-    gm = fx.symbolic_trace(model)
+    gm = trace_module(model)
     nodes = {n.target: n for n in gm.graph.nodes if n.op == "call_module"}
     names = {id(m): n for n, m in model.named_modules()}
     total = 0.0

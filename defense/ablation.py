@@ -77,9 +77,11 @@ def ground_truth(
         return float(hold(logits[:nt], y[:nt])), float(hold(logits[nt:], y[nt:]))
 
     base_b, base_c = holds(model(x))
+    from .dataflow import UntraceableError, trace_module
+
     try:
-        gm = fx.symbolic_trace(model)
-    except Exception:  # noqa: BLE001 - untraceable: every layer takes the hook path
+        gm = trace_module(model)
+    except UntraceableError:  # every layer takes the hook path
         gm = None
     calls: dict[str, list[fx.Node]] = {}
     for n in gm.graph.nodes if gm is not None else []:

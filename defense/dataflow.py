@@ -14,6 +14,7 @@ whenever a BatchNorm is *defined* right after a conv it does not read.
 
 from __future__ import annotations
 
+import threading
 import warnings
 import weakref
 
@@ -28,11 +29,39 @@ class UntraceableError(RuntimeError):
     """torch.fx could not trace the model (data-dependent control flow, for instance)."""
 
 
+_TRACE_LOCK = threading.Lock()
+
+
+class ThreadSafeTracer(fx.Tracer):
+    """torch.fx's tracer, safe next to other threads that run models.
+
+    While tracing, torch.fx patches ``nn.Module.__call__`` for the whole process: a forward pass in another
+    thread (the app's background measurements) would land in this tracer and fail ('module is not installed
+    as a submodule'). Calls on modules of other models, or without symbolic inputs, run as plain calls
+    here; and one trace at a time (two patchers restoring each other's patches would leave one behind).
+    """
+
+    def trace(self, root, concrete_args=None):
+        self._own = {id(m) for m in root.modules()} if isinstance(root, nn.Module) else set()
+        return super().trace(root, concrete_args)
+
+    def call_module(self, m, forward, args, kwargs):
+        symbolic = any(isinstance(a, fx.Proxy) for a in (*args, *kwargs.values()))
+        if id(m) not in getattr(self, "_own", ()) or not symbolic:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+
+def trace_module(model: nn.Module) -> fx.GraphModule:
+    """``fx.symbolic_trace`` with the thread-safe tracer; UntraceableError if it cannot be traced."""
+    return fx.GraphModule(model, _trace(model))
+
+
 def _trace(model: nn.Module) -> fx.Graph:
     try:
-        with warnings.catch_warnings():
+        with _TRACE_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return fx.Tracer().trace(model)
+            return ThreadSafeTracer().trace(model)
     except Exception as err:  # noqa: BLE001 - any tracing failure means "no data flow known"
         raise UntraceableError(f"{type(model).__name__} cannot be traced ({type(err).__name__}: {err})") from None
 

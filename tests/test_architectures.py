@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defense import models, purify, salience
+from defense import models, neurons, salience
 from defense.dataflow import batchnorm_pairs
 
 
@@ -161,10 +161,10 @@ def test_zeroing_a_neuron_by_hook_equals_zeroing_it_in_the_weights_for_every_lay
     for name, nl in layers.items():
         mask = {name: torch.zeros(nl.size, dtype=torch.bool)}
         mask[name][[0, nl.size - 1]] = True
-        with torch.no_grad(), purify.neuron_masking(layers, mask):
+        with torch.no_grad(), neurons.neuron_masking(layers, mask):
             hooked = model(x)
         pruned.load_state_dict(original)
-        purify.prune(pruned_layers, mask)
+        neurons.prune(pruned_layers, mask)
         with torch.no_grad():
             direct = pruned(x)
         assert torch.allclose(hooked, direct, atol=1e-5), name
@@ -199,3 +199,30 @@ def test_benign_salience_of_unpaired_convs_uses_their_own_weights():
     bn = model.net.layer2[0].bn2
     expected_bn = -(bn.weight.grad * bn.weight + bn.bias.grad * bn.bias)
     assert torch.allclose(scores.layers["net.layer2.0.conv1"], expected_bn, atol=1e-6)
+
+
+def test_tracing_while_another_thread_runs_a_model():
+    """torch.fx patches nn.Module.__call__ process-wide while tracing; the app's worker thread runs models then."""
+    import threading
+
+    other = models.build("small_cnn", 10, (1, 28, 28), [0.1], [0.3]).eval()
+    stop, errors = threading.Event(), []
+
+    def run():
+        while not stop.is_set():
+            try:
+                with torch.no_grad():
+                    other(torch.rand(2, 1, 28, 28))
+            except Exception as err:  # noqa: BLE001 - collected for the assertion
+                errors.append(err)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        for _ in range(10):
+            net = models.build("preactresnet18", 10, (1, 28, 28), [0.1], [0.3], width=2)
+            assert sum(nl.bn is not None for nl in salience.neuron_map(net).values()) == 8
+    finally:
+        stop.set()
+        worker.join()
+    assert errors == []
