@@ -9,6 +9,7 @@ from pathlib import Path
 from defense import attacks, data
 from defense import bundle as bundle_io
 from ui.lab import bundled, model_key, splits_for
+from ui.owndata import data_root
 
 
 def read_upload(
@@ -31,7 +32,6 @@ def read_upload(
     stem = Path(filename).stem or "upload"
     if backdoorbench is not None:
         from defense.backdoorbench import import_bundle
-        from ui.owndata import data_root
 
         dataset, kind, target = backdoorbench
         with tempfile.TemporaryDirectory(prefix="bnl-upload-") as tmp:
@@ -71,10 +71,11 @@ def read_upload(
         b = bundle_io.Bundle(model.eval(), meta, trigger)
     else:
         raise ValueError(f"{filename}: expected a bundle (.zip) or a state dict (.safetensors, .pt)")
-    if b.meta["dataset"] != "mnist5k":  # the app has no local data folders (the CLI takes one)
+    if b.meta["dataset"] != "mnist5k" and data_root() is None:  # said in the app's words, not the CLI's
         raise ValueError(
-            f"this model was made for the '{b.meta['dataset']}' data set, but the app holds only the built-in "
-            "MNIST digits, so it can open only MNIST models; evaluate it with the command line instead"
+            f"this model was made for the '{b.meta['dataset']}' data set, and this app was started without a "
+            "folder of it: only models of the built-in MNIST digits open here (whoever runs the app can name "
+            "a data set folder when starting it: make run DATA=/path)"
         )
     splits_for(b.meta, data.CLEAN_FRACTION, 0)  # the app holds this dataset, in this shape
     return "upload:" + model_key(b), b
