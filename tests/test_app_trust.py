@@ -74,7 +74,7 @@ def test_twin_uploads_in_two_sessions_see_their_own_numbers(tmp_path):
     twins = {"plain": twin_zip(), "moved": twin_zip(flip=True), "mean": twin_zip(mean=0.5)}
     want = {k: expected(v, tmp_path) for k, v in twins.items()}
     assert len(set(want.values())) == 3  # the twins really measure differently
-    sessions = {k: AppTest.from_file(APP, default_timeout=60).run() for k in twins}
+    sessions = {k: AppTest.from_file(APP, default_timeout=180).run() for k in twins}
     for k, at in sessions.items():  # one after the other: each later one would hit the earlier one's cache
         assert sidebar_numbers(upload(at, twins[k])) == want[k], k
     # (rerunning an earlier AppTest now would trip over AppTest itself: it keeps one format_func per widget
@@ -83,7 +83,7 @@ def test_twin_uploads_in_two_sessions_see_their_own_numbers(tmp_path):
 
 
 def test_app_messages_name_no_command_line_flags():
-    at = AppTest.from_file(APP, default_timeout=60).run()
+    at = AppTest.from_file(APP, default_timeout=180).run()
     at.file_uploader(key="w_upload").upload("cifar.zip", twin_zip(dataset="cifar10"), "application/zip").run()
     at.button(key="w_upload_go").click().run()
     shown = " ".join(e.value for e in at.error)
