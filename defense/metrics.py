@@ -8,6 +8,7 @@ from torch import nn
 from .attacks import Trigger
 from .data import TensorData
 from .neurons import NeuronLayer, NeuronScores, neuron_masking
+from .runtime import StopCheck, check_stop
 
 
 @torch.no_grad()
@@ -43,6 +44,13 @@ def evaluate(
 # ---------------------------------------------------------------- identification quality
 
 
+def target_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean of (logit of the label − largest other logit): how firmly the label wins."""
+    own = logits.gather(1, labels.view(-1, 1)).squeeze(1)
+    other = logits.scatter(1, labels.view(-1, 1), float("-inf")).max(1).values
+    return (own - other).mean()
+
+
 @torch.no_grad()
 def backdoor_ground_truth(
     model: nn.Module,
@@ -51,38 +59,103 @@ def backdoor_ground_truth(
     triggered: TensorData,
     infected_fraction: float = 0.1,
     max_images: int = 256,
-) -> dict[str, dict[str, torch.Tensor]]:
+    effect: str = "margin",
+    max_neurons: int | None = None,
+    seed: int = 0,
+    should_stop: StopCheck = None,
+) -> dict:
     """Which neurons carry the backdoor, measured by ablation when the trigger is known.
 
-    Each neuron is zeroed on its own; its *backdoor effect* is the rise of the
-    cross-entropy of triggered images towards the target label, its *clean effect* the
-    rise of the clean loss. The ``infected_fraction`` of neurons with the largest
-    positive backdoor effect are labelled infected.
-    Returns {'backdoor_effect', 'clean_effect', 'infected'}, each {layer: tensor}.
+    Each neuron is zeroed on its own; its *backdoor effect* is how much the triggered
+    images' hold on the target label falls, its *clean effect* the same for the clean
+    images' true labels. ``effect='margin'`` (default) measures the hold as the mean
+    logit margin (target logit − largest other); ``effect='loss'`` as the rise of the
+    cross-entropy. The cross-entropy saturates: a backdoor that wins by a wide margin has
+    a triggered loss near 1e-8 (mnist-badnets), so zeroing almost any neuron moves it by
+    float32 rounding only, and its top 10% were noise beyond the first one or two neurons.
+    The ``infected_fraction`` of neurons with the largest positive backdoor effect are
+    labelled infected.
+
+    With more than ``max_neurons`` neurons only a uniform random sample of that many (``seed``) is
+    ablated: the others get NaN effects and are not labelled, and ``measured`` says which were.
+    ``should_stop`` is asked before each neuron (raises runtime.Cancelled).
+    Returns {'backdoor_effect', 'clean_effect', 'infected', 'measured'}, each {layer: tensor},
+    and 'sampled' (False, or the share of neurons measured).
     """
-    loss = nn.CrossEntropyLoss()
+    hold = hold_measure(effect)
     dev = next(model.parameters()).device
     xt, yt = triggered.x[:max_images].to(dev), triggered.y[:max_images].to(dev)
     xc, yc = test.x[:max_images].to(dev), test.y[:max_images].to(dev)
     was = model.training
     model.eval()
-    base_b, base_c = float(loss(model(xt), yt)), float(loss(model(xc), yc))
+    base_b, base_c = float(hold(model(xt), yt)), float(hold(model(xc), yc))
+    measured = neuron_sample(layers, max_neurons, seed)
     backdoor, clean = {}, {}
     for name, nl in layers.items():
-        b, c = torch.zeros(nl.size), torch.zeros(nl.size)
-        for i in range(nl.size):
+        b, c = torch.full((nl.size,), float("nan")), torch.full((nl.size,), float("nan"))
+        for i in measured[name].nonzero().flatten().tolist():
+            check_stop(should_stop)
             keep = torch.ones(nl.size, dtype=torch.bool)
             keep[i] = False
             with neuron_masking({name: nl}, {name: ~keep}):
-                b[i] = float(loss(model(xt), yt)) - base_b
-                c[i] = float(loss(model(xc), yc)) - base_c
+                b[i] = base_b - float(hold(model(xt), yt))
+                c[i] = base_c - float(hold(model(xc), yc))
         backdoor[name], clean[name] = b, c
     model.train(was)
-    flat = torch.cat(list(backdoor.values()))
-    k = max(1, int(round(infected_fraction * len(flat))))
-    cut = flat.topk(k).values[-1]
-    infected = {n: (v >= cut) & (v > 0) for n, v in backdoor.items()}
-    return {"backdoor_effect": backdoor, "clean_effect": clean, "infected": infected}
+    return truth_result(backdoor, clean, measured, infected_fraction)
+
+
+def hold_measure(effect: str = "margin"):
+    """(logits, labels) -> how firmly the labels win: the mean logit margin, or minus the cross-entropy."""
+    if effect not in ("margin", "loss"):
+        raise ValueError(f"unknown effect '{effect}': expected 'margin' or 'loss'")
+    ce = nn.CrossEntropyLoss()
+
+    def hold(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return target_margin(logits, labels) if effect == "margin" else -ce(logits, labels)
+
+    return hold
+
+
+def neuron_sample(layers: dict[str, NeuronLayer], max_neurons: int | None, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Per layer, which neurons to ablate: all, or a uniform random sample of ``max_neurons`` (seeded)."""
+    total = sum(nl.size for nl in layers.values())
+    chosen = torch.ones(total, dtype=torch.bool)
+    if max_neurons is not None and total > max_neurons:
+        chosen[:] = False
+        chosen[torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:max_neurons]] = True
+    return dict(zip(layers, chosen.split([nl.size for nl in layers.values()]), strict=True))
+
+
+def truth_result(
+    backdoor: dict[str, torch.Tensor],
+    clean: dict[str, torch.Tensor],
+    measured: dict[str, torch.Tensor],
+    infected_fraction: float,
+) -> dict:
+    """The ground truth's result dict, shared by the hook version here and the fast one in ablation.py."""
+    chosen = torch.cat(list(measured.values()))
+    return {
+        "backdoor_effect": backdoor,
+        "clean_effect": clean,
+        "infected": top_fraction(backdoor, infected_fraction),
+        "measured": measured,
+        "sampled": False if bool(chosen.all()) else float(chosen.float().mean()),
+    }
+
+
+def top_fraction(values: dict[str, torch.Tensor], fraction: float = 0.1) -> dict[str, torch.Tensor]:
+    """Per layer, which neurons are among the ``fraction`` with the largest positive value over all layers.
+
+    NaN values (neurons not measured) are never labelled and do not count towards the fraction.
+    """
+    flat = torch.cat(list(values.values()))
+    known = flat[~flat.isnan()]
+    if len(known) == 0:
+        return {n: torch.zeros(len(v), dtype=torch.bool) for n, v in values.items()}
+    k = max(1, int(round(fraction * len(known))))
+    cut = known.topk(k).values[-1]
+    return {n: (v >= cut) & (v > 0) for n, v in values.items()}  # NaN compares False
 
 
 def roc_auc(suspicion: torch.Tensor, positive: torch.Tensor) -> float:
@@ -119,9 +192,14 @@ def precision_at_k(suspicion: torch.Tensor, positive: torch.Tensor, k: int | Non
     return float(positive[suspicion.topk(k).indices].float().mean())
 
 
-def identification_quality(scores: NeuronScores, infected: dict[str, torch.Tensor]) -> dict[str, float]:
-    """ROC AUC and precision at k of a score's suspicion against the infected labels."""
+def identification_quality(
+    scores: NeuronScores, infected: dict[str, torch.Tensor], measured: dict[str, torch.Tensor] | None = None
+) -> dict[str, float]:
+    """ROC AUC and precision at k of a score's suspicion against the infected labels (of ``measured`` neurons)."""
     s = scores.suspicion()
     flat_s = torch.cat([s[n] for n in infected])
     flat_p = torch.cat([infected[n] for n in infected])
+    if measured is not None:
+        keep = torch.cat([measured[n] for n in infected])
+        flat_s, flat_p = flat_s[keep], flat_p[keep]
     return {"auc": roc_auc(flat_s, flat_p), "precision_at_k": precision_at_k(flat_s, flat_p)}

@@ -3,8 +3,7 @@
 ``Purification`` fine-tunes a copy of the model on clean data as a step generator, with a
 penalty on the marked neurons' parameters: ``ar`` (adaptive), ``l1``, ``l2``, ``none``
 (plain fine-tuning) or ``prune`` (zeroed, then fine-tuned with them held at zero).
-Marking and previews are in ``masking.py``, neurons and their masks in ``neurons.py``;
-their names are re-exported here because the app reads them from this module.
+Marking and previews are in ``masking.py``, neurons and their masks in ``neurons.py``.
 """
 
 from __future__ import annotations
@@ -22,27 +21,10 @@ from torch import nn
 from . import salience
 from .data import TensorData
 from .guard import CheckpointGuard, neuron_sensitivity
-from .masking import mark, preview, pruning_curve
+from .masking import mark
 from .metrics import evaluate
-from .neurons import NeuronLayer, NeuronMask, NeuronScores, marked_count, neuron_map, neuron_masking, prune
+from .neurons import NeuronMask, NeuronScores, marked_count, neuron_map, prune
 from .registry import SCORES
-
-__all__ = [
-    "REGULARIZERS",
-    "SCHEDULES",
-    "NeuronLayer",
-    "NeuronMask",
-    "Purification",
-    "PurifyConfig",
-    "ar_penalty",
-    "mark",
-    "marked_count",
-    "neuron_masking",
-    "penalty",
-    "preview",
-    "prune",
-    "pruning_curve",
-]
 
 REGULARIZERS = ("ar", "l1", "l2", "none", "prune")
 SCHEDULES = ("fixed", "dynamic")
@@ -73,6 +55,11 @@ def penalty(kind: str, w: torch.Tensor, knee: float | torch.Tensor = 1.0) -> tor
 
 
 # ---------------------------------------------------------------- purification
+
+
+def nonfinite_weights(model: nn.Module) -> list[str]:
+    """Names of the model's floating-point parameters and buffers that hold NaN or infinite values."""
+    return [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
 
 
 @dataclass
@@ -156,7 +143,8 @@ def _shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> t
 class Purification:
     """Fine-tune a *copy* of ``model`` on ``clean`` with a penalty on the marked neurons.
 
-    Iterate it to run: every step yields a record (task loss, penalty, norm of the marked
+    Iterate it to run: every step yields a record (task loss, the plain clean cross-entropy of the
+    batch (``clean_ce``, without penalty or distillation, comparable across defenses), penalty, norm of the marked
     parameters, and, every ``eval_every`` steps and at the end, clean accuracy and ASR on
     ``test``/``triggered``). ``stop()`` ends the run after the current step. The purified
     model is ``self.model``; the records are kept in ``self.history``.
@@ -187,7 +175,7 @@ class Purification:
         self.tracker = None
         self.guard = CheckpointGuard() if self.config.guard == "sensitivity" else None
         if self.scores is None or self.config.schedule == "dynamic":
-            if self.config.metric == "benign":
+            if self.config.metric == "benign":  # only benign salience keeps a running tracker (dynamic schedule)
                 self.scores, self.tracker = salience.benign_salience(self.model, self.clean, layers=self.layers)
             elif self.scores is None:
                 self.scores = salience.compute(self.config.metric, self.model, self.clean, self.layers)
@@ -274,6 +262,7 @@ class Purification:
             {
                 "step": 0,
                 "task_loss": float("nan"),
+                "clean_ce": float("nan"),
                 "penalty": 0.0,
                 "marked_norm": self.marked_norm(),
                 "marked": marked_count(self.mask),
@@ -300,6 +289,7 @@ class Purification:
             opt.zero_grad(set_to_none=True)
             logits = self.model(xb)
             task = loss_fn(logits, yb)
+            clean_ce = float(task.detach())  # the same quantity for every defense: the loss panel plots it
             if self.teacher is not None:
                 with torch.no_grad():
                     t_in = x_clean if cfg.teacher_input == "clean" else xb
@@ -329,6 +319,7 @@ class Purification:
             record = {
                 "step": step,
                 "task_loss": float(task.detach()),
+                "clean_ce": clean_ce,
                 "penalty": float(pen.detach()),
                 "marked_norm": self.marked_norm(),
                 "marked": marked_count(self.mask),
@@ -350,6 +341,13 @@ class Purification:
                 }
             )
             yield self.history[-1]
+        bad = nonfinite_weights(self.model)
+        if bad:  # a huge λ or learning rate can blow the weights up in one step while the loss looked fine
+            self.model.eval()
+            raise FloatingPointError(
+                f"training diverged: the weights hold NaN or infinite values after step {step} "
+                f"(in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); lower the learning rate or λ"
+            )
         if "clean_acc" not in self.history[-1]:
             self.history[-1].update(self._evaluate())
         if self.guard is not None and self.guard.best_step not in (None, step):

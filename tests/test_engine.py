@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 from defense import baselines, bundle, data, metrics, salience
-from defense.purify import Purification, PurifyConfig, ar_penalty, mark, preview, prune, pruning_curve
+from defense.masking import mark, preview, pruning_curve
+from defense.neurons import prune
+from defense.purify import Purification, PurifyConfig, ar_penalty
 from defense.registry import DEFENSES, SCORES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,7 +84,7 @@ def test_benign_salience_predicts_the_loss_change_of_really_zeroing_a_neuron(tin
         for i in range(layers["fc1"].size):
             m = torch.zeros(layers["fc1"].size, dtype=torch.bool)
             m[i] = True
-            from defense.purify import neuron_masking
+            from defense.neurons import neuron_masking
 
             with neuron_masking(layers, {"fc1": m}):
                 real.append(float(loss(net(clean.x), clean.y)) - base)

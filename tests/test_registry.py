@@ -93,9 +93,11 @@ def test_every_entry_is_described():
 def test_defense_entries_agree_with_the_rest():
     assert [d.name for d in DEFENSES if d.recommended] == ["clp-ar"]
     assert baselines.recommended().name == "clp-ar"
-    # the paper's method stays available, marked as such
-    assert [d.name for d in DEFENSES if d.paper] == ["bs-ar"]
+    # the paper's method as published and our variant are two entries; each fine-tuning baseline has its pair
+    assert [d.name for d in DEFENSES if d.paper] == ["bs-ar"] and not DEFENSES["bs-ar"].distill
     assert DEFENSES["bs-ar"].marking == ("benign", "ar")
+    for plain in ("bs-ar", "mag-ar", "ft", "fp"):
+        assert not DEFENSES[plain].distill and DEFENSES[plain + "-kd"].distill, plain
     for d in DEFENSES:
         if d.marking is not None:
             score, reg = d.marking

@@ -1,0 +1,103 @@
+"""Weight change under clean unlearning (TSBD's neuron weight change, Lin et al., NeurIPS 2024).
+
+A copy of the model *unlearns* the defender's clean data: gradient ascent on the clean
+cross-entropy (SGD, lr 0.01, momentum 0.9, BatchNorm on its running statistics) (gradient norm capped at 1)
+until its accuracy on that data falls to 10% (chance for ten classes) or a step budget runs out.
+Per neuron the score is the norm of the change of its parameters (weight row, bias,
+BatchNorm γ and β), relative to their norm before. TSBD's finding: the neurons that move
+most when clean behaviour is destroyed are the ones that also move most when the backdoor
+is unlearned; high = suspect.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from ..data import TensorData
+from ..neurons import NeuronLayer, NeuronScores, neuron_map
+from ..registry import SCORES, Score
+
+NAME = "unlearn"
+LR = 0.01
+STOP_ACC = 0.10  # accuracy on the clean data at which unlearning stops
+MAX_STEPS = 200
+BATCH = 64
+GRAD_CLIP = 1.0  # gradient norm cap per step
+
+
+def unlearned_copy(
+    model: nn.Module,
+    clean: TensorData,
+    lr: float = LR,
+    stop_acc: float = STOP_ACC,
+    max_steps: int = MAX_STEPS,
+    batch_size: int = BATCH,
+    seed: int = 0,
+) -> tuple[nn.Module, int]:
+    """A copy of ``model`` after gradient ascent on the clean loss, and the steps it took."""
+    work = copy.deepcopy(model)
+    work.eval()
+    for p in work.parameters():
+        p.requires_grad_(True)
+    dev = next(work.parameters()).device
+    opt = torch.optim.SGD(work.parameters(), lr=lr, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    gen = torch.Generator().manual_seed(seed)
+    step = 0
+    while step < max_steps:
+        for xb, yb in clean.batches(batch_size, generator=gen):
+            xb, yb = xb.to(dev), yb.to(dev)
+            opt.zero_grad(set_to_none=True)
+            (-loss_fn(work(xb), yb)).backward()
+            # ascent on an unbounded loss explodes within a few steps without a cap
+            torch.nn.utils.clip_grad_norm_(work.parameters(), GRAD_CLIP)
+            opt.step()
+            step += 1
+            with torch.no_grad():
+                acc = float((work(clean.x.to(dev)).argmax(1) == clean.y.to(dev)).float().mean())
+            if acc <= stop_acc or step >= max_steps:
+                return work, step
+    return work, step
+
+
+@torch.no_grad()
+def weight_change(before: nn.Module, after: nn.Module, layers: dict[str, NeuronLayer]) -> dict[str, torch.Tensor]:
+    """Per neuron ‖Δθ‖ / ‖θ‖ over its parameters (rows of weight, bias, γ, β)."""
+    after_layers = neuron_map(after, include_output=True)
+    out = {}
+    for name, nl in layers.items():
+        d2 = torch.zeros(nl.size)
+        n2 = torch.zeros(nl.size)
+        for p0, p1 in zip(nl.neuron_params(), after_layers[name].neuron_params()):
+            d2 += (p1 - p0).flatten(1).pow(2).sum(1).cpu() if p0.dim() > 1 else (p1 - p0).pow(2).cpu()
+            n2 += p0.flatten(1).pow(2).sum(1).cpu() if p0.dim() > 1 else p0.pow(2).cpu()
+        out[name] = (d2 / n2.clamp_min(1e-12)).sqrt()
+    return out
+
+
+def compute(model: nn.Module, clean: TensorData, layers: dict[str, NeuronLayer] | None = None, **kw) -> NeuronScores:
+    layers = layers if layers is not None else neuron_map(model)
+    after, _ = unlearned_copy(model, clean, **kw)
+    return NeuronScores(NAME, weight_change(model, after, layers))
+
+
+SCORES.register(
+    Score(
+        name=NAME,
+        label="weight change under clean unlearning (TSBD)",
+        explanation=(
+            "A copy of the model is made to forget the clean task (gradient ascent on the clean loss until it is "
+            "at chance on the clean images). Each neuron's score is how far its weights moved, relative to their "
+            "size. TSBD found that the neurons that move most when the clean behaviour is destroyed are also the "
+            "ones that carry the backdoor; high counts as suspect."
+        ),
+        low_is_suspect=False,
+        compute=lambda model, clean, layers: compute(model, clean, layers),
+        needs=frozenset({"clean"}),
+        reference="TSBD (Lin et al., NeurIPS 2024)",
+        cost="slow",
+    )
+)

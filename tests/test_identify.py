@@ -1,0 +1,159 @@
+"""Identification: the new scores against first principles on tiny hand-built nets, both truths, and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import REPO, assert_clean_error, run_cli
+from torch import nn
+
+import defense.scores  # noqa: F401  (registers every score)
+from defense import metrics, stability, truth
+from defense.data import TensorData
+from defense.neurons import NeuronScores, neuron_map
+from defense.registry import SCORES
+from defense.scores import anp, bs_magnitude, unlearn
+
+
+class TwoUnit(nn.Module):
+    """x (2 features) → hidden Linear(2, 2) → ReLU → out Linear(2, 2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = nn.Linear(2, 2)
+        self.out = nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.hidden(x.flatten(1))))
+
+
+def _data(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    x = torch.stack([y.float() * 2 - 1, torch.ones(n)], 1).view(n, 1, 1, 2)  # feature 0 says the label
+    return TensorData(x, y)
+
+
+def _net(distractor_weight: float):
+    net = TwoUnit()
+    with torch.no_grad():
+        net.hidden.weight.copy_(torch.tensor([[3.0, 0.0], [0.0, 1.0]]))  # unit 0: label feature; unit 1: constant
+        net.hidden.bias.zero_()
+        net.out.weight.copy_(torch.tensor([[-2.0, distractor_weight], [2.0, -distractor_weight]]))
+        net.out.bias.zero_()
+    return net
+
+
+def test_anp_mask_drops_the_neuron_that_hurts_and_keeps_the_one_the_task_needs():
+    # unit 1 pushes every image towards class 0: the clean loss falls as its mask falls
+    net, clean = _net(3.0), _data()
+    layers = neuron_map(net)
+    masks = anp.anp_masks(net, clean, layers, iterations=60, batch_size=32)["hidden"]
+    assert masks[1] < 0.2 and masks[0] > 0.9, masks
+    assert net.hidden.weight[0, 0] == 3.0  # the model is untouched
+    # and with the adversary off (ε = 0) the same ordering comes from plain mask descent
+    masks0 = anp.anp_masks(net, clean, layers, iterations=60, batch_size=32, eps=0.0)["hidden"]
+    assert masks0[1] < masks0[0]
+
+
+def test_anp_adversary_raises_the_clean_loss_within_eps():
+    from defense.masks import NeuronMasks
+
+    net, clean = _net(0.5), _data()
+    layers = neuron_map(net)
+    m = NeuronMasks(layers)
+    loss = nn.CrossEntropyLoss()
+    with torch.no_grad(), m.active():
+        base = float(loss(net(clean.x), clean.y))
+    m.noise["hidden"].data.zero_()
+    with m.active(perturb=True):
+        g = torch.autograd.grad(-loss(net(clean.x), clean.y), m.noise_params())[0]
+    m.noise["hidden"].data.sub_(0.4 * g.sign())
+    m.clip_noise(0.4)
+    with torch.no_grad(), m.active(perturb=True):
+        assert float(loss(net(clean.x), clean.y)) > base
+    assert m.noise["hidden"].abs().max() <= 0.4
+
+
+def test_unlearning_moves_the_used_neuron_and_not_the_one_without_gradient():
+    net, clean = _net(1.0), _data()
+    with torch.no_grad():  # unit 1 is dead (its pre-activation is −1 on every image): ReLU passes no gradient
+        net.hidden.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, -1.0]]))
+    layers = neuron_map(net)
+    change = unlearn.weight_change(net, unlearn.unlearned_copy(net, clean, max_steps=20)[0], layers)["hidden"]
+    assert change[0] > 0.01 and change[1] == 0, change
+    after, steps = unlearn.unlearned_copy(net, clean, max_steps=30, stop_acc=0.0)
+    loss = nn.CrossEntropyLoss()
+    with torch.no_grad():
+        assert float(loss(after(clean.x), clean.y)) > float(loss(net(clean.x), clean.y))  # ascent: the loss rose
+    assert steps == 30
+
+
+def test_bs_magnitude_is_the_rank_difference():
+    mag = NeuronScores("magnitude", {"a": torch.tensor([1.0, 3.0, 2.0, 2.0])})
+    bs = NeuronScores("benign", {"a": torch.tensor([0.5, -1.0, 0.0, 2.0])})
+    got = bs_magnitude.combine(mag, bs).layers["a"]
+    # ranks / (n−1): magnitude [0, 1, 0.5, 0.5] (the tie shares 1.5/3), BS [2/3, 0, 1/3, 1]
+    assert torch.allclose(got, torch.tensor([0 - 2 / 3, 1 - 0, 0.5 - 1 / 3, 0.5 - 1]))
+    assert SCORES["bs-magnitude"].low_is_suspect is False
+
+
+def test_tac_sees_only_the_neuron_the_trigger_drives():
+    net = _net(0.0)
+    with torch.no_grad():
+        net.hidden.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    layers = neuron_map(net)
+    x = torch.rand(10, 1, 1, 2) * torch.tensor([1.0, 0.0])  # feature 1 is zero on clean images
+    xt = x + torch.tensor([0.0, 1.0])  # the trigger sets it to 1
+    tac = truth.trigger_activated_change(net, layers, x, xt)["hidden"]
+    assert tac[0] == 0 and tac[1] > 0
+
+
+def test_margin_ground_truth_finds_the_backdoor_unit_and_agreement_is_reported():
+    net = _net(0.0)
+    with torch.no_grad():  # unit 1 fires on the trigger feature and votes for class 0
+        net.hidden.weight.copy_(torch.tensor([[3.0, 0.0], [0.0, 5.0]]))
+        net.out.weight.copy_(torch.tensor([[-2.0, 4.0], [2.0, -4.0]]))
+    clean = _data()
+    clean = TensorData(clean.x * torch.tensor([1.0, 0.0]), clean.y)
+    trig = TensorData(clean.x + torch.tensor([0.0, 1.0]), torch.zeros(len(clean), dtype=torch.int64))
+    layers = neuron_map(net)
+    gt = metrics.backdoor_ground_truth(net, layers, clean, trig, infected_fraction=0.5)
+    assert gt["infected"]["hidden"].tolist() == [False, True]
+    logits = torch.tensor([[2.0, 0.5, -1.0]])
+    assert float(metrics.target_margin(logits, torch.tensor([0]))) == pytest.approx(1.5)
+    tac = {"tac": truth.trigger_activated_change(net, layers, clean.x, trig.x)}
+    tac["infected"] = metrics.top_fraction(tac["tac"], 0.5)
+    agree = truth.agreement(gt, tac)
+    assert agree["top_k_overlap"] == 1.0 and agree["tac_auc_vs_ablation"] == 1.0
+
+
+def test_stability_ranks_and_spearman():
+    a = NeuronScores("benign", {"l": torch.tensor([1.0, 2.0, 3.0])})
+    b = NeuronScores("benign", {"l": torch.tensor([3.0, 2.0, 1.0])})
+    s = stability.stability([a, a, b])
+    assert s["spearman_min"] == pytest.approx(-1.0) and s["ranks"]["l"].shape == (3, 3)
+    assert s["ranks"]["l"][:, 0].tolist() == [1.0, 0.5, 0.0]  # low BS = most suspect = rank 1
+
+
+def test_per_sample_salience_mean_is_the_batch_first_order_term():
+    net, clean = _net(1.0), _data(32)
+    layers = neuron_map(net)
+    per = stability.per_sample_salience(net, clean, layers, batch_size=32)["hidden"]
+    est = stability.benign_salience_estimate(net, clean, layers, batch_size=32)  # one batch: the EMA is exact
+    assert torch.allclose(per.mean(0), est.layers["hidden"], atol=1e-5)
+
+
+def test_cli_identify_json_and_bad_input(tmp_path):
+    result = run_cli("identify", "--bundle", REPO / "assets" / "models" / "mnist-badnets", "--json", timeout=600)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report["scores"]) == set(SCORES.names())
+    for q in report["scores"].values():
+        assert 0 <= q["auc"] <= 1 and 0 <= q["precision_at_k"] <= 1
+    g = report["ground_truth"]
+    assert g["infected_ablation"] == 11 and 0 <= g["tac_auc_vs_ablation"] <= 1
+    bad = run_cli("identify", "--bundle", tmp_path / "missing", "--json")
+    assert_clean_error(bad.returncode, bad.stderr)
