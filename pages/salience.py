@@ -47,15 +47,33 @@ st.caption(
     "Ground truth, measured: each neuron is zeroed on its own, and the 10% whose removal most weakens the "
     "trigger are labelled infected. A good score puts them at the low end."
 )
-truth = lab.ground_truth()
-frame = salience.scores_frame([scores[m] for m in SCORES.names()])
+truth, tac_job = lab.ground_truth(), lab.tac_truth()
+frame = salience.scores_frame(list(scores.values()))
+pending = [SCORES[n].label for n in SCORES.names() if n not in scores]
+if pending:
+    st.caption(f"Still being measured in the background (slow on a CPU): {', '.join(pending)}.")
+which_truth = st.radio(
+    "Ground truth",
+    ["ablation", "tac"],
+    horizontal=True,
+    key="w_truth",
+    format_func={"ablation": "ablation (zero each neuron)", "tac": "trigger-activated change (TAC)"}.get,
+    help="TAC: how far each neuron's output moves when the trigger is added (top 10% = infected)",
+)
 if jobs.wait_note(
-    [truth],
+    [truth, tac_job],
     "Measuring which neurons carry the backdoor (zeroing each one in turn: about 10 s, "
     "once per model). The page updates by itself.",
 ):
-    gt = truth.result()
-    infected = gt["infected"]
+    gt, tac = truth.result(), tac_job.result()
+    from defense import truth as truth_mod
+
+    agree = truth_mod.agreement(gt, tac)
+    st.caption(
+        "The two truths agree: TAC ranks the ablation-infected neurons with ROC AUC "
+        f"{agree['tac_auc_vs_ablation']:.2f}, and {agree['top_k_overlap']:.0%} of them are also in TAC's top 10%."
+    )
+    infected = gt["infected"] if which_truth == "ablation" else tac["infected"]
     frame["backdoor_effect"] = torch.cat([gt["backdoor_effect"][n] for n in lab.layers]).numpy()
     frame["infected"] = torch.cat([infected[n] for n in lab.layers]).numpy()
     left, right = st.columns(2)
@@ -63,7 +81,7 @@ if jobs.wait_note(
         st.plotly_chart(curves.truth_scatter(frame, "magnitude", "benign"), width="stretch", key="scatter")
     with right:
         roc, rows = [], []
-        for m in SCORES.names():
+        for m in scores:
             s = scores[m].suspicion()
             fpr, tpr = metrics.roc_curve(
                 torch.cat([s[n] for n in lab.layers]), torch.cat([infected[n] for n in lab.layers])
@@ -86,6 +104,22 @@ if jobs.wait_note(
             "precision at k": st.column_config.NumberColumn(format="%.3f"),
         },
     )
+
+st.subheader("How steady is benign salience?")
+stab = lab.bs_stability()
+st.caption(
+    "Benign salience measured on three different clean subsets (seeds 0, 1, 2). Each dot is a neuron: its rank in "
+    f"its layer (1 = most suspect) on each subset. Lowest rank correlation between two subsets: "
+    f"{stab['spearman_min']:.2f} (1 = the same ranking every time)."
+)
+ranks = pd.DataFrame(
+    [
+        {"layer": n, "neuron": i, "lowest rank": float(r.min()), "highest rank": float(r.max())}
+        for n, rk in stab["ranks"].items()
+        for i, r in enumerate(rk)
+    ]
+)
+st.scatter_chart(ranks, x="lowest rank", y="highest rank", color="layer", height=300)
 
 st.download_button(
     "Download all scores (CSV)",

@@ -67,7 +67,7 @@ st.caption(
 )
 
 mask = lab.mask(metric, mode, value, scope)
-scores = lab.scores()[metric]
+scores = lab.score(metric)
 raw = {n: {curves.score_label(metric): v} for n, v in scores.layers.items()}
 st.plotly_chart(
     charts.layers_row(scores.normalized("minmax"), raw, mask, "importance"), width="stretch", key="threshold-heat"
