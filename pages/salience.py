@@ -20,6 +20,7 @@ state.intro(
 )
 
 lab = current_lab()
+truth, tac_job = lab.ground_truth(), lab.tac_truth()  # queued before the slow scores (one background worker)
 scores = lab.scores()
 bs, mag = scores["benign"], scores["magnitude"]
 scale = st.radio(
@@ -47,7 +48,6 @@ st.caption(
     "Ground truth, measured: each neuron is zeroed on its own, and the 10% whose removal most weakens the "
     "trigger are labelled infected. A good score puts them at the low end."
 )
-truth, tac_job = lab.ground_truth(), lab.tac_truth()
 frame = salience.scores_frame(list(scores.values()))
 pending = [SCORES[n].label for n in SCORES.names() if n not in scores]
 if pending:

@@ -222,6 +222,7 @@ def current_lab() -> Lab:
 def warm(lab_: Lab) -> None:
     """Start the slow measurements of the current model in the background."""
     lab_.ground_truth()
+    lab_.tac_truth()  # forward passes only: queued before the slow scores that lab_.scores() queues
     lab_.pruning_curve(st.session_state["threshold_scope"])
     lab_.cut_curve(st.session_state["threshold_metric"])  # so the slider is quick by score cut too, once chosen
 
