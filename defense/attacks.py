@@ -196,6 +196,26 @@ def load_trigger_file(path: str | Path, input_shape: Sequence[int] | None = None
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from . import guards
+
+    try:
+        size = guards.regular_file(path, "trigger file").st_size  # a FIFO would block the open below
+    except guards.LimitError as err:
+        raise TriggerError(str(err)) from None
+    if size > guards.MAX_MEMBER_BYTES:  # the cap of a bundle member; a sparse file can declare gigabytes
+        raise TriggerError(f"{path} is larger than {guards.MAX_MEMBER_BYTES // 2**20} MiB; refused")
+    try:
+        header = guards.safetensors_shapes(path)  # the header only: shapes are checked before any tensor is read
+    except (SafetensorError, OSError, ValueError) as err:
+        raise TriggerError(f"{path} is not a readable safetensors file with 'mask' and 'pattern': {err}") from None
+    if input_shape is not None:
+        wrong = [shape for k, (_, shape) in sorted(header.items()) if k in ("mask", "pattern")]
+        wrong = [shape for shape in wrong if shape != list(input_shape)]
+        if wrong:
+            raise TriggerError(
+                f"{path}: trigger shape {wrong[0]} does not match the model's input {list(input_shape)} "
+                "(read from the file's header; no tensor was loaded)"
+            )
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:

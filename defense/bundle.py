@@ -10,10 +10,12 @@ read into memory by name, never extracted, and their sizes are capped.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
-import math
+import os
 import re
+import shutil
 import warnings
 import zipfile
 import zlib
@@ -23,20 +25,16 @@ from pathlib import Path, PurePosixPath
 import torch
 from torch import nn
 
-from . import attacks, models
+from . import attacks, guards, models
+from .meta import FORMAT_VERSION, BundleError, validate_meta  # noqa: F401 - part of this module's interface
 
-FORMAT_VERSION = 1
-MAX_MEMBER_BYTES = 256 * 2**20  # a ResNet-18 state dict is ~45 MB
+MAX_MEMBER_BYTES = guards.MAX_MEMBER_BYTES  # a ResNet-18 state dict is ~45 MB
 MAX_TOTAL_BYTES = 512 * 2**20  # all members of an archive together, unpacked
 MAX_META_BYTES = 2**20  # meta.json is a few hundred bytes
 MAX_ARCHIVE_MEMBERS = 64
 MAX_COMPRESSION_RATIO = 200  # weights barely compress; a higher ratio is a zip bomb
 RATIO_CHECK_BYTES = 16 * 2**20  # small members (a mostly-zero trigger mask) may compress far better, harmlessly
 WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-class BundleError(ValueError):
-    """A bundle is unusable; the message says what is wrong, in one sentence where possible."""
 
 
 @dataclass
@@ -59,82 +57,26 @@ class Bundle:
         return f"{self.trigger.describe()}; target label {a['target_label']}, {rate:.0%} of training images poisoned"
 
 
-# ---------------------------------------------------------------- meta.json
+def fingerprint(bundle: Bundle) -> str:
+    """A content hash of everything that changes a result: meta.json (architecture, arch_kwargs, normalization,
+    attack and its parameters, ...), every weight (name, dtype, shape, bytes) and the trigger (kind, parameters,
+    tensors). Two bundles with equal fingerprints give equal numbers on equal data; the clean-data choice is
+    not part of a bundle, so callers add it to their own keys.
+    """
+    h = hashlib.sha256()
 
-_REQUIRED = {
-    "format_version": int,
-    "architecture": str,
-    "dataset": str,
-    "num_classes": int,
-    "input_shape": list,
-    "normalization": dict,
-    "attack": dict,
-}
+    def tensors(prefix: str, items: dict[str, torch.Tensor]) -> None:
+        for k in sorted(items):
+            v = items[k].detach().cpu().contiguous()
+            h.update(f"{prefix}:{k}:{v.dtype}:{list(v.shape)}\n".encode())
+            h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
 
-
-def validate_meta(meta: object) -> dict:
-    """Check meta.json's fields and types; raise BundleError naming every problem."""
-    if not isinstance(meta, dict):
-        raise BundleError(f"meta.json must hold a JSON object, found {type(meta).__name__}")
-    problems = []
-    for key, kind in _REQUIRED.items():
-        if key not in meta:
-            problems.append(f"missing '{key}'")
-        elif not isinstance(meta[key], kind) or isinstance(meta[key], bool):
-            problems.append(f"'{key}' should be {kind.__name__}, found {type(meta[key]).__name__}")
-    if problems:
-        raise BundleError("meta.json: " + "; ".join(problems))
-    if meta["format_version"] > FORMAT_VERSION:
-        problems.append(f"format_version {meta['format_version']} is newer than this tool reads ({FORMAT_VERSION})")
-    elif meta["format_version"] < 1:
-        problems.append(f"format_version must be at least 1, found {meta['format_version']}")
-    if "name" in meta and not isinstance(meta["name"], str):
-        problems.append("'name' should be a string")
-    if meta["architecture"] not in models.architectures():
-        problems.append(f"unknown architecture '{meta['architecture']}' (known: {', '.join(models.architectures())})")
-    if not isinstance(meta.get("arch_kwargs", {}), dict):
-        problems.append("'arch_kwargs' should be an object")
-    if not 2 <= meta["num_classes"] <= 10_000:
-        problems.append(f"'num_classes' must be between 2 and 10000, found {meta['num_classes']}")
-    shape = meta["input_shape"]
-    if len(shape) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1024 for v in shape):
-        problems.append(f"'input_shape' must be [C, H, W] of positive integers, found {shape}")
-    norm = meta["normalization"]
-    channels = shape[0] if not problems and len(shape) == 3 else None
-    for key in ("mean", "std"):
-        values = norm.get(key)
-        if not isinstance(values, list) or not all(_is_number(v) for v in values):
-            problems.append(f"'normalization.{key}' must be a list of numbers")
-        elif channels is not None and len(values) != channels:
-            problems.append(f"'normalization.{key}' has {len(values)} values for {channels} channel(s)")
-        elif key == "std" and not all(v > 0 for v in values):
-            problems.append("'normalization.std' values must be positive")
-    attack = meta["attack"]
-    if attack.get("kind") not in attacks.ATTACKS:
-        problems.append(
-            f"'attack.kind' must be one of {', '.join(attacks.ATTACKS.names())}, found {attack.get('kind')!r}"
-        )
-    target = attack.get("target_label")
-    if not isinstance(target, int) or isinstance(target, bool) or not 0 <= target < max(meta["num_classes"], 1):
-        problems.append(
-            f"'attack.target_label' must be an integer class in [0, {meta['num_classes'] - 1}], found {target!r}"
-        )
-    if not _is_number(attack.get("poison_rate", 0)) or not 0 <= attack.get("poison_rate", 0) <= 1:
-        problems.append("'attack.poison_rate' must be a number in [0, 1]")
-    if not isinstance(attack.get("params", {}), dict):
-        problems.append("'attack.params' should be an object")
-    for key in ("clean_acc", "asr"):
-        if key in meta and meta[key] is not None and (not _is_number(meta[key]) or not 0 <= meta[key] <= 1):
-            problems.append(f"'{key}' must be a fraction in [0, 1]")
-    if problems:
-        raise BundleError("meta.json: " + "; ".join(problems))
-    return meta
-
-
-def _is_number(v) -> bool:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return False
-    return isinstance(v, int) or math.isfinite(v)  # isfinite overflows on huge ints, which are finite anyway
+    h.update(json.dumps(bundle.meta, sort_keys=True, default=str).encode())
+    tensors("weight", bundle.model.state_dict())
+    trig = bundle.trigger
+    h.update(f"trigger:{trig.kind}:{json.dumps(trig.params(), sort_keys=True, default=str)}\n".encode())
+    tensors("trigger", trig.tensors())
+    return h.hexdigest()[:24]
 
 
 # ---------------------------------------------------------------- weights
@@ -168,6 +110,10 @@ def read_state_dict(data: bytes, filename: str) -> dict[str, torch.Tensor]:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
         raise BundleError(f"{filename} does not hold a state dict (a mapping of names to tensors)")
+    try:
+        guards.dense_tensors(state, filename)  # before anything copies a stride-0 view to its full size
+    except guards.LimitError as err:
+        raise BundleError(str(err)) from None
     return state
 
 
@@ -229,16 +175,19 @@ def _skeleton(meta: dict) -> nn.Module:
     """The architecture meta.json describes, on torch's 'meta' device: shapes only, no memory, no arithmetic.
 
     Building it and pushing one dummy image through it checks arch_kwargs and input_shape before any real
-    allocation (a hostile meta.json could ask for a layer of 10^15 weights); the real model is built only once
-    the file's weights have been found to fit, so its size is bounded by the size of the weights file.
+    allocation (a hostile meta.json could ask for a layer of 10^15 weights); its parameter count is capped
+    (guards.max_params), and the real model is built only once the file's weights have been found to fit.
     """
     c, h, w = meta["input_shape"]
     try:
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = build_model(meta).eval()
+            guards.check_parameter_count(model, f"the '{meta['architecture']}' that meta.json describes")
             with torch.no_grad():
                 out = model(torch.zeros(1, c, h, w))
+    except guards.LimitError as err:
+        raise BundleError(str(err)) from None
     except Exception as err:  # noqa: BLE001 - arch_kwargs and shapes come from the file
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise BundleError(
@@ -269,6 +218,8 @@ class _Source:
                         self.files[child.name] = child
             except OSError as err:
                 raise BundleError(f"cannot read the bundle folder {path} ({err.strerror or err})") from None
+        elif path.exists() and not path.is_file():
+            raise BundleError(f"{path} is not a regular file or folder (a pipe, device or socket); refused")
         elif zipfile.is_zipfile(path):
             self._read_zip(path)
         elif path.exists():
@@ -277,6 +228,12 @@ class _Source:
             raise BundleError(f"no bundle at {path}")
 
     def _read_zip(self, path: Path) -> None:
+        try:
+            guards.zip_directory(path, MAX_ARCHIVE_MEMBERS)  # from the end record, before zipfile parses entries
+        except guards.LimitError as err:
+            raise BundleError(str(err)) from None
+        except OSError as err:
+            raise BundleError(f"cannot read {path.name} ({err.strerror or err})") from None
         try:
             with zipfile.ZipFile(path) as archive:
                 entries = archive.infolist()
@@ -340,6 +297,8 @@ class _Source:
         item = self.files[name]
         if isinstance(item, Path):
             try:
+                if not item.is_file():
+                    raise BundleError(f"{name} is not a regular file; refused")
                 if item.stat().st_size > limit:
                     raise BundleError(f"{name} is larger than {limit / 2**20:g} MiB; refused")
                 with item.open("rb") as f:
@@ -404,15 +363,32 @@ def save_bundle(bundle: Bundle, path: str | Path) -> Path:
         files["trigger.safetensors"] = save_safetensors(
             {k: v.detach().cpu().contiguous() for k, v in bundle.trigger.tensors().items()}
         )
-    if path.suffix == ".zip":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+    # written under a temporary name beside the target, then renamed: an interrupted or failed write
+    # leaves the target as it was (absent, or the previous bundle), never half-written
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    try:
+        if path.suffix == ".zip":
+            with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
+                for name, data in files.items():
+                    archive.writestr(name, data)
+            partial.replace(path)
+        else:
+            partial.mkdir()
             for name, data in files.items():
-                archive.writestr(name, data)
-    else:
-        path.mkdir(parents=True, exist_ok=True)
-        for name, data in files.items():
-            (path / name).write_bytes(data)
+                (partial / name).write_bytes(data)
+            if path.is_dir():  # the previous bundle folder is swapped out whole, then removed
+                path.rename(old)
+            partial.rename(path)
+    finally:
+        if old.exists() and not path.exists():  # interrupted between the two renames: put the old one back
+            old.rename(path)
+        for leftover in (partial, old):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
     return path
 
 

@@ -1,9 +1,10 @@
-"""``python -m defense``: train, evaluate, salience, purify, list, bench."""
+"""``python -m defense``: train, evaluate, salience, identify, purify, import, list, bench, compare, report."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,9 @@ from . import bundle as bundle_io
 from .paths import RESULTS
 from .registry import ATTACKS, DEFENSES, SCORES
 from .runtime import configure_threads
+
+MAX_STEPS = 20_000  # purification steps; the recommended 300 take ~10 s for the MNIST models on one core
+MAX_EPOCHS = 200  # training epochs; the bundled MNIST models use 8
 
 
 class UsageError(ValueError):
@@ -60,17 +64,58 @@ def _seed(text: str) -> int:
     return value
 
 
+def _steps(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_STEPS:
+        raise argparse.ArgumentTypeError(
+            f"at most {MAX_STEPS:,} steps are allowed (asked {value:,}; the recommended number is 300)"
+        )
+    return value
+
+
+def _epochs(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_EPOCHS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_EPOCHS} epochs are allowed (asked {value:,})")
+    return value
+
+
+def check_out(path: str | Path, folder_ok: bool = True) -> Path:
+    """Refuse an --out that cannot be written, before any work: its nearest existing folder must be writable."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != (folder_ok and path.suffix != ".zip"):
+        kind = "a folder" if path.is_dir() else "a file"
+        raise UsageError(f"--out {path} is {kind}; expected {'a bundle folder or .zip' if folder_ok else 'a file'}")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {path} cannot be written ({parent} is not a writable folder)")
+    return path
+
+
+def _data_root_needed(dataset: str, data_root: str | None) -> None:
+    """The library's message is the app's too; the CLI names its flag."""
+    if dataset in ("cifar10", "imagefolder") and data_root is None:
+        raise UsageError(f"dataset '{dataset}' needs a local folder: pass its path (--data-root)")
+
+
+def _json_object(text: str | None, option: str, example: str) -> dict:
+    value = json.loads(text) if text else {}
+    if not isinstance(value, dict):
+        raise UsageError(f"{option} must be a JSON object such as '{example}', got {text}")
+    return value
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import train_backdoored
 
+    check_out(args.out)
+    _data_root_needed(args.dataset, args.data_root)
     splits = data.load_dataset(args.dataset, args.data_root)
     if not 0 <= args.target < splits.num_classes:
         raise UsageError(f"--target {args.target} is out of range: the dataset has classes 0..{splits.num_classes - 1}")
-    params = json.loads(args.attack_params) if args.attack_params else {}
-    if not isinstance(params, dict):
-        raise UsageError(
-            f"--attack-params must be a JSON object such as '{{\"alpha\": 0.2}}', got {args.attack_params}"
-        )
+    params = _json_object(args.attack_params, "--attack-params", '{"alpha": 0.2}')
     trigger = attacks.make_trigger(
         args.attack, splits.input_shape, seed=args.seed, trigger_file=args.trigger_file, **params
     )
@@ -84,6 +129,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         seed=args.seed,
         progress=not args.quiet,
+        arch_kwargs=_json_object(args.arch_kwargs, "--arch-kwargs", '{"width": 16}'),
+        shift=args.shift,
+        lr=args.lr,
     )
     result.meta["training"]["seconds"] = round(time.perf_counter() - start, 1)
     out = bundle_io.save_bundle(result, args.out)
@@ -104,6 +152,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .metrics import evaluate
 
     b = bundle_io.load_bundle(args.bundle)
+    _data_root_needed(b.meta["dataset"], args.data_root)
     splits = data.load_splits_for(b.meta, args.data_root)
     scores = evaluate(b.model, splits.test, b.trigger, b.target)
     if args.json:
@@ -116,13 +165,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_salience(args: argparse.Namespace) -> int:
     from . import salience
 
+    out = check_out(args.out, folder_ok=False)
     b = bundle_io.load_bundle(args.bundle)
-    splits = data.load_splits_for(b.meta, args.data_root, seed=args.seed, clean_fraction=args.clean_fraction)
+    _data_root_needed(b.meta["dataset"], args.data_root)
+    splits = data.load_splits_for(
+        b.meta, args.data_root, seed=args.seed, clean_fraction=args.clean_fraction, need_clean=True
+    )
     metrics_wanted = SCORES.names() if args.metric == "all" else [args.metric]
     layers = salience.neuron_map(b.model)
     frame = salience.scores_frame([salience.compute(m, b.model, splits.clean, layers) for m in metrics_wanted])
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(args.out, index=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    try:
+        frame.to_csv(partial, index=False)
+        partial.replace(out)  # atomic: an interrupted run leaves no half-written CSV
+    finally:
+        partial.unlink(missing_ok=True)
     print(f"wrote {len(frame)} neurons x {len(metrics_wanted)} metric(s) to {args.out}", file=sys.stderr)
     return 0
 
@@ -139,7 +197,10 @@ def cmd_purify(args: argparse.Namespace) -> int:
 
     if args.defense is not None and (args.metric is not None or args.reg is not None):
         raise UsageError(f"--defense {args.defense} sets its own score and regularizer: leave out --metric and --reg")
+    if args.out:
+        check_out(args.out)
     b = bundle_io.load_bundle(args.bundle)
+    _data_root_needed(b.meta["dataset"], args.data_root)
     defaults = PurifyConfig()
     overrides = {
         k: v
@@ -160,22 +221,27 @@ def cmd_purify(args: argparse.Namespace) -> int:
         config = replace(defaults, **overrides).validate()
     except ValueError as err:
         raise UsageError(str(err)) from None
-    splits = data.load_splits_for(b.meta, args.data_root, seed=config.seed, clean_fraction=args.clean_fraction)
+    splits = data.load_splits_for(
+        b.meta, args.data_root, seed=config.seed, clean_fraction=args.clean_fraction, need_clean=True
+    )
     triggered = triggered_set(splits.test, b.trigger, b.target)
-    if args.defense is None:
+    defense = args.defense
+    if defense is None and args.metric is None and args.reg is None:
+        defense = baselines.recommended().name  # no options: the recommended defense
+    if defense is None:  # a score or penalty of one's own, with the recommended fine-tuning
         run = Purification(b.model, splits.clean, splits.test, triggered, config)
     else:
-        run = baselines.make(args.defense, b.model, splits.clean, splits.test, triggered, config)
+        run = baselines.make(defense, b.model, splits.clean, splits.test, triggered, config)
     config = run.config  # a defense may set the score, regularizer, distillation or steps
     with tqdm(total=config.steps, desc="purify", unit="step", disable=args.quiet) as bar:
         for record in run:
             bar.update(1 if record["step"] else 0)
             if "asr" in record:
                 bar.set_postfix(acc=f"{record['clean_acc']:.3f}", asr=f"{record['asr']:.3f}")
-    report = run_report(run.history, config, context={"defense": args.defense} if args.defense else None)
+    report = run_report(run.history, config, context={"defense": defense} if defense else None)
     if args.out:
         name = Path(args.out).stem
-        purified = purified_bundle(b, run.model, name=name, after=report["after"], config=config, defense=args.defense)
+        purified = purified_bundle(b, run.model, name=name, after=report["after"], config=config, defense=defense)
         report["out"] = str(bundle_io.save_bundle(purified, args.out))
     if args.json:
         print(json.dumps(report))
@@ -184,6 +250,30 @@ def cmd_purify(args: argparse.Namespace) -> int:
             f"{b.name}: accuracy {report['before']['clean_acc']:.2%} -> {report['after']['clean_acc']:.2%}, "
             f"attack success {report['before']['asr']:.2%} -> {report['after']['asr']:.2%} "
             f"({report['steps']} steps, {report['seconds']} s)"
+        )
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from . import backdoorbench, salience
+
+    if args.format != "backdoorbench":
+        raise UsageError(f"unknown --format {args.format!r}: expected backdoorbench")
+    check_out(args.out)
+    _data_root_needed(args.dataset, args.data_root)
+    params = _json_object(args.attack_params, "--attack-params", '{"size": 3}')
+    b = backdoorbench.import_bundle(
+        args.file, args.dataset, args.data_root, args.attack, args.target, params, args.trigger_file, args.seed
+    )
+    b.meta["name"] = Path(args.out).stem
+    out = bundle_io.save_bundle(b, args.out)
+    neurons = sum(nl.size for nl in salience.neuron_map(b.model).values())
+    if args.json:
+        print(json.dumps({"out": str(out), "architecture": b.meta["architecture"], "neurons": neurons}))
+    else:
+        print(
+            f"wrote {out}: {b.meta['architecture']} {b.meta['arch_kwargs']}, {neurons} neurons; clean accuracy "
+            f"{b.meta['clean_acc']:.2%}, attack success {b.meta['asr']:.2%} on {args.dataset}"
         )
     return 0
 
@@ -236,6 +326,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from .compare_cli import run_compare
+
+    return run_compare(args)
+
+
+def cmd_report(args) -> int:
+    from .compare_cli import run_report
+
+    return run_report(args)
+
+
+CLEAN_HELP = f"share of the training set the defender holds (it must leave at least {data.MIN_CLEAN_IMAGES} images)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m defense", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -249,7 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trigger-file", help="safetensors with 'mask' and 'pattern' for --attack file")
     p.add_argument("--target", type=_integer, default=0)
     p.add_argument("--poison-rate", type=_fraction, default=0.1)
-    p.add_argument("--epochs", type=_positive_int, default=8)
+    p.add_argument("--epochs", type=_epochs, default=8, help=f"at most {MAX_EPOCHS}")
+    p.add_argument("--arch-kwargs", help="JSON object of architecture options, e.g. '{\"width\": 16}'")
+    p.add_argument("--shift", type=_integer, default=0, help="augment clean images by random shifts of up to N px")
+    p.add_argument("--lr", type=_non_negative, default=0.05, help="peak learning rate (one-cycle)")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--quiet", action="store_true")
@@ -268,23 +376,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default="benign", choices=(*SCORES.names(), "all"))
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=_seed, default=0, help="seed of the defender's clean subset")
-    p.add_argument("--clean-fraction", type=_fraction, default=data.CLEAN_FRACTION)
+    p.add_argument("--clean-fraction", type=_fraction, default=data.CLEAN_FRACTION, help=CLEAN_HELP)
     p.add_argument("--data-root")
     p.set_defaults(func=cmd_salience)
 
     p = sub.add_parser("purify", help="identify and purify infected neurons (defaults are the recommended settings)")
     p.add_argument("--bundle", required=True)
-    p.add_argument("--defense", choices=DEFENSES.names(), help="run this defense (default: the settings below)")
-    p.add_argument("--metric", choices=SCORES.names())
+    p.add_argument(
+        "--defense",
+        choices=DEFENSES.names(),
+        help="a registered defense (default: the recommended one; bs-ar is the paper's BS + AR)",
+    )
+    p.add_argument("--metric", choices=SCORES.names(), help="mark with this score (with --reg: no defense entry)")
     p.add_argument("--reg", choices=REGULARIZERS)
     p.add_argument("--ratio", type=_fraction, help="share of neurons to mark in each layer")
     p.add_argument("--scope", choices=("layer", "global"))
     p.add_argument("--schedule", choices=SCHEDULES)
-    p.add_argument("--steps", type=_positive_int)
+    p.add_argument("--steps", type=_steps, help=f"at most {MAX_STEPS:,}")
     p.add_argument("--lam", type=_non_negative, help="penalty strength λ")
     p.add_argument("--lr", type=_number, help="learning rate")
     p.add_argument("--seed", type=_seed)
-    p.add_argument("--clean-fraction", type=_fraction, default=data.CLEAN_FRACTION)
+    p.add_argument("--clean-fraction", type=_fraction, default=data.CLEAN_FRACTION, help=CLEAN_HELP)
     p.add_argument("--data-root")
     p.add_argument("--out", help="write the purified bundle here (directory, or .zip)")
     p.add_argument("--json", action="store_true")
@@ -298,6 +410,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_identify)
 
+    p = sub.add_parser("import", help="a bundle from a BackdoorBench attack_result.pt / defense_result.pt")
+    p.add_argument("file")
+    p.add_argument("--format", default="backdoorbench", choices=("backdoorbench",))
+    p.add_argument("--dataset", required=True, choices=data.DATASETS)
+    p.add_argument("--data-root", help="folder of a local CIFAR-10 or ImageFolder dataset")
+    p.add_argument(
+        "--attack", required=True, choices=ATTACKS.names(), help="the trigger (BackdoorBench keeps only PNGs)"
+    )
+    p.add_argument("--attack-params", help="JSON object of trigger parameters")
+    p.add_argument("--trigger-file", help="safetensors with 'mask' and 'pattern' for --attack file")
+    p.add_argument("--target", type=_integer, required=True)
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_import)
     p = sub.add_parser("list", help="every score, defense, attack and architecture, as markdown tables")
     p.add_argument("--update", metavar="FILE", help="rewrite the registry block of FILE (README.md) instead")
     p.set_defaults(func=cmd_list)
@@ -308,14 +435,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--defenses", nargs="*", choices=DEFENSES.names(), help="defense names (default: all)")
     p.add_argument("--out", default=str(RESULTS))
     p.set_defaults(func=cmd_bench)
+
+    from .compare_cli import add_compare_arguments
+
+    p = sub.add_parser("compare", help="every registered defense on one model, side by side (cached per model)")
+    add_compare_arguments(p, _positive_int, _fraction)
+    p.add_argument("--out", help="also write the results file here (e.g. assets/results/NAME.json)")
+    p.add_argument("--json", action="store_true", help="print the leaderboard as JSON")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="a self-contained offline HTML report of one model")
+    add_compare_arguments(p, _positive_int, _fraction)
+    p.add_argument("--out", required=True, help="the HTML file to write")
+    p.set_defaults(func=cmd_report)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_threads()
     try:
+        args = build_parser().parse_args(argv)
+        configure_threads()
         return args.func(args)
+    except KeyboardInterrupt:  # outputs are written to a temporary name and renamed at the end: nothing partial
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130
     except (bundle_io.BundleError, attacks.TriggerError, data.DataError, UsageError) as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ DATASETS = ("mnist5k", "cifar10", "imagefolder")
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
 CLEAN_FRACTION = 0.05  # the defender's clean share of the training set (reference code, BackdoorBench)
+MIN_CLEAN_IMAGES = 20  # fewer and purification fits a handful of images (1 image took 97.9% accuracy to 8.8%)
 
 
 class DataError(ValueError):
@@ -75,6 +76,16 @@ def _split(data: TensorData, test_fraction: float) -> tuple[TensorData, TensorDa
     return data.subset(order[n_test:]), data.subset(order[:n_test])
 
 
+def check_clean_size(clean: TensorData, train: TensorData, fraction: float) -> None:
+    """Refuse a clean subset too small to purify or score with (fewer than MIN_CLEAN_IMAGES)."""
+    if len(clean) < MIN_CLEAN_IMAGES:
+        least = MIN_CLEAN_IMAGES / max(len(train), 1)
+        raise DataError(
+            f"a clean share of {fraction:g} leaves the defender {len(clean)} of {len(train)} training images; "
+            f"at least {MIN_CLEAN_IMAGES} are needed (a share of at least {least:.3g})"
+        )
+
+
 def clean_subset(train: TensorData, fraction: float = CLEAN_FRACTION, seed: int = 0) -> TensorData:
     """A seeded fraction of the clean training images: what the defender holds."""
     if not 0 < fraction <= 1:
@@ -113,25 +124,14 @@ def load_mnist5k() -> TensorData:
 
 
 def load_cifar10(root: str | Path) -> tuple[TensorData, TensorData]:
-    from torchvision.datasets import CIFAR10
-
-    root = Path(root)
-    if not (root / "cifar-10-batches-py").is_dir():
-        raise DataError(
-            f"CIFAR-10 not found: expected the folder 'cifar-10-batches-py' (torchvision layout, "
-            f"data_batch_1..5 and test_batch) inside {root}"
-        )
-
-    def convert(ds) -> TensorData:
-        x = torch.as_tensor(ds.data).permute(0, 3, 1, 2).float() / 255.0
-        return TensorData(x, torch.as_tensor(ds.targets, dtype=torch.int64))
+    """CIFAR-10 in torchvision's python layout, read by a restricted unpickler (defense/cifar.py)."""
+    from .cifar import CifarError, read_cifar10  # imported here: defense.cifar knows nothing of this module
 
     try:
-        return convert(CIFAR10(str(root), train=True, download=False)), convert(
-            CIFAR10(str(root), train=False, download=False)
-        )
-    except RuntimeError as err:  # torchvision's own integrity check
-        raise DataError(f"CIFAR-10 at {root} is incomplete or corrupt: {err}") from None
+        (train_x, train_y), (test_x, test_y) = read_cifar10(Path(root))
+    except CifarError as err:
+        raise DataError(str(err)) from None
+    return TensorData(train_x, train_y), TensorData(test_x, test_y)
 
 
 def load_imagefolder(root: str | Path, size: int = 32) -> TensorData:
@@ -169,7 +169,7 @@ def load_dataset(
         train, test = _split(load_mnist5k(), TEST_FRACTION)
     elif name in ("cifar10", "imagefolder"):
         if root is None:
-            raise DataError(f"dataset '{name}' needs a local folder: pass its path (--data-root)")
+            raise DataError(f"dataset '{name}' needs a local folder of its images, and none was given")
         if name == "cifar10":
             train, test = load_cifar10(root)
         else:
@@ -185,10 +185,19 @@ def load_dataset(
 
 
 def load_splits_for(
-    meta: dict, data_root: str | Path | None, seed: int = 0, clean_fraction: float = CLEAN_FRACTION
+    meta: dict,
+    data_root: str | Path | None,
+    seed: int = 0,
+    clean_fraction: float = CLEAN_FRACTION,
+    need_clean: bool = False,
 ) -> DataSplits:
-    """The dataset a bundle's meta.json names, checked against the model's input shape and classes."""
+    """The dataset a bundle's meta.json names, checked against the model's input shape and classes.
+
+    With ``need_clean`` (scoring, purifying), a clean subset under MIN_CLEAN_IMAGES is refused.
+    """
     splits = load_dataset(meta["dataset"], data_root, clean_fraction=clean_fraction, seed=seed)
+    if need_clean:
+        check_clean_size(splits.clean, splits.train, clean_fraction)
     if list(splits.input_shape) != list(meta["input_shape"]):
         raise DataError(
             f"the model takes images {meta['input_shape']}, but dataset '{meta['dataset']}' holds {splits.input_shape}"

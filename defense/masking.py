@@ -19,6 +19,7 @@ from torch import nn
 from .data import TensorData
 from .metrics import evaluate
 from .neurons import NeuronLayer, NeuronMask, NeuronScores, neuron_masking
+from .runtime import StopCheck, check_stop
 
 
 def mark(
@@ -77,10 +78,12 @@ def pruning_curve(
     ratios: Sequence[float] | None = None,
     scope: str = "layer",
     by: str = "ratio",
+    should_stop: StopCheck = None,
 ) -> pd.DataFrame:
     """Clean accuracy and ASR against the marked ratio, for each score.
 
     ``by='value'`` cuts by normalized score instead (``mark(threshold=...)``); the column is still 'ratio'.
+    ``should_stop`` is asked before each point (raises runtime.Cancelled).
     """
     if by not in ("ratio", "value"):
         raise ValueError("by must be 'ratio' or 'value'")
@@ -88,6 +91,7 @@ def pruning_curve(
     rows = []
     for s in scores:
         for r in ratios:
+            check_stop(should_stop)
             mask = mark(s, ratio=r, scope=scope) if by == "ratio" else mark(s, threshold=r)
             rows.append({"metric": s.metric, "ratio": r, **preview(model, layers, mask, test, triggered)})
     return pd.DataFrame(rows)

@@ -8,6 +8,7 @@ from torch import nn
 from .attacks import Trigger
 from .data import TensorData
 from .neurons import NeuronLayer, NeuronScores, neuron_masking
+from .runtime import StopCheck, check_stop
 
 
 @torch.no_grad()
@@ -59,7 +60,10 @@ def backdoor_ground_truth(
     infected_fraction: float = 0.1,
     max_images: int = 256,
     effect: str = "margin",
-) -> dict[str, dict[str, torch.Tensor]]:
+    max_neurons: int | None = None,
+    seed: int = 0,
+    should_stop: StopCheck = None,
+) -> dict:
     """Which neurons carry the backdoor, measured by ablation when the trigger is known.
 
     Each neuron is zeroed on its own; its *backdoor effect* is how much the triggered
@@ -70,25 +74,27 @@ def backdoor_ground_truth(
     a triggered loss near 1e-8 (mnist-badnets), so zeroing almost any neuron moves it by
     float32 rounding only, and its top 10% were noise beyond the first one or two neurons.
     The ``infected_fraction`` of neurons with the largest positive backdoor effect are
-    labelled infected. Returns {'backdoor_effect', 'clean_effect', 'infected'}, each {layer: tensor}.
+    labelled infected.
+
+    With more than ``max_neurons`` neurons only a uniform random sample of that many (``seed``) is
+    ablated: the others get NaN effects and are not labelled, and ``measured`` says which were.
+    ``should_stop`` is asked before each neuron (raises runtime.Cancelled).
+    Returns {'backdoor_effect', 'clean_effect', 'infected', 'measured'}, each {layer: tensor},
+    and 'sampled' (False, or the share of neurons measured).
     """
-    if effect not in ("margin", "loss"):
-        raise ValueError(f"unknown effect '{effect}': expected 'margin' or 'loss'")
-    ce = nn.CrossEntropyLoss()
-
-    def hold(logits, labels):  # larger = the label wins more firmly
-        return target_margin(logits, labels) if effect == "margin" else -ce(logits, labels)
-
+    hold = hold_measure(effect)
     dev = next(model.parameters()).device
     xt, yt = triggered.x[:max_images].to(dev), triggered.y[:max_images].to(dev)
     xc, yc = test.x[:max_images].to(dev), test.y[:max_images].to(dev)
     was = model.training
     model.eval()
     base_b, base_c = float(hold(model(xt), yt)), float(hold(model(xc), yc))
+    measured = neuron_sample(layers, max_neurons, seed)
     backdoor, clean = {}, {}
     for name, nl in layers.items():
-        b, c = torch.zeros(nl.size), torch.zeros(nl.size)
-        for i in range(nl.size):
+        b, c = torch.full((nl.size,), float("nan")), torch.full((nl.size,), float("nan"))
+        for i in measured[name].nonzero().flatten().tolist():
+            check_stop(should_stop)
             keep = torch.ones(nl.size, dtype=torch.bool)
             keep[i] = False
             with neuron_masking({name: nl}, {name: ~keep}):
@@ -96,15 +102,60 @@ def backdoor_ground_truth(
                 c[i] = base_c - float(hold(model(xc), yc))
         backdoor[name], clean[name] = b, c
     model.train(was)
-    return {"backdoor_effect": backdoor, "clean_effect": clean, "infected": top_fraction(backdoor, infected_fraction)}
+    return truth_result(backdoor, clean, measured, infected_fraction)
+
+
+def hold_measure(effect: str = "margin"):
+    """(logits, labels) -> how firmly the labels win: the mean logit margin, or minus the cross-entropy."""
+    if effect not in ("margin", "loss"):
+        raise ValueError(f"unknown effect '{effect}': expected 'margin' or 'loss'")
+    ce = nn.CrossEntropyLoss()
+
+    def hold(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return target_margin(logits, labels) if effect == "margin" else -ce(logits, labels)
+
+    return hold
+
+
+def neuron_sample(layers: dict[str, NeuronLayer], max_neurons: int | None, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Per layer, which neurons to ablate: all, or a uniform random sample of ``max_neurons`` (seeded)."""
+    total = sum(nl.size for nl in layers.values())
+    chosen = torch.ones(total, dtype=torch.bool)
+    if max_neurons is not None and total > max_neurons:
+        chosen[:] = False
+        chosen[torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:max_neurons]] = True
+    return dict(zip(layers, chosen.split([nl.size for nl in layers.values()]), strict=True))
+
+
+def truth_result(
+    backdoor: dict[str, torch.Tensor],
+    clean: dict[str, torch.Tensor],
+    measured: dict[str, torch.Tensor],
+    infected_fraction: float,
+) -> dict:
+    """The ground truth's result dict, shared by the hook version here and the fast one in ablation.py."""
+    chosen = torch.cat(list(measured.values()))
+    return {
+        "backdoor_effect": backdoor,
+        "clean_effect": clean,
+        "infected": top_fraction(backdoor, infected_fraction),
+        "measured": measured,
+        "sampled": False if bool(chosen.all()) else float(chosen.float().mean()),
+    }
 
 
 def top_fraction(values: dict[str, torch.Tensor], fraction: float = 0.1) -> dict[str, torch.Tensor]:
-    """Per layer, which neurons are among the ``fraction`` with the largest positive value over all layers."""
+    """Per layer, which neurons are among the ``fraction`` with the largest positive value over all layers.
+
+    NaN values (neurons not measured) are never labelled and do not count towards the fraction.
+    """
     flat = torch.cat(list(values.values()))
-    k = max(1, int(round(fraction * len(flat))))
-    cut = flat.topk(k).values[-1]
-    return {n: (v >= cut) & (v > 0) for n, v in values.items()}
+    known = flat[~flat.isnan()]
+    if len(known) == 0:
+        return {n: torch.zeros(len(v), dtype=torch.bool) for n, v in values.items()}
+    k = max(1, int(round(fraction * len(known))))
+    cut = known.topk(k).values[-1]
+    return {n: (v >= cut) & (v > 0) for n, v in values.items()}  # NaN compares False
 
 
 def roc_auc(suspicion: torch.Tensor, positive: torch.Tensor) -> float:
@@ -141,9 +192,14 @@ def precision_at_k(suspicion: torch.Tensor, positive: torch.Tensor, k: int | Non
     return float(positive[suspicion.topk(k).indices].float().mean())
 
 
-def identification_quality(scores: NeuronScores, infected: dict[str, torch.Tensor]) -> dict[str, float]:
-    """ROC AUC and precision at k of a score's suspicion against the infected labels."""
+def identification_quality(
+    scores: NeuronScores, infected: dict[str, torch.Tensor], measured: dict[str, torch.Tensor] | None = None
+) -> dict[str, float]:
+    """ROC AUC and precision at k of a score's suspicion against the infected labels (of ``measured`` neurons)."""
     s = scores.suspicion()
     flat_s = torch.cat([s[n] for n in infected])
     flat_p = torch.cat([infected[n] for n in infected])
+    if measured is not None:
+        keep = torch.cat([measured[n] for n in infected])
+        flat_s, flat_p = flat_s[keep], flat_p[keep]
     return {"auc": roc_auc(flat_s, flat_p), "precision_at_k": precision_at_k(flat_s, flat_p)}

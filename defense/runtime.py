@@ -1,8 +1,21 @@
 """Where tensors live and how many CPU threads torch may use."""
 
 import os
+from collections.abc import Callable
 
 import torch
+
+StopCheck = Callable[[], bool] | None  # asked inside long loops: True means give up now
+
+
+class Cancelled(Exception):  # noqa: N818 - it is an outcome, not a failure
+    """Raised by a long computation whose ``should_stop`` said so."""
+
+
+def check_stop(should_stop: StopCheck) -> None:
+    """Raise Cancelled when ``should_stop()`` is true (a ``threading.Event``'s ``is_set`` works)."""
+    if should_stop is not None and should_stop():
+        raise Cancelled
 
 
 def device() -> torch.device:

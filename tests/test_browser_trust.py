@@ -152,7 +152,9 @@ def test_three_sessions_purify_three_models_at_once(server, browser):
         before = percent(sidebar_metric(page, "Attack success"))
         goto_page(page, "Purify", "Purify the model")
         main.get_by_text(re.compile(r"Marked by .*neurons")).wait_for(timeout=120_000)
-        expect(main.get_by_role("combobox", name="Defense")).to_have_value(re.compile(r"^bs-ar: "))
+        expect(main.get_by_role("combobox", name="Defense")).to_have_value(
+            re.compile(r"^clp-ar")
+        )  # the recommended defense
         steps = main.get_by_role("spinbutton", name="Steps")
         steps.fill("60")
         steps.press("Enter")
@@ -163,12 +165,12 @@ def test_three_sessions_purify_three_models_at_once(server, browser):
     for _, _, _page, main, _, _ in sessions:  # all three start within a second or so
         main.get_by_role("button", name="Start purification").click()
     for _, _, _page, main, _, _ in sessions:
-        main.get_by_text(re.compile(r"1\. bs-ar: (step \d+ of 60|preparing…)")).or_(
+        main.get_by_text(re.compile(r"1\. clp-ar: (step \d+ of 60|preparing…)")).or_(
             main.get_by_role("combobox", name="Run")
         ).first.wait_for(timeout=60_000)
 
     for name, _context, page, main, sidebar, before in sessions:
-        expect(main.get_by_role("combobox", name="Run")).to_have_value("1. bs-ar (done)", timeout=180_000)
+        expect(main.get_by_role("combobox", name="Run")).to_have_value("1. clp-ar (done)", timeout=180_000)
         main.get_by_role("button", name="Download purified model (.zip)").wait_for(timeout=60_000)
         expect(sidebar.locator("strong").first).to_have_text(name)  # each session kept its own model
         after = percent(metric_value(page, "Attack success rate"))
@@ -222,3 +224,39 @@ def test_closing_the_tab_stops_its_run(server, browser):
     assert line is not None, f"no '{GONE}' line in the server log:\n{log_path.read_text()[-2000:]}"
     assert "'1. ft'" in line, line
     assert time.monotonic() - closed >= 9, "the run stopped before its session had been gone 10 s"
+
+
+# ---------------------------------------------------------------- shutdown with jobs running (issue 14)
+
+
+def test_sigterm_stops_the_server_while_a_long_job_runs(browser, tmp_path):
+    """A 3,000-unit model's ablation (minutes of work) is running when SIGTERM comes: the server still exits.
+
+    Fails with the old single non-daemon worker (the interpreter waited for the job: over 90 s). The bound
+    here is loose for a loaded CI machine; bench/app_load.py measures the seconds (goal: 5).
+    """
+    import signal
+    import subprocess
+
+    from bench.app_load import big_bundle_zip, upload
+    from tests.test_browser import free_port, start_server
+
+    big = big_bundle_zip(tmp_path / "wide-3000.zip")
+    port = free_port()
+    with open(tmp_path / "server.log", "w") as log:
+        proc = start_server(port, log)
+        try:
+            context, page = open_app(browser, f"http://127.0.0.1:{port}")
+            upload(page, big, "wide-3000")
+            time.sleep(3)  # its ground truth has started
+            sent = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+            took = time.monotonic() - sent
+            context.close()
+        except subprocess.TimeoutExpired:
+            took = float("inf")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert took < 30, f"the server took {took:.1f} s to stop after SIGTERM"

@@ -187,7 +187,7 @@ def test_oversized_archive_is_refused(tmp_path, monkeypatch):
 
 def test_archive_with_too_many_entries_is_refused(tmp_path):
     path = write_zip(tmp_path / "many.zip", {**bundle_files(), **{f"junk/{i}.txt": b"x" for i in range(80)}})
-    with pytest.raises(BundleError, match="holds 83 entries"):
+    with pytest.raises(BundleError, match="declares 83 entries"):
         bundle_io.load_bundle(path)
 
 
@@ -413,7 +413,7 @@ def test_purify_and_salience_parameters(cli, tmp_path, args, message):
         (["--attack-params", '{"size": 40}'], "trigger parameter 'size' must be an integer in [1, 28]"),
         (["--attack-params", '{"sise": 4}'], "unknown parameter(s) sise for attack 'badnets'"),
         (["--attack", "file"], "attack 'file' needs --trigger-file"),
-        (["--attack", "file", "--trigger-file", "{tmp}/nope.safetensors"], "is not a readable safetensors file"),
+        (["--attack", "file", "--trigger-file", "{tmp}/nope.safetensors"], "cannot read the trigger file"),
         (["--arch", "vgg"], "--arch: invalid choice"),
         (["--dataset", "cifar10"], "dataset 'cifar10' needs a local folder"),
         (["--dataset", "cifar10", "--data-root", "{tmp}"], "expected the folder 'cifar-10-batches-py'"),

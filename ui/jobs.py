@@ -1,32 +1,205 @@
-"""The background worker: slow, one-off measurements run here so that no page waits on them.
+"""Background jobs: slow, one-off measurements run here so that no page waits on them.
 
-One worker thread for the whole server (measurements are CPU-bound; two at once would only slow both).
-Each job is known by a key and runs once; every session asking for the same key shares its future.
+Fair and cancellable (docs/TRUST.md, "Limits"):
+- Each session has its own queue and its own worker thread, so one session's big model never holds
+  up another session's measurements. A job is known by its key (a content hash plus what else changes
+  the result) and runs once: a session asking for a key that is already queued elsewhere queues the
+  same job too, and whichever worker reaches it first runs it; everyone shares its future.
+- A job stops when no session that asked for it is left (a closed tab, after ``ABSENT_S``) or when the
+  server shuts down: job functions take ``should_stop`` and ask it inside their long loops
+  (``defense.runtime.Cancelled`` ends them). Workers are daemon threads, and a shutdown hook sets the
+  stop flag, so SIGTERM is not held up by a running measurement.
+- Jobs are bounded too: the ablation ground truth measures at most ``MAX_ABLATION_NEURONS`` neurons
+  (a random sample beyond that, shown as such on the Salience page).
 A page that needs a result shows a note and polls until it is ready (``wait_note``).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 import streamlit as st
 
+from defense.runtime import Cancelled
+
+ABSENT_S = 10.0  # a session's jobs stop once it has been gone this long
+MAX_ABLATION_NEURONS = int(os.environ.get("BNL_ABLATION_NEURONS", 1000))  # ~10 s for the MNIST models' 122
+log = logging.getLogger(__name__)
+
+
+class Job:
+    def __init__(self, key: tuple, fn: Callable[..., Any], args: tuple):
+        self.key, self.fn, self.args = key, fn, args
+        self.future: Future = Future()
+        self.owners: set[str] = set()
+        self.claimed = False
+
+
+class JobBoard:
+    """Per-session queues of shared jobs. ``alive(session) -> bool`` says whether a session is still there."""
+
+    def __init__(self, alive: Callable[[str], bool] | None = None):
+        self._lock = threading.Lock()
+        self._jobs: dict[tuple, Job] = {}
+        self._queues: dict[str, deque[Job]] = {}
+        self._workers: dict[str, threading.Thread] = {}
+        self._seen: dict[str, float] = {}
+        self._gone_since: dict[str, float] = {}
+        self._alive = alive or self._session_alive
+        self.stopping = threading.Event()
+
+    # ------------------------------------------------------------ asking
+
+    def submit(self, key: tuple, fn: Callable[..., Any], *args: Any, session: str = "default") -> Future:
+        """The shared future of ``fn(*args, should_stop=...)``, queued for ``session``; ``fn`` never calls st.*."""
+        with self._lock:
+            self._seen[session] = time.monotonic()
+            job = self._jobs.get(key)
+            if job is None:
+                job = self._jobs[key] = Job(key, fn, args)
+            job.owners.add(session)
+            queue = self._queues.setdefault(session, deque())
+            if not job.claimed and job not in queue:
+                queue.append(job)
+            if session not in self._workers and queue:
+                worker = threading.Thread(target=self._work, args=(session,), name=f"bnl-jobs-{session[:8]}")
+                worker.daemon = True  # never holds up the interpreter's exit
+                self._workers[session] = worker
+                worker.start()
+            return job.future
+
+    def seen(self, session: str) -> None:
+        """A page of ``session`` was drawn (the heartbeat where Streamlit's runtime cannot tell)."""
+        self._seen[session] = time.monotonic()
+
+    def stop(self) -> None:
+        """Ask every running job to give up (server shutdown)."""
+        self.stopping.set()
+
+    # ------------------------------------------------------------ working
+
+    def _work(self, session: str) -> None:
+        from defense.runtime import configure_threads
+
+        configure_threads(share_with_server=True)  # per thread in torch: a new thread would take every core
+        while not self.stopping.is_set():
+            with self._lock:
+                queue = self._queues.get(session, deque())
+                job = None
+                while queue:
+                    candidate = queue.popleft()
+                    if not candidate.claimed:
+                        job = candidate
+                        job.claimed = True
+                        break
+                if job is None:
+                    self._workers.pop(session, None)
+                    self._queues.pop(session, None)
+                    return
+            self._run(job)
+        with self._lock:
+            self._workers.pop(session, None)
+
+    def _run(self, job: Job) -> None:
+        try:
+            if self._should_stop(job):
+                raise Cancelled
+            result = job.fn(*job.args, should_stop=lambda: self._should_stop(job))
+        except Cancelled as err:
+            with self._lock:  # forgotten, so that a later request starts it afresh
+                if self._jobs.get(job.key) is job:
+                    del self._jobs[job.key]
+            log.warning(
+                "bnl: background job %s stopped: %s",
+                job.key[0],
+                "shutdown" if self.stopping.is_set() else "its sessions went away",
+            )
+            job.future.set_exception(err)
+        except Exception as err:  # noqa: BLE001 - shown on the page that waits for it
+            job.future.set_exception(err)
+        else:
+            job.future.set_result(result)
+
+    def _should_stop(self, job: Job) -> bool:
+        return self.stopping.is_set() or not any(self._alive(s) for s in list(job.owners))
+
+    def _session_alive(self, session: str) -> bool:
+        """Streamlit's runtime knows at once when a tab closes; without one (AppTest), the page heartbeat."""
+        from streamlit import runtime
+
+        now = time.monotonic()
+        if runtime.exists() and session != "default":
+            if runtime.get_instance().is_active_session(session):
+                self._gone_since.pop(session, None)
+                return True
+            gone = self._gone_since.setdefault(session, now)
+            return now - gone < ABSENT_S
+        return now - self._seen.get(session, now) < ABSENT_S
+
+    def running(self) -> list[tuple]:
+        """Keys of the jobs claimed and not yet finished (for tests and the load bench)."""
+        with self._lock:
+            return [j.key for j in self._jobs.values() if j.claimed and not j.future.done()]
+
+
+EXIT_GRACE_S = 2.0  # at shutdown, running jobs get this long to notice the stop flag
+
 
 @st.cache_resource(show_spinner=False)
-def _jobs() -> tuple[ThreadPoolExecutor, dict[tuple, Future], threading.Lock]:
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="bnl-measure"), {}, threading.Lock()
+def board() -> JobBoard:
+    jobs = JobBoard()
+    register = getattr(threading, "_register_atexit", None)  # runs before the interpreter joins threads
+    if register is not None:
+        register(lambda: _on_exit(jobs))
+    return jobs
+
+
+def _on_exit(jobs: JobBoard) -> None:
+    """Server shutdown (SIGTERM, SIGINT): stop the jobs, then leave without waiting for busy threads.
+
+    Streamlit has stopped serving by now, but a script run busy in torch (a big model's scores or attribution)
+    is a non-daemon thread the interpreter would wait for, and torch's own threads can abort a slow exit.
+    Only under ``streamlit run``: in tests (AppTest, no runtime) the process ends as usual.
+    """
+    from streamlit import runtime
+
+    jobs.stop()
+    if not runtime.exists():
+        return
+    deadline = time.monotonic() + EXIT_GRACE_S
+    while time.monotonic() < deadline and any(t.name.startswith("bnl-") for t in threading.enumerate()):
+        time.sleep(0.05)
+    log.warning("bnl: server stopping; background jobs stopped")
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(0)
+
+
+def session_id() -> str:
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else "default"
 
 
 def background(key: tuple, fn: Callable[..., Any], *args: Any) -> Future:
-    """The (shared, cached) future of ``fn(*args)`` run once in the background worker; ``fn`` never calls st.*."""
-    pool, futures, lock = _jobs()
-    with lock:
-        if key not in futures:
-            futures[key] = pool.submit(fn, *args)
-        return futures[key]
+    """The shared future of ``fn(*args, should_stop=...)``, run in this session's background worker.
+
+    A job that was cancelled (every session that asked for it went away) is started again on request.
+    """
+    jobs = board()
+    future = jobs.submit(key, fn, *args, session=session_id())
+    if future.done() and isinstance(future.exception(), Cancelled):
+        future = jobs.submit(key, fn, *args, session=session_id())
+    return future
 
 
 def wait_note(futures: list[Future], message: str) -> bool:

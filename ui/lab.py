@@ -1,7 +1,9 @@
 """The current model: the shared cached bundle, this session's copy of it, its data and cached measurements.
 
-- A model is known by its *key*: its name plus a hash of its weights. Every cache is keyed by it (and by the
-  clean subset's fraction and seed where the clean data matters).
+- A model is known by its *key*: its name plus ``bundle.fingerprint``, a content hash of its meta.json
+  (architecture, normalization, attack and its parameters), weights and trigger tensors. Every cache is
+  keyed by it (and by the clean subset's fraction and seed where the clean data matters), so two uploads
+  that differ in anything that changes a number never share a cached result, whichever sessions they are in.
 - Models held by ``st.cache_resource`` are never mutated: every computation runs on a ``copy.deepcopy``
   (hooks included), and each session works on its own copy (``Lab.model``).
 - The slow measurements (the ablation ground truth, the pruning curves) run in the background worker
@@ -11,7 +13,7 @@
 from __future__ import annotations
 
 import copy
-import hashlib
+import dataclasses
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -26,9 +28,9 @@ from defense.data import load_splits_for
 from defense.neurons import NeuronLayer, NeuronMask, NeuronScores, marked_count, neuron_map
 from defense.paths import MODELS_DIR, bundled_models
 from defense.registry import SCORES
-from defense.runtime import configure_threads
+from defense.runtime import StopCheck, configure_threads
 from ui import jobs, state
-from ui.jobs import background
+from ui.jobs import MAX_ABLATION_NEURONS, background
 
 SLIDER_STEP = 0.05  # the threshold slider's step; the pruning curves are measured on the same grid
 SLIDER_GRID = [round(i * SLIDER_STEP, 4) for i in range(int(round(1 / SLIDER_STEP)) + 1)]
@@ -39,26 +41,24 @@ def bundled_names() -> list[str]:
     return bundled_models()
 
 
-def weights_key(name: str, model: nn.Module) -> str:
-    """A model's name plus a hash of its weights: the key of every cache."""
-    h = hashlib.sha1()
-    for k, v in model.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return f"{name}@{h.hexdigest()[:12]}"
+def model_key(b: bundle_io.Bundle) -> str:
+    """A bundle's name plus its content hash (meta, weights, trigger): the key of every cache."""
+    return f"{b.name}@{bundle_io.fingerprint(b)}"
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def bundled(name: str) -> tuple[str, bundle_io.Bundle]:
     """(key, Bundle) of a model under assets/models; shared by all sessions, never mutated."""
     b = bundle_io.load_bundle(MODELS_DIR / name)
-    return weights_key(name, b.model), b
+    return model_key(b), b
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _splits(dataset: str, shape: tuple, num_classes: int, fraction: float, seed: int) -> data.DataSplits:
+    from ui.owndata import data_root  # the folder named at launch (make run DATA=...)
+
     meta = {"dataset": dataset, "input_shape": list(shape), "num_classes": num_classes}
-    return load_splits_for(meta, None, seed=seed, clean_fraction=fraction)
+    return load_splits_for(meta, data_root() if dataset != "mnist5k" else None, seed=seed, clean_fraction=fraction)
 
 
 def splits_for(meta: dict, fraction: float, seed: int) -> data.DataSplits:
@@ -154,7 +154,13 @@ class Lab:
         return _preview(self.key, self.fraction, self.seed, metric, mode, value, scope, self)
 
     def ground_truth(self) -> Future:
-        return background(("truth", self.key), _ground_truth, self.bundle.model, self.splits.test, self.triggered)
+        return background(
+            ("truth", self.key), _ground_truth, self.bundle.model, self.splits.test, self.triggered, self.key
+        )
+
+    def truth_progress(self) -> tuple[int, int]:
+        """(neurons zeroed so far, neurons in all) of the ground-truth measurement."""
+        return _TRUTH_PROGRESS.get(self.key, (0, self.neurons))
 
     def tac_truth(self) -> Future:
         """The second ground truth, trigger-activated change (measured in the background)."""
@@ -211,6 +217,12 @@ def current_lab() -> Lab:
         st.error(f"The model '{ss['model']}' cannot be opened: {err}")
         ss["model"] = state.DEFAULT_MODEL
         st.stop()
+    from ui.owndata import clean_override
+
+    override = clean_override(b.meta)
+    if override is not None:  # the defender's uploaded clean images replace the clean subset
+        key = f"{key}+clean:{override[0]}"
+        splits = dataclasses.replace(splits, clean=override[1])
     own = ss.get("_own_model")
     if own is None or own[0] != key:  # each session works on its own copy
         model = copy.deepcopy(b.model).eval()
@@ -289,19 +301,49 @@ def _attribution(key: str, n: int, _model: nn.Module, _x, target: int) -> np.nda
 # ---------------------------------------------------------------- background jobs (never call st.*)
 
 
-def _ground_truth(model: nn.Module, test: data.TensorData, triggered: data.TensorData) -> dict:
+_TRUTH_PROGRESS: dict[str, tuple[int, int]] = {}  # key -> (done, total), written by the worker, read by pages
+
+
+def _ground_truth(
+    model: nn.Module, test: data.TensorData, triggered: data.TensorData, key: str = "", should_stop: StopCheck = None
+) -> dict:
+    """The ablation ground truth, rerunning only the layers after each neuron (defense/ablation.py).
+
+    Past MAX_ABLATION_NEURONS a uniform sample is measured (the page says so), so one big model cannot
+    hold the worker for hours.
+    """
+    from defense.ablation import ground_truth
+
     configure_threads(share_with_server=True)  # per thread in torch: a new thread would take every core
     model = copy.deepcopy(model)
-    return metrics.backdoor_ground_truth(model, neuron_map(model), test, triggered)
+
+    def progress(done: int, total: int) -> None:
+        _TRUTH_PROGRESS[key] = (done, total)
+
+    return ground_truth(
+        model,
+        neuron_map(model),
+        test,
+        triggered,
+        max_neurons=MAX_ABLATION_NEURONS,
+        should_stop=should_stop,
+        progress=progress,
+    )
 
 
-def _pruning_curve(model: nn.Module, scores: list, test, triggered, scope: str) -> pd.DataFrame:
+def _pruning_curve(
+    model: nn.Module, scores: list, test, triggered, scope: str, should_stop: StopCheck = None
+) -> pd.DataFrame:
     configure_threads(share_with_server=True)
     model = copy.deepcopy(model)
-    return masking.pruning_curve(model, neuron_map(model), scores, test, triggered, ratios=SLIDER_GRID, scope=scope)
+    return masking.pruning_curve(
+        model, neuron_map(model), scores, test, triggered, ratios=SLIDER_GRID, scope=scope, should_stop=should_stop
+    )
 
 
-def _cut_curve(model: nn.Module, scores: NeuronScores, test, triggered) -> pd.DataFrame:
+def _cut_curve(model: nn.Module, scores: NeuronScores, test, triggered, should_stop: StopCheck = None) -> pd.DataFrame:
     configure_threads(share_with_server=True)
     model = copy.deepcopy(model)
-    return masking.pruning_curve(model, neuron_map(model), [scores], test, triggered, ratios=SLIDER_GRID, by="value")
+    return masking.pruning_curve(
+        model, neuron_map(model), [scores], test, triggered, ratios=SLIDER_GRID, by="value", should_stop=should_stop
+    )

@@ -36,6 +36,9 @@ def init_state() -> None:
     }.items():
         st.session_state.setdefault(key, value)
     st.session_state["last_seen"] = time.monotonic()
+    from ui import jobs  # the heartbeat of this session's background jobs (where the runtime cannot tell)
+
+    jobs.board().seen(jobs.session_id())
     for run in st.session_state["runs"]:
         run.seen()
 

@@ -1,0 +1,171 @@
+"""The app under hostile-but-realistic use (issue 14): honest cache keys, fair and cancellable jobs.
+
+- Twin uploads (same name and weights; the trigger in the other corner; another normalization) in
+  two AppTest sessions each show their own numbers (fails with a key of name + weights + attack).
+- ui.jobs.JobBoard: a session's long job does not hold up another's (fails with one shared worker);
+  a job stops when its sessions are gone, and not before; workers are daemon threads.
+- An app message never names a command-line flag.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import threading
+import time
+import zipfile
+
+import pytest
+import torch
+from conftest import MODELS
+from safetensors.torch import save as save_safetensors
+from streamlit.testing.v1 import AppTest
+from test_app import APP
+
+from defense import bundle as bundle_io
+from defense import data, metrics
+from defense.runtime import Cancelled
+from ui.jobs import JobBoard
+
+
+def twin_zip(flip: bool = False, mean: float | None = None, dataset: str | None = None) -> bytes:
+    """mnist-badnets as a 'file'-trigger bundle named 'twin': optionally mirrored trigger or another mean."""
+    b = bundle_io.load_bundle(MODELS / "mnist-badnets")
+    meta = copy.deepcopy(b.meta)
+    meta["name"] = "twin"
+    meta["attack"] = {**meta["attack"], "kind": "file", "params": {}}
+    if mean is not None:
+        meta["normalization"]["mean"] = [mean]
+    if dataset is not None:
+        meta["dataset"] = dataset
+    mask, pattern = b.trigger.mask, b.trigger.pattern
+    if flip:
+        mask, pattern = mask.flip(1, 2), pattern.flip(1, 2)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("meta.json", json.dumps(meta))
+        z.writestr("model.safetensors", (MODELS / "mnist-badnets" / "model.safetensors").read_bytes())
+        z.writestr("trigger.safetensors", save_safetensors({"mask": mask.contiguous(), "pattern": pattern}))
+    return buf.getvalue()
+
+
+def expected(payload: bytes, tmp_path) -> tuple[str, str]:
+    path = tmp_path / f"{hash(payload)}.zip"
+    path.write_bytes(payload)
+    b = bundle_io.load_bundle(path)
+    scores = metrics.evaluate(b.model, data.load_dataset("mnist5k").test, b.trigger, b.target)
+    return f"{scores['clean_acc']:.1%}", f"{scores['asr']:.1%}"
+
+
+def upload(at: AppTest, payload: bytes) -> AppTest:
+    at.file_uploader(key="w_upload").upload("twin.zip", payload, "application/zip").run()
+    at.button(key="w_upload_go").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    return at
+
+
+def sidebar_numbers(at: AppTest) -> tuple[str, str]:
+    shown = {m.label: m.value for m in at.sidebar.metric}
+    return shown["Clean accuracy"], shown["Attack success"]
+
+
+def test_twin_uploads_in_two_sessions_see_their_own_numbers(tmp_path):
+    twins = {"plain": twin_zip(), "moved": twin_zip(flip=True), "mean": twin_zip(mean=0.5)}
+    want = {k: expected(v, tmp_path) for k, v in twins.items()}
+    assert len(set(want.values())) == 3  # the twins really measure differently
+    sessions = {k: AppTest.from_file(APP, default_timeout=60).run() for k in twins}
+    for k, at in sessions.items():  # one after the other: each later one would hit the earlier one's cache
+        assert sidebar_numbers(upload(at, twins[k])) == want[k], k
+    # (rerunning an earlier AppTest now would trip over AppTest itself: it keeps one format_func per widget
+    # for the whole process, the last session's, which does not know the earlier session's upload)
+    assert len({at.session_state["model"] for at in sessions.values()}) == 3
+
+
+def test_app_messages_name_no_command_line_flags():
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.file_uploader(key="w_upload").upload("cifar.zip", twin_zip(dataset="cifar10"), "application/zip").run()
+    at.button(key="w_upload_go").click().run()
+    shown = " ".join(e.value for e in at.error)
+    assert "cifar10" in shown and "MNIST" in shown
+    assert "--" not in shown
+
+
+# ---------------------------------------------------------------- the job board
+
+
+def waits_for(release: threading.Event):
+    def job(should_stop=None):
+        while not release.wait(0.02):
+            if should_stop():
+                raise Cancelled
+        return "slow"
+
+    return job
+
+
+def quick(should_stop=None):
+    return "quick"
+
+
+def test_one_sessions_long_job_does_not_hold_up_another():
+    jobs = JobBoard(alive=lambda s: True)
+    release = threading.Event()
+    try:
+        slow = jobs.submit(("slow",), waits_for(release), session="a")
+        fast = jobs.submit(("fast",), quick, session="b")
+        assert fast.result(timeout=30) == "quick"  # with one shared worker this waits for the slow job
+        assert not slow.done()
+    finally:
+        release.set()
+    assert slow.result(timeout=30) == "slow"
+
+
+def test_a_job_queued_behind_a_long_one_is_run_by_the_next_session_that_asks():
+    jobs = JobBoard(alive=lambda s: True)
+    release = threading.Event()
+    try:
+        jobs.submit(("slow",), waits_for(release), session="a")
+        shared = jobs.submit(("curve",), quick, session="a")  # queued behind a's slow job
+        again = jobs.submit(("curve",), quick, session="b")
+        assert again is shared and again.result(timeout=30) == "quick"
+    finally:
+        release.set()
+
+
+def test_a_job_stops_when_its_sessions_are_gone_and_not_before():
+    here = {"a": True, "b": True}
+    jobs = JobBoard(alive=lambda s: here[s])
+    never = threading.Event()
+    future = jobs.submit(("truth",), waits_for(never), session="a")
+    assert jobs.submit(("truth",), waits_for(never), session="b") is future
+    here["a"] = False
+    with pytest.raises(TimeoutError):
+        future.result(timeout=0.5)  # b still wants it
+    here["b"] = False
+    with pytest.raises(Cancelled):
+        future.result(timeout=30)
+    here["a"] = True  # asked again later: a fresh job
+    assert jobs.submit(("truth",), quick, session="a").result(timeout=30) == "quick"
+
+
+def test_workers_are_daemon_threads_and_stop_on_shutdown():
+    jobs = JobBoard(alive=lambda s: True)
+    never = threading.Event()
+    future = jobs.submit(("long",), waits_for(never), session="a")
+    time.sleep(0.2)
+    workers = [t for t in threading.enumerate() if t.name.startswith("bnl-jobs-a")]
+    assert workers and all(t.daemon for t in workers)
+    jobs.stop()
+    with pytest.raises(Cancelled):
+        future.result(timeout=30)
+
+
+def test_ground_truth_job_is_sampled_beyond_the_budget(monkeypatch):
+    from ui import lab
+
+    monkeypatch.setattr(lab, "MAX_ABLATION_NEURONS", 30)
+    b = bundle_io.load_bundle(MODELS / "mnist-badnets")
+    splits = data.load_dataset("mnist5k")
+    gt = lab._ground_truth(b.model, splits.test, metrics.triggered_set(splits.test, b.trigger, b.target))
+    assert int(torch.cat(list(gt["measured"].values())).sum()) == 30 and 0 < gt["sampled"] < 1

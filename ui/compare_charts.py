@@ -1,0 +1,138 @@
+"""Plotly figures of a comparison: ASR against accuracy lost (with the Pareto front), and every run's ASR curve.
+
+No Streamlit here: the Compare page and the offline HTML report (defense/report_html.py) draw the same figures.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from ui.charts import COLORS
+
+ASR_GOAL = 0.05
+PAPER_COLOR = "#d62728"
+
+
+def defense_colors(names: list[str]) -> dict[str, tuple[str, str]]:
+    """(colour, dash) per defense, in the given order: the palette once solid, then dashed."""
+    return {n: (COLORS[i % len(COLORS)], "solid" if i < len(COLORS) else "dash") for i, n in enumerate(names)}
+
+
+def tradeoff_figure(board: pd.DataFrame, height: int = 420) -> go.Figure:
+    """One point per defense: ASR after against accuracy lost (error bars: half-range over seeds).
+
+    The Pareto front (no other defense lower on both) is drawn as a line; the paper's method is a star.
+    """
+    fig = go.Figure()
+    if board.empty:
+        return fig
+    colors = defense_colors(board.defense.tolist())
+    front = board[board.pareto].sort_values("acc_lost")
+    if len(front):
+        fig.add_trace(
+            go.Scatter(
+                x=front.acc_lost,
+                y=front.asr,
+                mode="lines",
+                line=dict(color="#888", dash="dot", shape="hv"),
+                name="Pareto front",
+                hoverinfo="skip",
+            )
+        )
+    for row in board.itertuples():
+        paper = bool(row.paper)
+        fig.add_trace(
+            go.Scatter(
+                x=[row.acc_lost],
+                y=[row.asr],
+                mode="markers+text",
+                text=[row.defense],
+                textposition="top center",
+                name=row.defense + (" (paper)" if paper else ""),
+                marker=dict(
+                    size=18 if paper else 11,
+                    symbol="star" if paper else "circle",
+                    color=PAPER_COLOR if paper else colors[row.defense][0],
+                    line=dict(width=1.5 if row.pareto else 0, color="#222"),
+                ),
+                error_x=dict(type="data", array=[row.acc_lost_spread], visible=row.seeds > 1, thickness=1.2),
+                error_y=dict(type="data", array=[row.asr_spread], visible=row.seeds > 1, thickness=1.2),
+                hovertemplate=(
+                    f"<b>{row.defense}</b><br>{row.label}<br>ASR %{{y:.1%}}<br>accuracy lost %{{x:.1%}}"
+                    f"<br>{row.seeds} seed(s)<extra></extra>"
+                ),
+            )
+        )
+    fig.add_hline(y=ASR_GOAL, line=dict(color="#2ca02c", dash="dash", width=1))
+    fig.add_annotation(x=1, xref="paper", y=ASR_GOAL, text="ASR 5%", showarrow=False, yanchor="bottom", xanchor="right")
+    fig.update_xaxes(title_text="clean accuracy lost (points; left is better)", tickformat=".1%", zeroline=True)
+    fig.update_yaxes(title_text="attack success rate after (lower is better)", tickformat=".0%", rangemode="tozero")
+    fig.update_layout(
+        title="attack success against accuracy lost: one point per defense",
+        height=height,
+        margin=dict(l=10, r=10, t=50, b=10),
+        legend=dict(orientation="h", y=-0.2),
+    )
+    return fig
+
+
+def asr_curves_figure(results: dict, order: list[str], height: int = 380) -> go.Figure:
+    """ASR against the step for every run (one colour per defense, a line per seed); the 5% goal dotted."""
+    fig = go.Figure()
+    colors = defense_colors(order)
+    shown = set()
+    runs = sorted(
+        results.values(), key=lambda r: (order.index(r["defense"]) if r["defense"] in order else 99, r["seed"])
+    )
+    for r in runs:
+        hist = r.get("history") or []
+        if not hist:
+            continue
+        name = r["defense"]
+        color, dash = colors.get(name, ("#555", "solid"))
+        fig.add_trace(
+            go.Scatter(
+                x=[h["step"] for h in hist],
+                y=[h["asr"] for h in hist],
+                mode="lines+markers" if len(hist) < 4 else "lines",
+                name=name,
+                legendgroup=name,
+                showlegend=name not in shown,
+                line=dict(color=color, dash=dash, width=3 if r.get("paper") else 2),
+                hovertemplate=f"{name} (seed {r['seed']})<br>step %{{x}}: ASR %{{y:.1%}}<extra></extra>",
+            )
+        )
+        shown.add(name)
+    fig.add_hline(y=ASR_GOAL, line=dict(color="#2ca02c", dash="dot", width=1))
+    fig.update_xaxes(title_text="fine-tuning step")
+    fig.update_yaxes(title_text="attack success rate", tickformat=".0%", range=[-0.02, 1.04])
+    fig.update_layout(
+        title="attack success during every run",
+        height=height,
+        margin=dict(l=10, r=10, t=50, b=10),
+        legend=dict(orientation="h", y=-0.25),
+    )
+    return fig
+
+
+def table_rows(board: pd.DataFrame) -> list[dict]:
+    """The leaderboard as display rows (percentages; ± half-range over seeds when there are several)."""
+    rows = []
+    for r in board.itertuples():
+        rows.append(
+            {
+                "defense": r.defense + (" ★ paper" if r.paper else "") + (" (recommended)" if r.recommended else ""),
+                "clean accuracy after": 100 * r.clean_acc,
+                "ASR after": 100 * r.asr,
+                "accuracy lost (points)": 100 * r.acc_lost,
+                "steps to ASR ≤ 5%": None if pd.isna(r.steps_to_goal) else float(r.steps_to_goal),
+                "seconds": float(r.seconds),
+                "seeds": int(r.seeds),
+                "± ASR": 100 * r.asr_spread,
+                "± accuracy lost": 100 * r.acc_lost_spread,
+                "on Pareto front": bool(r.pareto),
+                "status": r.status,
+            }
+        )
+    return rows
