@@ -71,7 +71,7 @@ st.caption(
     "trigger are labelled infected (red in the scatter). ROC AUC: the chance that a score ranks a random infected "
     "neuron as more suspect than a random clean one (1 = perfect, 0.5 = a coin toss)."
 )
-frame = salience.scores_frame([scores[m] for m in SCORES.names()])
+frame = salience.scores_frame([scores[m] for m in SCORES.names() if m in scores])  # slow ones once measured
 truth = current.ground_truth()
 ready = found is not None and truth.done()
 if not truth.done():
@@ -144,4 +144,25 @@ classroom.next_step(
         featured_label=score_label(FEATURED),
     ),
     classroom.next_page("pages/salience.py"),
+)
+
+st.subheader("How steady is benign salience?")
+stab = current.bs_stability()
+st.caption(
+    "Benign salience measured on three different clean subsets (seeds 0, 1, 2). Each dot is a neuron: the lowest "
+    "and highest rank it gets in its layer (1 = most suspect) over the three. Lowest rank correlation between two "
+    f"subsets: {stab['spearman_min']:.2f} (1 = the same ranking every time)."
+)
+st.scatter_chart(
+    pd.DataFrame(
+        [
+            {"layer": n, "neuron": i, "lowest rank": float(r.min()), "highest rank": float(r.max())}
+            for n, rk in stab["ranks"].items()
+            for i, r in enumerate(rk)
+        ]
+    ),
+    x="lowest rank",
+    y="highest rank",
+    color="layer",
+    height=300,
 )

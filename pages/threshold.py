@@ -88,7 +88,7 @@ with right:
         st.markdown(story.pruning_verdict(measures.curve_points(curve.result()), metric, base, score_labels()))
 
 mask = current.mask(metric, mode, value, scope)
-scores = current.scores()[metric]
+scores = current.score(metric)
 raw = {n: {score_label(metric): v} for n, v in scores.layers.items()}
 plot(
     layers_row(scores.normalized("minmax"), raw, mask, "importance", height=300),

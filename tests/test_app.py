@@ -134,6 +134,7 @@ def test_salience_page_heatmaps_ground_truth_roc_and_csv():
     assert {t["name"] for t in scatter["data"]} == {"infected", "clean"}
     csv = at.get("download_button")[0]
     assert csv.proto.label == "Download all scores (CSV)"
+    assert any("three different clean subsets" in c.value for c in at.caption)  # the stability view
 
 
 # ---------------------------------------------------------------- threshold

@@ -29,7 +29,7 @@ from defense.neurons import NeuronLayer, NeuronMask, NeuronScores, marked_count,
 from defense.paths import MODELS_DIR, bundled_models
 from defense.registry import SCORES
 from defense.runtime import StopCheck, configure_threads
-from ui import state
+from ui import jobs, state
 from ui.jobs import MAX_ABLATION_NEURONS, background
 
 SLIDER_STEP = 0.05  # the threshold slider's step; the pruning curves are measured on the same grid
@@ -99,12 +99,38 @@ class Lab:
         return _evaluation(self.key, self.bundle.model, self.splits.test, self.triggered)
 
     def scores(self) -> dict[str, NeuronScores]:
-        """Every registered score of the original model (a score registered later is computed then)."""
-        names = tuple(SCORES.names())
-        return _scores(self.key, self.fraction, self.seed, names, self.bundle.model, self.splits.clean)
+        """The registered scores of the original model, in registry order: the fast ones at once, a slow one
+        (``cost='slow'``, e.g. ANP) only once the background worker has measured it (``slow_score``)."""
+        fast = tuple(s.name for s in SCORES if s.cost != "slow")
+        out = dict(_scores(self.key, self.fraction, self.seed, fast, self.bundle.model, self.splits.clean))
+        for s in SCORES:
+            if s.cost == "slow":
+                job = self.slow_score(s.name)
+                if job.done() and job.exception() is None:
+                    out[s.name] = job.result()
+        return {n: out[n] for n in SCORES.names() if n in out}
+
+    def slow_score(self, name: str) -> Future:
+        """A slow score, measured in the background worker (on a copy of the model)."""
+        return background(
+            ("score", self.key, self.fraction, self.seed, name), _one_score, name, self.bundle.model, self.splits.clean
+        )
+
+    def score(self, name: str) -> NeuronScores:
+        """One score; for a slow one not measured yet, a note on the page and the page stops (it reruns when ready)."""
+        have = self.scores()
+        if name not in have:
+            job = self.slow_score(name)
+            if not jobs.wait_note([job], f"Measuring {SCORES[name].label} in the background (slow on a CPU)."):
+                st.stop()
+            if job.exception() is not None:
+                st.error(f"{SCORES[name].label} could not be measured: {job.exception()}")
+                st.stop()
+            return job.result()
+        return have[name]
 
     def mask(self, metric: str, mode: str, value: float, scope: str) -> NeuronMask:
-        s = self.scores()[metric]
+        s = self.score(metric)
         return masking.mark(s, ratio=value, scope=scope) if mode == "ratio" else masking.mark(s, threshold=value)
 
     def threshold_mask(self, metric: str | None = None) -> NeuronMask:
@@ -136,6 +162,14 @@ class Lab:
         """(neurons zeroed so far, neurons in all) of the ground-truth measurement."""
         return _TRUTH_PROGRESS.get(self.key, (0, self.neurons))
 
+    def tac_truth(self) -> Future:
+        """The second ground truth, trigger-activated change (measured in the background)."""
+        return background(("tac", self.key), _tac_truth, self.bundle.model, self.splits.test, self.bundle)
+
+    def bs_stability(self) -> dict:
+        """Benign salience on the three clean subsets (seeds 0–2 at this clean share): ranks and correlation."""
+        return _bs_stability(self.key, self.fraction, self.bundle)
+
     def pruning_curve(self, scope: str) -> Future:
         """Previews of every share on the slider's grid, for the curve's scores (measured in the background)."""
         scores, names = self.scores(), state.curve_scores()
@@ -155,7 +189,7 @@ class Lab:
             ("cut", self.key, self.fraction, self.seed, metric),
             _cut_curve,
             self.bundle.model,
-            self.scores()[metric],
+            self.score(metric),
             self.splits.test,
             self.triggered,
         )
@@ -200,6 +234,7 @@ def current_lab() -> Lab:
 def warm(lab_: Lab) -> None:
     """Start the slow measurements of the current model in the background."""
     lab_.ground_truth()
+    lab_.tac_truth()  # forward passes only: queued before the slow scores that lab_.scores() queues
     lab_.pruning_curve(st.session_state["threshold_scope"])
     lab_.cut_curve(st.session_state["threshold_metric"])  # so the slider is quick by score cut too, once chosen
 
@@ -217,6 +252,33 @@ def _scores(key: str, fraction: float, seed: int, names: tuple[str, ...], _model
     model = copy.deepcopy(_model)
     layers = neuron_map(model)
     return {m: salience.compute(m, model, _clean, layers) for m in names}
+
+
+def _tac_truth(model: nn.Module, test: data.TensorData, b) -> dict:
+    from defense import truth
+
+    configure_threads(share_with_server=True)
+    model = copy.deepcopy(model)
+    return truth.tac_truth(model, neuron_map(model), test, b.trigger, b.target)
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _bs_stability(key: str, fraction: float, _b) -> dict:
+    from defense import stability
+
+    model = copy.deepcopy(_b.model)
+    layers = neuron_map(model)
+    runs = [
+        salience.compute("benign", model, load_splits_for(_b.meta, None, seed=s, clean_fraction=fraction).clean, layers)
+        for s in range(3)
+    ]
+    return stability.stability(runs)
+
+
+def _one_score(name: str, model: nn.Module, clean) -> NeuronScores:
+    """Runs in the background worker: never calls st.*; works on its own copy of the model."""
+    work = copy.deepcopy(model)
+    return salience.compute(name, work, clean, neuron_map(work))
 
 
 @st.cache_resource(show_spinner=False, max_entries=2048)

@@ -10,7 +10,6 @@ import pandas as pd
 import torch
 
 from defense import metrics
-from defense.registry import SCORES
 from ui.lab import Lab
 
 
@@ -27,7 +26,7 @@ def identification(lab_: Lab) -> dict[str, dict] | None:
     keep = torch.cat([measured[n] for n in lab_.layers])
     scores = lab_.scores()
     out = {}
-    for m in SCORES.names():
+    for m in scores:  # a slow score (ANP, unlearn) once the background worker has measured it
         s = scores[m].suspicion()
         fpr, tpr = metrics.roc_curve(
             torch.cat([s[n] for n in lab_.layers])[keep], torch.cat([infected[n] for n in lab_.layers])[keep]
