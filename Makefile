@@ -20,8 +20,9 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt $(VENV)/.installed
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
+# DATA=/path/to/folder: CIFAR-10 (torchvision python layout) or an ImageFolder, for models that name them
 run: install
-	$(PY) -m streamlit run app.py --server.port $(PORT) --browser.gatherUsageStats false
+	BNL_DATA="$(DATA)" $(PY) -m streamlit run app.py --server.port $(PORT) --browser.gatherUsageStats false
 
 test: install-dev
 	$(PY) -m pytest -q

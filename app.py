@@ -5,7 +5,7 @@ import streamlit as st
 st.set_page_config(page_title="Backdoor Neuron Lab", page_icon=":material/neurology:", layout="wide")
 
 from defense.runtime import configure_threads  # noqa: E402
-from ui import lab, state  # noqa: E402
+from ui import classroom, lab, state  # noqa: E402
 from ui.report_download import sidebar_report  # noqa: E402
 from ui.sidebar import sidebar  # noqa: E402
 
@@ -13,15 +13,11 @@ from ui.sidebar import sidebar  # noqa: E402
 # (the app's worker threads do the same), leaving a core to the Streamlit server.
 configure_threads(share_with_server=True)
 state.init_state()
+# the lesson's steps, numbered in the sidebar (Model → Salience → Threshold → Purify → Compare)
 page = st.navigation(
-    [
-        st.Page("pages/model.py", title="Model", icon=":material/biotech:", default=True),
-        st.Page("pages/salience.py", title="Neuron salience", icon=":material/grid_view:"),
-        st.Page("pages/threshold.py", title="Threshold", icon=":material/tune:"),
-        st.Page("pages/purify.py", title="Purify", icon=":material/cleaning_services:"),
-        st.Page("pages/compare.py", title="Compare", icon=":material/leaderboard:"),
-    ]
+    [st.Page(path, title=title, icon=icon, default=i == 0) for i, (path, title, icon) in enumerate(classroom.steps())]
 )
+classroom.apply_css()
 current = lab.current_lab()
 sidebar(current)
 sidebar_report(current)

@@ -134,7 +134,8 @@ def first_page(browser, repeat: int) -> list[float]:
 
 def goto(page, link: str, heading: str) -> float:
     t = time.perf_counter()
-    page.locator('[data-testid="stSidebarNav"]').get_by_text(link, exact=True).click()
+    nav = page.locator('[data-testid="stSidebarNav"]')  # the lesson's steps are numbered: "2. Neuron salience"
+    nav.get_by_text(re.compile(rf"^(\d+\. )?{re.escape(link)}$")).click()
     page.get_by_role("heading", name=heading).wait_for(timeout=60_000)
     idle(page)
     return time.perf_counter() - t
@@ -196,7 +197,7 @@ def live_run(page, steps: int) -> dict:
     page.wait_for_timeout(800)
     idle(page)
     page.locator('[data-testid="stMain"]').get_by_role("button", name="Start purification").click()
-    progress = page.locator('[data-testid="stMain"]').get_by_text(re.compile(r"bs-ar: step \d+ of \d+"))
+    progress = page.locator('[data-testid="stMain"]').get_by_text(re.compile(r"bs-ar(-kd)?: step \d+ of \d+"))
     progress.first.wait_for(timeout=60_000)
     seen, changes, t0 = None, [], time.perf_counter()
     while True:

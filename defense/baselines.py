@@ -1,13 +1,19 @@
 """Every purification defense, as an entry of ``registry.DEFENSES`` that builds a Purification run.
 
-- ``bs-ar``, ``bs-l1``, ``bs-l2``, ``bs-prune``: benign salience marks neurons, then each regularizer;
-- ``mag-ar``: adaptive regularization on neurons marked by weight magnitude instead (isolates
-  what benign salience adds);
-- ``ft``: plain fine-tuning on the clean data (no marking, plain cross-entropy);
-- ``ft-kd``: fine-tuning with the same self-distillation our defaults use, no marking;
-- ``fp``: Fine-Pruning (Liu et al. 2018): prune the last conv layer's channels in increasing
+- ``clp-ar`` (recommended): CLP's channel Lipschitz bound marks neurons, then adaptive regularization
+  with self-distillation (what ``purify`` runs with no options; docs/METHOD.md says why);
+- ``bs-ar``: the paper's method as published: benign salience marks neurons, adaptive
+  regularization with the reference knee (1), plain cross-entropy, no distillation (``paper=True``);
+- ``bs-ar-kd``: our variant: the same marking, a scale-aware knee and self-distillation from the
+  original model;
+- ``bs-l1``, ``bs-l2``, ``bs-prune``: benign salience with each other regularizer (with distillation);
+- ``mag-ar`` / ``mag-ar-kd``: adaptive regularization on neurons marked by weight magnitude instead
+  (isolates what benign salience adds), without and with distillation;
+- ``ft`` / ``ft-kd``: fine-tuning on the clean data, no marking, without and with distillation;
+- ``fp`` / ``fp-kd``: Fine-Pruning (Liu et al. 2018): prune the last conv layer's channels in increasing
   order of mean clean activation, as far as the defender's clean accuracy stays within
-  ``max_drop`` of the start, then fine-tune;
+  ``max_drop`` of the start, then fine-tune (published: plain cross-entropy; -kd: with distillation);
+- ``anp``: Adversarial Neuron Pruning (Wu & Wang 2021), published settings (``anp_prune.py``);
 - ``clp``: Channel Lipschitzness-based Pruning (Zheng et al. 2022), data-free: prune every
   channel whose Lipschitz bound exceeds mean + u·std of its layer (u = 3); no fine-tuning.
 Written from their published descriptions. A marking defense (``marking=(score, regularizer)``)
@@ -66,8 +72,11 @@ def clp_mask(model: nn.Module, u: float = 3.0) -> NeuronMask:
     return mask
 
 
-def marking_build(score: str, reg: str) -> Callable[..., Purification]:
-    """The build of a defense that marks neurons with ``score`` and applies regularizer ``reg``."""
+def marking_build(score: str, reg: str, **overrides) -> Callable[..., Purification]:
+    """The build of a defense that marks neurons with ``score`` and applies regularizer ``reg``.
+
+    ``overrides``: settings the defense fixes whatever the config says (e.g. ``distill=0.0`` for the paper's form).
+    """
 
     def build(
         model: nn.Module,
@@ -78,39 +87,79 @@ def marking_build(score: str, reg: str) -> Callable[..., Purification]:
         scores: NeuronScores | None = None,
         mask: NeuronMask | None = None,
     ) -> Purification:
-        cfg = replace(config, metric=score, reg=reg)
+        cfg = replace(config, metric=score, reg=reg, **overrides)
         reuse = scores if scores is not None and scores.metric == score else None  # precomputed on this model
         return Purification(model, clean, test, triggered, cfg, scores=reuse, mask=mask)
 
     return build
 
 
-def _register_marking(name: str, score: str, reg: str, label: str, explanation: str, **flags) -> None:
+def _register_marking(
+    name: str, score: str, reg: str, label: str, explanation: str, distill: bool = True, overrides=None, **flags
+) -> None:
+    overrides = dict(overrides or {})
+    if not distill:
+        overrides["distill"] = 0.0
     DEFENSES.register(
-        Defense(name, label, explanation, marking_build(score, reg), marking=(score, reg), distill=True, **flags)
+        Defense(
+            name,
+            label,
+            explanation,
+            marking_build(score, reg, **overrides),
+            marking=(score, reg),
+            distill=distill,
+            **flags,
+        )
     )
 
 
 _SHARED = (
     "then fine-tunes a copy of the model on the defender's clean images with self-distillation from the "
-    "original model (the recommended settings of docs/METHOD.md)"
+    "original model (our addition, docs/METHOD.md)"
+)
+_PLAIN = "then fine-tunes a copy of the model on the defender's clean images with plain cross-entropy"
+# Pairs: each marking defense is offered without distillation (the published form) and with it ("-kd", ours),
+# so that a class can see what each part adds; ft / ft-kd and fp / fp-kd are the matching baseline pairs.
+_register_marking(
+    "clp-ar",
+    "clp",
+    "ar",
+    "CLP marking + adaptive regularization (recommended)",
+    "Marks, in each layer, the half of the neurons with the highest channel Lipschitz bound (CLP's score, read "
+    "from the weights: backdoor channels amplify their input unusually strongly), " + _SHARED + ", with the "
+    "paper's adaptive regularization on the marked neurons. Benign salience ranks the infected neurons of the "
+    "bundled models near chance; CLP ranks them better, and with it the attack does not come back during "
+    "fine-tuning (docs/METHOD.md).",
+    recommended=True,
 )
 _register_marking(
     "bs-ar",
     "benign",
     "ar",
-    "benign salience + adaptive regularization (this paper)",
-    "Marks the neurons with the lowest benign salience in each layer, " + _SHARED + ", with the adaptive "
-    "regularization penalty on the marked neurons' weights: linear for small weights and growing exponentially "
-    "beyond a knee scaled to each tensor. It differs from the paper's own recipe in the scale-aware knee and "
-    "the distillation.",
-    recommended=True,
+    "benign salience + adaptive regularization (the paper, as published)",
+    "The paper's method as published: marks the neurons with the lowest benign salience in each layer, "
+    + _PLAIN
+    + ", with the adaptive regularization penalty on the marked weights (|w| up to the knee of 1, exponential "
+    "beyond). No distillation, and the reference code's fixed knee of 1.",
+    distill=False,
+    overrides={"knee": "reference"},
+    paper=True,
+)
+_register_marking(
+    "bs-ar-kd",
+    "benign",
+    "ar",
+    "benign salience + AR + self-distillation (ours)",
+    "Our variant of the paper's method: marks the lowest-benign-salience neurons like bs-ar, "
+    + _SHARED
+    + ", with adaptive regularization whose knee scales with each tensor's weights. It differs from the "
+    "paper's recipe in the scale-aware knee and the distillation.",
 )
 _register_marking(
     "bs-l1",
     "benign",
     "l1",
-    "benign salience + L1 penalty",
+    "benign salience + L1 penalty, with distillation",
     "Marks the lowest-benign-salience neurons like bs-ar, " + _SHARED + ", with a plain L1 penalty (sum of "
     "absolute values) on the marked weights instead of adaptive regularization.",
 )
@@ -118,7 +167,7 @@ _register_marking(
     "bs-l2",
     "benign",
     "l2",
-    "benign salience + L2 penalty",
+    "benign salience + L2 penalty, with distillation",
     "Marks the lowest-benign-salience neurons like bs-ar, " + _SHARED + ", with a plain L2 penalty (sum of "
     "squares) on the marked weights instead of adaptive regularization.",
 )
@@ -126,16 +175,25 @@ _register_marking(
     "bs-prune",
     "benign",
     "prune",
-    "benign salience + prune, then fine-tune",
+    "benign salience + prune, then fine-tune with distillation",
     "Zeroes the lowest-benign-salience neurons outright, " + _SHARED + ", holding the zeroed weights at zero.",
 )
 _register_marking(
     "mag-ar",
     "magnitude",
     "ar",
-    "weight magnitude + adaptive regularization",
-    "Marks the neurons with the smallest weights instead of the lowest benign salience, " + _SHARED + ", with "
-    "adaptive regularization: it shows what benign salience adds over the usual pruning criterion.",
+    "weight magnitude + adaptive regularization, no distillation",
+    "Marks the neurons with the smallest weights instead of the lowest benign salience, " + _PLAIN + ", with "
+    "adaptive regularization: beside bs-ar it shows what benign salience adds over the usual pruning criterion.",
+    distill=False,
+)
+_register_marking(
+    "mag-ar-kd",
+    "magnitude",
+    "ar",
+    "weight magnitude + adaptive regularization, with distillation",
+    "Marks the neurons with the smallest weights, " + _SHARED + ", with adaptive regularization: the pair of "
+    "bs-ar-kd with weight magnitude in place of benign salience.",
 )
 
 
@@ -153,6 +211,11 @@ def _fp(model, clean, test, triggered, config, scores=None, mask=None) -> Purifi
     return Purification(model, clean, test, triggered, cfg, mask=fine_pruning_mask(model, clean))
 
 
+def _fp_kd(model, clean, test, triggered, config, scores=None, mask=None) -> Purification:
+    cfg = replace(config, metric="activation", reg="prune")  # FP's pruning, then fine-tuning with distillation
+    return Purification(model, clean, test, triggered, cfg, mask=fine_pruning_mask(model, clean))
+
+
 def _clp(model, clean, test, triggered, config, scores=None, mask=None) -> Purification:
     cfg = replace(config, metric="clp", reg="prune", steps=0)
     return Purification(model, clean, test, triggered, cfg, mask=clp_mask(model))
@@ -161,7 +224,7 @@ def _clp(model, clean, test, triggered, config, scores=None, mask=None) -> Purif
 DEFENSES.register(
     Defense(
         "ft",
-        "fine-tuning (FT), plain cross-entropy",
+        "fine-tuning (FT), plain cross-entropy, no distillation",
         "Fine-tunes a copy of the model on the defender's clean images with plain cross-entropy, marking "
         "nothing: the simplest baseline, which a backdoor often survives.",
         _ft,
@@ -170,9 +233,9 @@ DEFENSES.register(
 DEFENSES.register(
     Defense(
         "ft-kd",
-        "fine-tuning with the same distillation as bs-ar (isolates what marking + AR add)",
+        "fine-tuning with self-distillation (the pair of ft; isolates what marking + AR add to bs-ar-kd)",
         "Fine-tunes a copy of the model on the defender's clean images with the same self-distillation from the "
-        "original model that bs-ar uses, but marks and penalizes nothing.",
+        "original model that bs-ar-kd uses, but marks and penalizes nothing.",
         _ft_kd,
         distill=True,
     )
@@ -188,12 +251,44 @@ DEFENSES.register(
 )
 DEFENSES.register(
     Defense(
+        "fp-kd",
+        "Fine-Pruning, then fine-tuning with distillation",
+        "Fine-Pruning's channels pruned as in fp, then fine-tuned with the same self-distillation from the "
+        "original model that bs-ar-kd uses: the pair of fp that shows what distillation adds.",
+        _fp_kd,
+        distill=True,
+    )
+)
+DEFENSES.register(
+    Defense(
         "clp",
         "Channel Lipschitz pruning (CLP, data-free)",
         "Channel Lipschitzness-based Pruning: zeroes every convolutional channel whose Lipschitz bound is more "
         "than three standard deviations above its layer's mean, from the weights alone; no data, no fine-tuning.",
         _clp,
         needs=frozenset(),
+    )
+)
+
+
+def _anp(model, clean, test, triggered, config, scores=None, mask=None) -> Purification:
+    from .anp_prune import anp_prune_mask
+
+    cfg = replace(config, metric="magnitude", reg="prune", steps=0)  # the metric is unused: the mask is ANP's
+    return Purification(
+        model, clean, test, triggered, cfg, mask=anp_prune_mask(model, clean, neuron_map(model), seed=config.seed)
+    )
+
+
+DEFENSES.register(
+    Defense(
+        "anp",
+        "Adversarial Neuron Pruning (ANP)",
+        "Adversarial Neuron Pruning: learns a mask per neuron on the clean images while an adversary perturbs "
+        "every neuron by up to ±40%, then prunes the neurons whose mask ends at 0.2 or below (backdoor neurons "
+        "are the ones whose small perturbation breaks the model); no fine-tuning. Published settings, 500 mask "
+        "iterations instead of 2,000 (docs/METHOD.md).",
+        _anp,
     )
 )
 

@@ -169,6 +169,16 @@ def write_results(frame: pd.DataFrame, ident: pd.DataFrame, out: Path, seeds: in
                 return "n/a" if pd.isna(x) or pd.isna(y) or y == 0 else f"{x / y:.2f}"
 
             lines.append(f"| {a} / {b} | {ratio('steps_to_goal')} | {ratio('asr_after')} | {ratio('acc_after')} |")
+    paper = next((d.name for d in DEFENSES if d.paper), None)
+    for a in DEFENSES.names():  # and every defense against the paper's own method
+        b = paper
+        if b is not None and a not in (b, ours) and a in means.index and b in means.index:
+
+            def ratio(col, a=a, b=b):
+                x, y = means.loc[a, col], means.loc[b, col]
+                return "n/a" if pd.isna(x) or pd.isna(y) or y == 0 else f"{x / y:.2f}"
+
+            lines.append(f"| {a} / {b} | {ratio('steps_to_goal')} | {ratio('asr_after')} | {ratio('acc_after')} |")
     lines += [
         "",
         "## Identification of infected neurons",

@@ -1,4 +1,4 @@
-"""``python -m defense``: train, evaluate, salience, purify, list, bench, compare, report."""
+"""``python -m defense``: train, evaluate, salience, identify, purify, import, list, bench, compare, report."""
 
 from __future__ import annotations
 
@@ -100,6 +100,13 @@ def _data_root_needed(dataset: str, data_root: str | None) -> None:
         raise UsageError(f"dataset '{dataset}' needs a local folder: pass its path (--data-root)")
 
 
+def _json_object(text: str | None, option: str, example: str) -> dict:
+    value = json.loads(text) if text else {}
+    if not isinstance(value, dict):
+        raise UsageError(f"{option} must be a JSON object such as '{example}', got {text}")
+    return value
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import train_backdoored
 
@@ -108,11 +115,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     splits = data.load_dataset(args.dataset, args.data_root)
     if not 0 <= args.target < splits.num_classes:
         raise UsageError(f"--target {args.target} is out of range: the dataset has classes 0..{splits.num_classes - 1}")
-    params = json.loads(args.attack_params) if args.attack_params else {}
-    if not isinstance(params, dict):
-        raise UsageError(
-            f"--attack-params must be a JSON object such as '{{\"alpha\": 0.2}}', got {args.attack_params}"
-        )
+    params = _json_object(args.attack_params, "--attack-params", '{"alpha": 0.2}')
     trigger = attacks.make_trigger(
         args.attack, splits.input_shape, seed=args.seed, trigger_file=args.trigger_file, **params
     )
@@ -126,6 +129,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         seed=args.seed,
         progress=not args.quiet,
+        arch_kwargs=_json_object(args.arch_kwargs, "--arch-kwargs", '{"width": 16}'),
+        shift=args.shift,
+        lr=args.lr,
     )
     result.meta["training"]["seconds"] = round(time.perf_counter() - start, 1)
     out = bundle_io.save_bundle(result, args.out)
@@ -219,20 +225,23 @@ def cmd_purify(args: argparse.Namespace) -> int:
         b.meta, args.data_root, seed=config.seed, clean_fraction=args.clean_fraction, need_clean=True
     )
     triggered = triggered_set(splits.test, b.trigger, b.target)
-    if args.defense is None:
+    defense = args.defense
+    if defense is None and args.metric is None and args.reg is None:
+        defense = baselines.recommended().name  # no options: the recommended defense
+    if defense is None:  # a score or penalty of one's own, with the recommended fine-tuning
         run = Purification(b.model, splits.clean, splits.test, triggered, config)
     else:
-        run = baselines.make(args.defense, b.model, splits.clean, splits.test, triggered, config)
+        run = baselines.make(defense, b.model, splits.clean, splits.test, triggered, config)
     config = run.config  # a defense may set the score, regularizer, distillation or steps
     with tqdm(total=config.steps, desc="purify", unit="step", disable=args.quiet) as bar:
         for record in run:
             bar.update(1 if record["step"] else 0)
             if "asr" in record:
                 bar.set_postfix(acc=f"{record['clean_acc']:.3f}", asr=f"{record['asr']:.3f}")
-    report = run_report(run.history, config, context={"defense": args.defense} if args.defense else None)
+    report = run_report(run.history, config, context={"defense": defense} if defense else None)
     if args.out:
         name = Path(args.out).stem
-        purified = purified_bundle(b, run.model, name=name, after=report["after"], config=config, defense=args.defense)
+        purified = purified_bundle(b, run.model, name=name, after=report["after"], config=config, defense=defense)
         report["out"] = str(bundle_io.save_bundle(purified, args.out))
     if args.json:
         print(json.dumps(report))
@@ -241,6 +250,30 @@ def cmd_purify(args: argparse.Namespace) -> int:
             f"{b.name}: accuracy {report['before']['clean_acc']:.2%} -> {report['after']['clean_acc']:.2%}, "
             f"attack success {report['before']['asr']:.2%} -> {report['after']['asr']:.2%} "
             f"({report['steps']} steps, {report['seconds']} s)"
+        )
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from . import backdoorbench, salience
+
+    if args.format != "backdoorbench":
+        raise UsageError(f"unknown --format {args.format!r}: expected backdoorbench")
+    check_out(args.out)
+    _data_root_needed(args.dataset, args.data_root)
+    params = _json_object(args.attack_params, "--attack-params", '{"size": 3}')
+    b = backdoorbench.import_bundle(
+        args.file, args.dataset, args.data_root, args.attack, args.target, params, args.trigger_file, args.seed
+    )
+    b.meta["name"] = Path(args.out).stem
+    out = bundle_io.save_bundle(b, args.out)
+    neurons = sum(nl.size for nl in salience.neuron_map(b.model).values())
+    if args.json:
+        print(json.dumps({"out": str(out), "architecture": b.meta["architecture"], "neurons": neurons}))
+    else:
+        print(
+            f"wrote {out}: {b.meta['architecture']} {b.meta['arch_kwargs']}, {neurons} neurons; clean accuracy "
+            f"{b.meta['clean_acc']:.2%}, attack success {b.meta['asr']:.2%} on {args.dataset}"
         )
     return 0
 
@@ -322,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", type=_integer, default=0)
     p.add_argument("--poison-rate", type=_fraction, default=0.1)
     p.add_argument("--epochs", type=_epochs, default=8, help=f"at most {MAX_EPOCHS}")
+    p.add_argument("--arch-kwargs", help="JSON object of architecture options, e.g. '{\"width\": 16}'")
+    p.add_argument("--shift", type=_integer, default=0, help="augment clean images by random shifts of up to N px")
+    p.add_argument("--lr", type=_non_negative, default=0.05, help="peak learning rate (one-cycle)")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--quiet", action="store_true")
@@ -346,8 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("purify", help="identify and purify infected neurons (defaults are the recommended settings)")
     p.add_argument("--bundle", required=True)
-    p.add_argument("--defense", choices=DEFENSES.names(), help="run this defense (default: the settings below)")
-    p.add_argument("--metric", choices=SCORES.names())
+    p.add_argument(
+        "--defense",
+        choices=DEFENSES.names(),
+        help="a registered defense (default: the recommended one; bs-ar is the paper's BS + AR)",
+    )
+    p.add_argument("--metric", choices=SCORES.names(), help="mark with this score (with --reg: no defense entry)")
     p.add_argument("--reg", choices=REGULARIZERS)
     p.add_argument("--ratio", type=_fraction, help="share of neurons to mark in each layer")
     p.add_argument("--scope", choices=("layer", "global"))
@@ -370,6 +410,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_identify)
 
+    p = sub.add_parser("import", help="a bundle from a BackdoorBench attack_result.pt / defense_result.pt")
+    p.add_argument("file")
+    p.add_argument("--format", default="backdoorbench", choices=("backdoorbench",))
+    p.add_argument("--dataset", required=True, choices=data.DATASETS)
+    p.add_argument("--data-root", help="folder of a local CIFAR-10 or ImageFolder dataset")
+    p.add_argument(
+        "--attack", required=True, choices=ATTACKS.names(), help="the trigger (BackdoorBench keeps only PNGs)"
+    )
+    p.add_argument("--attack-params", help="JSON object of trigger parameters")
+    p.add_argument("--trigger-file", help="safetensors with 'mask' and 'pattern' for --attack file")
+    p.add_argument("--target", type=_integer, required=True)
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_import)
     p = sub.add_parser("list", help="every score, defense, attack and architecture, as markdown tables")
     p.add_argument("--update", metavar="FILE", help="rewrite the registry block of FILE (README.md) instead")
     p.set_defaults(func=cmd_list)

@@ -124,25 +124,14 @@ def load_mnist5k() -> TensorData:
 
 
 def load_cifar10(root: str | Path) -> tuple[TensorData, TensorData]:
-    from torchvision.datasets import CIFAR10
-
-    root = Path(root)
-    if not (root / "cifar-10-batches-py").is_dir():
-        raise DataError(
-            f"CIFAR-10 not found: expected the folder 'cifar-10-batches-py' (torchvision layout, "
-            f"data_batch_1..5 and test_batch) inside {root}"
-        )
-
-    def convert(ds) -> TensorData:
-        x = torch.as_tensor(ds.data).permute(0, 3, 1, 2).float() / 255.0
-        return TensorData(x, torch.as_tensor(ds.targets, dtype=torch.int64))
+    """CIFAR-10 in torchvision's python layout, read by a restricted unpickler (defense/cifar.py)."""
+    from .cifar import CifarError, read_cifar10  # imported here: defense.cifar knows nothing of this module
 
     try:
-        return convert(CIFAR10(str(root), train=True, download=False)), convert(
-            CIFAR10(str(root), train=False, download=False)
-        )
-    except RuntimeError as err:  # torchvision's own integrity check
-        raise DataError(f"CIFAR-10 at {root} is incomplete or corrupt: {err}") from None
+        (train_x, train_y), (test_x, test_y) = read_cifar10(Path(root))
+    except CifarError as err:
+        raise DataError(str(err)) from None
+    return TensorData(train_x, train_y), TensorData(test_x, test_y)
 
 
 def load_imagefolder(root: str | Path, size: int = 32) -> TensorData:

@@ -82,25 +82,14 @@ def backdoor_ground_truth(
     Returns {'backdoor_effect', 'clean_effect', 'infected', 'measured'}, each {layer: tensor},
     and 'sampled' (False, or the share of neurons measured).
     """
-    if effect not in ("margin", "loss"):
-        raise ValueError(f"unknown effect '{effect}': expected 'margin' or 'loss'")
-    ce = nn.CrossEntropyLoss()
-
-    def hold(logits, labels):  # larger = the label wins more firmly
-        return target_margin(logits, labels) if effect == "margin" else -ce(logits, labels)
-
+    hold = hold_measure(effect)
     dev = next(model.parameters()).device
     xt, yt = triggered.x[:max_images].to(dev), triggered.y[:max_images].to(dev)
     xc, yc = test.x[:max_images].to(dev), test.y[:max_images].to(dev)
     was = model.training
     model.eval()
     base_b, base_c = float(hold(model(xt), yt)), float(hold(model(xc), yc))
-    total = sum(nl.size for nl in layers.values())
-    chosen = torch.ones(total, dtype=torch.bool)
-    if max_neurons is not None and total > max_neurons:
-        chosen[:] = False
-        chosen[torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:max_neurons]] = True
-    measured = dict(zip(layers, chosen.split([nl.size for nl in layers.values()]), strict=True))
+    measured = neuron_sample(layers, max_neurons, seed)
     backdoor, clean = {}, {}
     for name, nl in layers.items():
         b, c = torch.full((nl.size,), float("nan")), torch.full((nl.size,), float("nan"))
@@ -113,6 +102,39 @@ def backdoor_ground_truth(
                 c[i] = base_c - float(hold(model(xc), yc))
         backdoor[name], clean[name] = b, c
     model.train(was)
+    return truth_result(backdoor, clean, measured, infected_fraction)
+
+
+def hold_measure(effect: str = "margin"):
+    """(logits, labels) -> how firmly the labels win: the mean logit margin, or minus the cross-entropy."""
+    if effect not in ("margin", "loss"):
+        raise ValueError(f"unknown effect '{effect}': expected 'margin' or 'loss'")
+    ce = nn.CrossEntropyLoss()
+
+    def hold(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return target_margin(logits, labels) if effect == "margin" else -ce(logits, labels)
+
+    return hold
+
+
+def neuron_sample(layers: dict[str, NeuronLayer], max_neurons: int | None, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Per layer, which neurons to ablate: all, or a uniform random sample of ``max_neurons`` (seeded)."""
+    total = sum(nl.size for nl in layers.values())
+    chosen = torch.ones(total, dtype=torch.bool)
+    if max_neurons is not None and total > max_neurons:
+        chosen[:] = False
+        chosen[torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:max_neurons]] = True
+    return dict(zip(layers, chosen.split([nl.size for nl in layers.values()]), strict=True))
+
+
+def truth_result(
+    backdoor: dict[str, torch.Tensor],
+    clean: dict[str, torch.Tensor],
+    measured: dict[str, torch.Tensor],
+    infected_fraction: float,
+) -> dict:
+    """The ground truth's result dict, shared by the hook version here and the fast one in ablation.py."""
+    chosen = torch.cat(list(measured.values()))
     return {
         "backdoor_effect": backdoor,
         "clean_effect": clean,

@@ -121,3 +121,10 @@ def build(
     """Architecture ``arch`` behind its input normalization (KeyError naming the known ones if unknown)."""
     builder = ARCHITECTURES[arch].build
     return Normalized(builder(num_classes=num_classes, input_shape=tuple(input_shape), **kwargs), mean, std)
+
+
+# research-scale architectures live in their own module (defense/preact.py)
+from .preact import preactresnet18, vgg11  # noqa: E402
+
+register("preactresnet18", "PreAct-ResNet-18 (BackdoorBench)")(preactresnet18)
+register("vgg11", "VGG-11 with BatchNorm")(vgg11)

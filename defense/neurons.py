@@ -1,8 +1,10 @@
 """Neurons: which modules hold them, their scores, and zeroing them.
 
 A neuron is one output channel of a Conv2d or one output unit of a Linear layer. Its
-*output* is the channel after the BatchNorm that directly follows the layer, when there
-is one (zeroing the conv alone would leave BatchNorm's shift), else the layer's output.
+*output* is the channel after the BatchNorm that alone consumes the layer's output, when
+there is one (zeroing the conv alone would leave BatchNorm's shift), else the layer's own
+output; the pairing follows the data flow (defense/dataflow.py), so a pre-activation
+BatchNorm, which acts on a residual sum, is never paired with the conv before it.
 A neuron mask is ``{layer name: bool tensor}``, True = marked.
 """
 
@@ -46,24 +48,20 @@ class NeuronLayer:
 
 
 def neuron_map(model: nn.Module, include_output: bool = False) -> dict[str, NeuronLayer]:
-    """Neuron layers by name, each paired with the BatchNorm that directly follows it.
+    """Neuron layers by name, each paired with the BatchNorm that alone consumes its output.
 
-    The classifier's output layer is left out unless ``include_output``: its units are the
-    classes themselves, and zeroing one deletes a class rather than a feature.
+    The pairing is read from the data flow (``dataflow.batchnorm_pairs``): in a pre-activation
+    block the BatchNorm defined after a conv may act on a residual sum, and is then not the
+    conv's. The classifier's output layer is left out unless ``include_output``: its units are
+    the classes themselves, and zeroing one deletes a class rather than a feature.
     """
-    modules = list(model.named_modules())
+    from .dataflow import batchnorm_pairs
+
+    modules = dict(model.named_modules())
     result: dict[str, NeuronLayer] = {}
-    for i, (name, m) in enumerate(modules):
-        if not isinstance(m, (nn.Conv2d, nn.Linear)):
-            continue
-        follower = modules[i + 1][1] if i + 1 < len(modules) else None
-        bn = (
-            follower
-            if isinstance(follower, nn.BatchNorm2d)
-            and isinstance(m, nn.Conv2d)
-            and follower.num_features == m.out_channels
-            else None
-        )
+    for name, bn_name in batchnorm_pairs(model).items():
+        m = modules[name]
+        bn = modules[bn_name] if bn_name is not None else None
         result[name] = NeuronLayer(name, m, bn if bn is not None else m, bn)
     if not include_output and result:
         last = list(result)[-1]

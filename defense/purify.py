@@ -20,6 +20,7 @@ from torch import nn
 
 from . import salience
 from .data import TensorData
+from .guard import CheckpointGuard, neuron_sensitivity
 from .masking import mark
 from .metrics import evaluate
 from .neurons import NeuronMask, NeuronScores, marked_count, neuron_map, prune
@@ -65,7 +66,7 @@ def nonfinite_weights(model: nn.Module) -> list[str]:
 class PurifyConfig:
     """Purification settings; the defaults are the recommended ones (docs/METHOD.md, bench/RESULTS.md)."""
 
-    metric: str = "benign"
+    metric: str = "clp"  # the recommended defense (clp-ar) marks with CLP; bs-ar (the paper) with "benign"
     reg: str = "ar"
     ratio: float = 0.5
     scope: str = "layer"
@@ -81,8 +82,13 @@ class PurifyConfig:
     freeze_bn: bool = False  # keep BatchNorm's running statistics as trained
     distill: float = 0.9  # weight of distillation from the original model's clean outputs (0 = off)
     temperature: float = 2.0
+    teacher_input: str = "augmented"  # what the teacher sees: the student's 'augmented' batch or the 'clean' one
     warmup: float = 0.0  # share of the steps spent warming the learning rate up linearly
     eval_every: int = 25
+    guard: str = (
+        "none"  # 'sensitivity': end on the checkpoint least sensitive to neuron perturbation (defense/guard.py)
+    )
+    guard_eps: float = 0.4
     layer_names: list[str] | None = None  # None: every hidden neuron layer
 
     def validate(self) -> PurifyConfig:
@@ -113,6 +119,8 @@ class PurifyConfig:
             problems.append("temperature must be positive")
         if not 0 <= self.warmup < 1:
             problems.append("warmup must be in [0, 1)")
+        if self.guard not in ("none", "sensitivity"):
+            problems.append("guard must be 'none' or 'sensitivity'")
         if self.eval_every < 1:
             problems.append("eval_every must be at least 1")
         if problems:
@@ -135,7 +143,8 @@ def _shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> t
 class Purification:
     """Fine-tune a *copy* of ``model`` on ``clean`` with a penalty on the marked neurons.
 
-    Iterate it to run: every step yields a record (task loss, penalty, norm of the marked
+    Iterate it to run: every step yields a record (task loss, the plain clean cross-entropy of the
+    batch (``clean_ce``, without penalty or distillation, comparable across defenses), penalty, norm of the marked
     parameters, and, every ``eval_every`` steps and at the end, clean accuracy and ASR on
     ``test``/``triggered``). ``stop()`` ends the run after the current step. The purified
     model is ``self.model``; the records are kept in ``self.history``.
@@ -164,6 +173,7 @@ class Purification:
                 raise ValueError(f"unknown layer(s): {', '.join(sorted(unknown))}")
             self.layers = {n: self.layers[n] for n in self.config.layer_names}
         self.tracker = None
+        self.guard = CheckpointGuard() if self.config.guard == "sensitivity" else None
         if self.scores is None or self.config.schedule == "dynamic":
             if self.config.metric == "benign":  # only benign salience keeps a running tracker (dynamic schedule)
                 self.scores, self.tracker = salience.benign_salience(self.model, self.clean, layers=self.layers)
@@ -217,6 +227,10 @@ class Purification:
     def _evaluate(self) -> dict[str, float]:
         self.model.eval()
         scores = evaluate(self.model, self.test, None, 0, triggered=self.triggered)
+        if self.guard is not None:  # clean data only: what the rebound guard may use (the ASR is for display)
+            scores["sensitivity"] = neuron_sensitivity(
+                self.model, self.layers, self.clean, self.config.guard_eps, seed=self.config.seed
+            )
         self._train_mode()
         return scores
 
@@ -248,6 +262,7 @@ class Purification:
             {
                 "step": 0,
                 "task_loss": float("nan"),
+                "clean_ce": float("nan"),
                 "penalty": 0.0,
                 "marked_norm": self.marked_norm(),
                 "marked": marked_count(self.mask),
@@ -268,14 +283,17 @@ class Purification:
                 continue
             step += 1
             xb, yb = xb.to(dev), yb.to(dev)
+            x_clean = xb
             if cfg.augment:
                 xb = _shift(xb, gen)
             opt.zero_grad(set_to_none=True)
             logits = self.model(xb)
             task = loss_fn(logits, yb)
+            clean_ce = float(task.detach())  # the same quantity for every defense: the loss panel plots it
             if self.teacher is not None:
                 with torch.no_grad():
-                    soft = F.softmax(self.teacher(xb) / cfg.temperature, dim=1)
+                    t_in = x_clean if cfg.teacher_input == "clean" else xb
+                    soft = F.softmax(self.teacher(t_in) / cfg.temperature, dim=1)
                 kd = F.kl_div(F.log_softmax(logits / cfg.temperature, dim=1), soft, reduction="batchmean")
                 task = (1 - cfg.distill) * task + cfg.distill * cfg.temperature**2 * kd
             if not torch.isfinite(task):
@@ -301,6 +319,7 @@ class Purification:
             record = {
                 "step": step,
                 "task_loss": float(task.detach()),
+                "clean_ce": clean_ce,
                 "penalty": float(pen.detach()),
                 "marked_norm": self.marked_norm(),
                 "marked": marked_count(self.mask),
@@ -308,6 +327,8 @@ class Purification:
             }
             if step % cfg.eval_every == 0 or step == cfg.steps or self._stop:
                 record.update(self._evaluate())
+                if self.guard is not None:
+                    self.guard.offer(self.model, step, record["sensitivity"])
             self.history.append(record)
             yield record
         if cfg.reg == "prune" and step == 0:
@@ -329,6 +350,12 @@ class Purification:
             )
         if "clean_acc" not in self.history[-1]:
             self.history[-1].update(self._evaluate())
+        if self.guard is not None and self.guard.best_step not in (None, step):
+            best = self.guard.restore(self.model)
+            self.history.append(
+                {**self.history[-1], **self._evaluate(), "checkpoint": best, "seconds": time.perf_counter() - start}
+            )
+            yield self.history[-1]
         self.model.eval()
 
     def run(self) -> dict:

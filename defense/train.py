@@ -25,13 +25,23 @@ def train_backdoored(
     lr: float = 0.05,
     batch_size: int = 64,
     progress: bool = True,
+    arch_kwargs: dict | None = None,
+    shift: int = 0,
 ) -> tuple[Bundle, torch.Tensor]:
-    """Train on a poisoned copy of the training set. Returns the bundle and the poisoned-sample mask."""
+    """Train on a poisoned copy of the training set. Returns the bundle and the poisoned-sample mask.
+
+    ``shift``: augment the clean training images by random translations of up to this many
+    pixels (poisoned images stay put, so the trigger keeps its place).
+    """
     if not 0 <= target < splits.num_classes:
         raise ValueError(f"target label {target} is out of range for {splits.num_classes} classes")
     torch.manual_seed(seed)
     mean, std = splits.normalization()
-    model = models.build(arch, splits.num_classes, splits.input_shape, mean, std).to(device())
+    arch_kwargs = dict(arch_kwargs or {})
+    try:
+        model = models.build(arch, splits.num_classes, splits.input_shape, mean, std, **arch_kwargs).to(device())
+    except TypeError as err:  # an option the architecture does not take
+        raise ValueError(f"architecture '{arch}' cannot be built with {arch_kwargs} ({err})") from None
     x, y, poisoned = poison(splits.train.x, splits.train.y, trigger, target, poison_rate, seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     steps_per_epoch = (len(y) + batch_size - 1) // batch_size
@@ -43,7 +53,10 @@ def train_backdoored(
         order = torch.randperm(len(y), generator=gen)
         for start in range(0, len(y), batch_size):
             idx = order[start : start + batch_size]
-            xb, yb = x[idx].to(device()), y[idx].to(device())
+            xb, yb = x[idx], y[idx]
+            if shift:
+                xb = random_shift(xb, ~poisoned[idx], shift, gen)
+            xb, yb = xb.to(device()), yb.to(device())
             opt.zero_grad()
             loss_fn(model(xb), yb).backward()
             opt.step()
@@ -52,7 +65,7 @@ def train_backdoored(
     scores = evaluate(model, splits.test, trigger, target)
     meta = {
         "architecture": arch,
-        "arch_kwargs": {},
+        "arch_kwargs": arch_kwargs,
         "dataset": splits.name,
         "num_classes": splits.num_classes,
         "input_shape": splits.input_shape,
@@ -66,6 +79,24 @@ def train_backdoored(
         "clean_acc": round(scores["clean_acc"], 4),
         "asr": round(scores["asr"], 4),
         "seed": seed,
-        "training": {"epochs": epochs, "lr": lr, "batch_size": batch_size, "optimizer": "SGD momentum 0.9, one-cycle"},
+        "training": {
+            "epochs": epochs,
+            "lr": lr,
+            "batch_size": batch_size,
+            "optimizer": "SGD momentum 0.9, one-cycle",
+            "shift": shift,
+        },
     }
     return Bundle(model.cpu(), meta, trigger), poisoned
+
+
+def random_shift(x: torch.Tensor, which: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
+    """Translate the images selected by ``which`` by up to ``shift`` pixels each way (zero fill)."""
+    out = x.clone()
+    padded = torch.nn.functional.pad(x, (shift, shift, shift, shift))
+    h, w = x.shape[-2:]
+    offsets = torch.randint(0, 2 * shift + 1, (len(x), 2), generator=gen)
+    for i in which.nonzero().flatten().tolist():
+        dy, dx = offsets[i].tolist()
+        out[i] = padded[i, :, dy : dy + h, dx : dx + w]
+    return out

@@ -1,81 +1,51 @@
-"""Model page: choose or upload a backdoored model; its accuracy, trigger, samples and attribution."""
+"""Model page: choose or upload a backdoored model; its accuracy, samples, the trigger enlarged, attribution."""
 
 import streamlit as st
 
-from defense import metrics, models
-from defense.explain import trigger_share
+from defense import explain, metrics, models
 from defense.registry import ATTACKS
-from ui import charts, state
-from ui.lab import LOAD_ERRORS, bundled_names, current_lab
-from ui.upload import read_upload
+from ui import classroom, lab, owndata, story, upload
+from ui.charts import image_grid
+from ui.figures import trigger_figure
+from ui.palette import ATTRIBUTION
+from ui.state import intro, require_app, synced
+from ui.theme import plot
 
-state.require_app()
+require_app()
 st.title("The backdoored model")
-state.intro(
-    "A **backdoor** is a hidden rule planted in a network during training: it classifies ordinary images "
-    "correctly, but any image carrying a small **trigger** (a patch, a faint pattern) is sent to the attacker's "
-    "**target label**. Choose a model here; the other pages find the neurons that carry the backdoor and remove it."
+intro(
+    "A **backdoor** is a hidden rule planted during training: the network reads ordinary digits correctly, but "
+    "any image carrying the **trigger** goes to the attacker's **target label**."
 )
 
 ss = st.session_state
 
 
-def load_upload(arch, like, attack) -> None:
-    upload = ss["w_upload"]
+def load_upload(arch, like, attack, backdoorbench=None) -> None:
+    file = ss["w_upload"]
     try:
-        key, bundle = read_upload(upload.name, upload.getvalue(), arch, like, attack)
-    except LOAD_ERRORS as err:
+        key, bundle = upload.read_upload(file.name, file.getvalue(), arch, like, attack, backdoorbench)
+    except lab.LOAD_ERRORS as err:
         ss["upload_error"] = str(err)
     else:
         ss["uploads"][key] = bundle
         ss["model"] = key
 
 
-names = bundled_names() + list(ss["uploads"])
-left, right = st.columns([2, 3])
-with left:
-    state.synced(
+names = lab.bundled_names() + list(ss["uploads"])
+current = lab.current_lab()
+ev = current.evaluation()
+c0, c1, c2, c3 = st.columns([3, 2, 2, 2])
+with c0:
+    synced(
         st.selectbox,
         "Model",
         "model",
         options=names,
         format_func=lambda k: ss["uploads"][k].name + " (uploaded)" if k in ss["uploads"] else k,
-        help="bundled models are small CNNs trained on 4,000 MNIST digits, 10% of them poisoned",
+        help="bundled models are trained on 4,000 MNIST digits, 10% of them poisoned: four small CNNs and a "
+        "PreAct-ResNet-18 (mnist-preact-badnets, 1,200 neurons in 20 layers)",
     )
-with right, st.expander("Upload your own model"):
-    st.caption(
-        "A bundle (.zip with meta.json, model.safetensors and trigger.safetensors), or bare weights "
-        "(.safetensors or .pt state dict) with their architecture."
-    )
-    upload = st.file_uploader("Model file", type=["zip", "safetensors", "pt", "pth"], key="w_upload")
-    arch = like = attack = None
-    if upload is not None and not upload.name.lower().endswith(".zip"):
-        c1, c2 = st.columns(2)
-        arch = c1.selectbox(
-            "Architecture",
-            models.architectures(),
-            key="w_upload_arch",
-            index=models.architectures().index(models.DEFAULT_ARCH),
-        )
-        like = c2.selectbox(
-            "Dataset and trigger as in",
-            bundled_names(),
-            key="w_upload_like",
-            help="the weights are judged on this model's dataset and trigger",
-        )
-        if st.checkbox("The trigger differs: build a standard one", key="w_upload_own_trigger"):
-            c1, c2 = st.columns(2)
-            kind = c1.selectbox("Attack", [a for a in ATTACKS.names() if a != "file"], key="w_upload_kind")
-            target = c2.number_input("Target label", 0, 9, 0, key="w_upload_target")
-            attack = (kind, int(target))
-    if upload is not None:
-        st.button("Load this model", type="primary", key="w_upload_go", on_click=load_upload, args=(arch, like, attack))
-    if ss.get("upload_error"):
-        st.error(f"This file cannot be used: {ss.pop('upload_error')}")
-
-lab = current_lab()
-ev = lab.evaluation()
-c1, c2, c3 = st.columns(3)
 c1.metric("Clean accuracy", f"{ev['clean_acc']:.1%}", help="on the 1,000 test images")
 c2.metric(
     "Attack success rate",
@@ -84,59 +54,129 @@ c2.metric(
 )
 c3.metric(
     "Neurons scored",
-    lab.neurons,
-    help="conv channels and hidden units, " + ", ".join(f"{n}: {nl.size}" for n, nl in lab.layers.items()),
+    current.neurons,
+    help="conv channels and hidden units, " + ", ".join(f"{n}: {nl.size}" for n, nl in current.layers.items()),
 )
-st.markdown(f"**Attack:** {lab.bundle.describe_attack()}.")
+st.markdown(
+    f"**Attack:** {current.bundle.describe_attack()}. {story.model_verdict(ev['clean_acc'], ev['asr'], current.target)}"
+)
 
-st.subheader("Clean and triggered test images")
-st.caption(
-    "Each title reads *true label → prediction*. The same digits, once clean and once with the trigger: "
-    "a backdoored model sends the triggered ones to the target label."
-)
 n = 8
-keep = lab.splits.test.y != lab.target
-clean_x, clean_y = lab.splits.test.x[keep][:n], lab.splits.test.y[keep][:n]
-trig_x = lab.triggered.x[:n]
-pc, pt = metrics.predict(lab.model, clean_x), metrics.predict(lab.model, trig_x)
-st.plotly_chart(
-    charts.image_grid(
+keep = current.splits.test.y != current.target
+clean_x, clean_y = current.splits.test.x[keep][:n], current.splits.test.y[keep][:n]
+trig_x = current.triggered.x[:n]
+pc, pt = metrics.predict(current.model, clean_x), metrics.predict(current.model, trig_x)
+plot(
+    image_grid(
         [
             ("clean", clean_x.amax(1).numpy(), [f"{y} → {p}" for y, p in zip(clean_y.tolist(), pc.tolist())]),
             (
                 "triggered",
                 trig_x.amax(1).numpy(),
-                [f"{y} → {p}" + (" ⚠" if p == lab.target else "") for y, p in zip(clean_y.tolist(), pt.tolist())],
+                [f"{y} → {p}" + (" ⚠" if p == current.target else "") for y, p in zip(clean_y.tolist(), pt.tolist())],
             ),
-        ]
+        ],
+        height_per_row=135,
     ),
-    width="stretch",
-    key="samples",
+    "samples",
+    f"{current.name}-clean-and-triggered",
+)
+hits = int((pt == current.target).sum())
+st.caption(
+    f"Each title reads *true label → prediction*: the same {n} digits, clean and with the trigger. "
+    f"Here {hits} of the {n} triggered ones go to label {current.target} (⚠)."
+)
+
+st.subheader("The trigger, enlarged")
+plot(trigger_figure(current.bundle.trigger, clean_x[0]), "trigger", f"{current.name}-trigger")
+st.caption(
+    "The last panel is the change the trigger makes to the digit (triggered minus clean), amplified until its "
+    "largest change is full scale (blue brighter, red darker): a trigger too faint to see is still there."
 )
 
 st.subheader("Where the model looks")
-st.caption(
-    f"Integrated gradients (captum) of the triggered images toward the target label {lab.target}: bright pixels "
-    "push the prediction to the target (each map scaled to its own maximum). A backdoored model looks at the "
-    "trigger more than at the digit."
-)
-attr = lab.attribution(n=n)
-share = trigger_share(attr, lab.bundle.trigger)
+attr = current.attribution(n=n)
+share = explain.trigger_share(attr, current.bundle.trigger)
+m1, m2 = st.columns([1, 4])
 if share is not None:
-    st.metric(
+    m1.metric(
         "Attribution on the trigger",
         f"{share[0]:.0%}",
         help=f"share of the total attribution that falls on the trigger's pixels, which cover {share[1]:.1%} "
         "of the image",
     )
-st.plotly_chart(
-    charts.image_grid(
-        [
-            ("triggered", trig_x.amax(1).numpy(), [""] * n),
-            ("attribution", attr, [""] * n),
-        ],
-        colorscale=["gray", "Hot"],
+m2.markdown(story.attribution_verdict(*(share or (None, None)), current.target))
+plot(
+    image_grid(
+        [("triggered", trig_x.amax(1).numpy(), [""] * n), ("attribution", attr, [""] * n)],
+        colorscale=["gray", ATTRIBUTION],
+        height_per_row=135,
     ),
-    width="stretch",
-    key="attribution",
+    "attribution",
+    f"{current.name}-attribution",
 )
+
+with st.expander("Upload your own model"):
+    st.caption(
+        "A bundle (.zip with meta.json, model.safetensors and trigger.safetensors), or bare weights "
+        "(.safetensors or .pt state dict) with their architecture."
+    )
+    file = st.file_uploader("Model file", type=["zip", "safetensors", "pt", "pth"], key="w_upload")
+    arch = like = attack = backdoorbench = None
+    is_bb = (
+        file is not None
+        and file.name.lower().endswith((".pt", ".pth"))
+        and st.checkbox(
+            "This is a BackdoorBench attack_result.pt / defense_result.pt",
+            key="w_upload_bb",
+            value=file.name.lower().startswith(("attack_result", "defense_result")),
+        )
+    )
+    if is_bb:
+        b1, b2, b3 = st.columns(3)
+        dataset = b1.selectbox(
+            "Measured on",
+            owndata.datasets(),
+            key="w_upload_bb_data",
+            help="the embedded digits, or the folder named at launch (make run DATA=...)",
+        )
+        kind = b2.selectbox(
+            "Attack",
+            [a for a in ATTACKS.names() if a != "file"],
+            key="w_upload_bb_kind",
+            help="BackdoorBench keeps the poisoned images, not the trigger: name the attack",
+        )
+        target = b3.number_input("Target label", 0, 9999, 0, key="w_upload_bb_target")
+        backdoorbench = (dataset, kind, int(target))
+    elif file is not None and not file.name.lower().endswith(".zip"):
+        u1, u2 = st.columns(2)
+        arch = u1.selectbox(
+            "Architecture",
+            models.architectures(),
+            key="w_upload_arch",
+            index=models.architectures().index(models.DEFAULT_ARCH),
+        )
+        like = u2.selectbox(
+            "Dataset and trigger as in",
+            lab.bundled_names(),
+            key="w_upload_like",
+            help="the weights are judged on this model's dataset and trigger",
+        )
+        if st.checkbox("The trigger differs: build a standard one", key="w_upload_own_trigger"):
+            u1, u2 = st.columns(2)
+            kind = u1.selectbox("Attack", [a for a in ATTACKS.names() if a != "file"], key="w_upload_kind")
+            target = u2.number_input("Target label", 0, 9, 0, key="w_upload_target")
+            attack = (kind, int(target))
+    if file is not None:
+        st.button(
+            "Load this model",
+            type="primary",
+            key="w_upload_go",
+            on_click=load_upload,
+            args=(arch, like, attack, backdoorbench),
+        )
+if ss.get("upload_error"):
+    st.error(f"This file cannot be used: {ss.pop('upload_error')}")
+owndata.clean_upload_section(current.bundle.meta)
+
+classroom.next_step(story.next_step("model", neurons=current.neurons), classroom.next_page("pages/model.py"))

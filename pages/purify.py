@@ -1,49 +1,70 @@
-"""Purify page: run purification live (or a baseline), overlay the runs, compare, download."""
+"""Purify page: run purification live (or a baseline), overlay the runs, say what each did, download."""
 
 import streamlit as st
 
-from defense import metrics, purify
+from defense import metrics
+from defense.baselines import recommended
 from defense.explain import trigger_share
 from defense.neurons import marked_count
+from defense.purify import PurifyConfig
 from defense.registry import DEFENSES
-from ui import charts, curves, state
-from ui.lab import current_lab
+from ui import classroom, lab, story
+from ui.charts import image_grid
+from ui.curves import runs_figure, score_label
+from ui.palette import ATTRIBUTION
 from ui.runs import POLL_S, purification_config, report_json, runs_table, start_run
+from ui.state import intro, points, require_app, synced
+from ui.theme import plot
 
-state.require_app()
+require_app()
 st.title("Purify the model")
-state.intro(
-    "Purification fine-tunes the model on the defender's few clean images while a penalty pushes the marked "
-    "neurons' weights toward zero (**bs-ar**: benign salience + adaptive regularization, this paper's method). "
-    "Watch the attack success rate fall while the clean accuracy holds; then run a baseline such as plain "
-    "fine-tuning (ft) or Fine-Pruning (fp) and compare the curves."
+RECOMMENDED = recommended().name
+intro(
+    "Purification fine-tunes a copy of the model on the defender's clean images while a penalty pushes the "
+    f"marked neurons' weights toward zero. The first choice, **{RECOMMENDED}**, marks neurons with CLP's channel "
+    "Lipschitz bound; **bs-ar** is the paper's method as published; **-kd** runs add our self-distillation. "
+    "Does the attack fall, and does accuracy hold? The curves answer for this model."
 )
 
 ss = st.session_state
-lab = current_lab()
-defaults = purify.PurifyConfig()
+current = lab.current_lab()
+defaults = PurifyConfig()
 for key, value in {
-    "purify_defense": "bs-ar",
+    "purify_defense": RECOMMENDED,
     "purify_steps": defaults.steps,
     "purify_lr": defaults.lr,
     "purify_lam": defaults.lam,
 }.items():
     ss.setdefault(key, value)
-runs = [r for r in ss["runs"] if r.model_key == lab.key]
+runs = [r for r in ss["runs"] if r.model_key == current.key]
 busy = any(r.active for r in runs)
 
-c1, c2, c3, c4 = st.columns([3, 1, 1, 1])
+
+def tag(name: str) -> str:
+    d = DEFENSES[name]
+    return name + (" · the paper" if d.paper else "") + (" · recommended" if d.recommended else "")
+
+
+def start() -> None:
+    try:
+        cfg = purification_config(ss["purify_steps"], ss["purify_lr"], ss["purify_lam"])
+        start_run(lab.current_lab(), ss["purify_defense"], cfg)
+    except ValueError as err:
+        ss["purify_error"] = f"These settings cannot run: {err}"
+
+
+c1, c2, c3, c4, c5 = st.columns([3, 1.2, 1.2, 1.2, 1.6], vertical_alignment="bottom")
 with c1:
-    state.synced(
+    synced(
         st.selectbox,
         "Defense",
         "purify_defense",
-        options=DEFENSES.names(),
-        format_func=lambda d: f"{d}: {DEFENSES[d].label}",
+        options=[RECOMMENDED] + [d for d in DEFENSES.names() if d != RECOMMENDED],
+        format_func=tag,
         help=DEFENSES[ss["purify_defense"]].explanation,
     )
 with c2:
-    state.synced(
+    synced(
         st.number_input,
         "Steps",
         "purify_steps",
@@ -53,11 +74,9 @@ with c2:
         help="fine-tuning steps of 64 clean images each (CLP does none)",
     )
 with c3:
-    state.synced(
-        st.number_input, "Learning rate", "purify_lr", min_value=0.0001, max_value=1.0, step=0.005, format="%.4f"
-    )
+    synced(st.number_input, "Learning rate", "purify_lr", min_value=0.0001, max_value=1.0, step=0.005, format="%.4f")
 with c4:
-    state.synced(
+    synced(
         st.number_input,
         "Penalty λ",
         "purify_lam",
@@ -65,38 +84,22 @@ with c4:
         max_value=10.0,
         step=0.01,
         format="%.3f",
-        help="strength of the penalty on the marked neurons (bs-… and mag-ar)",
+        help="strength of the penalty on the marked neurons (defenses with AR, L1 or L2)",
     )
-defense = ss["purify_defense"]
-marking = DEFENSES[defense].marking
-if marking is not None:
-    metric = marking[0]
-    marked = marked_count(lab.threshold_mask(metric))
+c5.button("Start purification", type="primary", disabled=busy, key="w_start", on_click=start, width="stretch")
+defense = DEFENSES[ss["purify_defense"]]
+note = f"**{defense.name}**: {defense.label}."
+if defense.marking is not None:
+    metric = defense.marking[0]
+    marked = marked_count(current.threshold_mask(metric))
     how = (
         f"the {ss['threshold_value']:.0%} most suspect "
-        f"{'in each layer' if ss['threshold_scope'] == 'layer' else 'overall'}"
+        + ("in each layer" if ss["threshold_scope"] == "layer" else "overall")
         if ss["threshold_mode"] == "ratio"
         else f"normalized importance ≤ {ss['threshold_value']:.2f}"
     )
-    label = curves.score_label(metric)
-    st.caption(f"Marked by {label}: {marked} of {lab.neurons} neurons ({how}), as set on the Threshold page.")
-
-
-def start() -> None:
-    try:
-        cfg = purification_config(ss["purify_steps"], ss["purify_lr"], ss["purify_lam"])
-        start_run(current_lab(), ss["purify_defense"], cfg)
-    except ValueError as err:
-        ss["purify_error"] = f"These settings cannot run: {err}"
-
-
-def clear() -> None:
-    ss["runs"] = [r for r in ss["runs"] if r.model_key != lab.key]
-
-
-b1, b2, _ = st.columns([1, 1, 4])
-b1.button("Start purification", type="primary", disabled=busy, key="w_start", on_click=start)
-b2.button("Clear runs", disabled=busy or not runs, key="w_clear", on_click=clear)
+    note += f" Marked by {score_label(metric)}: {marked} of {current.neurons} neurons ({how}), as set on Threshold."
+st.caption(note, help=defense.explanation)
 if ss.get("purify_error"):
     st.error(ss.pop("purify_error"))
 ss["_polling"] = busy
@@ -105,7 +108,7 @@ ss["_polling"] = busy
 @st.fragment(run_every=POLL_S if busy else None)
 def live():
     """Progress, Stop and the curves: redrawn every POLL_S seconds while a run is going, without rerunning the page."""
-    now = [r for r in ss["runs"] if r.model_key == lab.key]
+    now = [r for r in ss["runs"] if r.model_key == current.key]
     for r in now:
         r.seen()
     active = [r for r in now if r.active]
@@ -113,14 +116,18 @@ def live():
         ss["_polling"] = False
         st.rerun()  # the run ended: redraw the whole page (results, downloads, Start enabled)
     for r in active:
-        c1, c2 = st.columns([5, 1])
+        p1, p2 = st.columns([6, 1])
         total = max(r.steps, 1)
         text = {"starting": "preparing…", "stopping": "stopping…"}.get(r.status, f"step {r.step} of {r.steps}")
-        c1.progress(min(r.step / total, 1.0), text=f"{r.label}: {text}")
-        c2.button("Stop", key=f"w_stop_{r.label}", on_click=r.stop, disabled=r.status == "stopping")
+        p1.progress(min(r.step / total, 1.0), text=f"{r.label}: {text} ({r.settings})")
+        p2.button("Stop", key=f"w_stop_{r.label}", on_click=r.stop, disabled=r.status == "stopping")
     if now:
-        st.plotly_chart(curves.runs_figure(now), width="stretch", key="runs")
-    if now and not active:  # the table waits for the end: redrawn twice a second it costs more than it tells
+        plot(runs_figure(now, height=290), "runs", f"{current.name}-purification-runs")
+        st.caption(
+            "Left: the plain cross-entropy of each training batch (no penalty, no distillation), the loss every "
+            "defense shares; middle and right: clean accuracy and attack success on the 1,000 test images."
+        )
+    if now and not active:  # the table waits for the end: redrawing it twice a second costs more than it tells
         fmt = st.column_config.NumberColumn(format="%.1f%%")
         st.dataframe(
             runs_table(now),
@@ -142,6 +149,26 @@ live()
 
 finished = [r for r in runs if r.status in ("done", "stopped", "abandoned") and r.run is not None and r.evaluations()]
 if finished:
+    for r in finished:  # what each run did, read from its own history
+        st.markdown("- " + story.run_verdict(f"**{r.label}** ({r.settings})", r.evaluations()))
+    results = [(r.label, *r.before_after()) for r in finished if len(r.evaluations()) > 1]
+    comparison = story.runs_comparison(results)
+    if comparison:
+        st.markdown(comparison)
+    last = {r.defense: r for r in finished}  # the latest run of each defense
+    for name, r in last.items():
+        if name.endswith("-kd") and name[:-3] in last:
+            plain = last[name[:-3]]
+            st.markdown(story.pair_verdict((plain.label, plain.before_after()[1]), (r.label, r.before_after()[1])))
+    classroom.confirm_button(
+        "Clear runs",
+        "w_clear",
+        lambda: ss.__setitem__("runs", [r for r in ss["runs"] if r.model_key != current.key]),
+        f"Forget the {len(runs)} run{'s' if len(runs) != 1 else ''} of this model, with "
+        f"{'their' if len(runs) != 1 else 'its'} curves? This cannot be undone.",
+        disabled=busy,
+    )
+
     st.subheader("Before and after")
     by_label = {r.label: r for r in finished[::-1]}
     if ss.get("_finished") != list(by_label):  # a run just ended: show it
@@ -150,56 +177,74 @@ if finished:
     pick = by_label[
         st.selectbox("Run", list(by_label), format_func=lambda k: f"{k} ({by_label[k].status})", key="w_result_run")
     ]
+    st.caption(pick.full_label)
     before, after = pick.before_after()
-    c1, c2, c3 = st.columns(3)
-    c1.metric("Clean accuracy", f"{after['clean_acc']:.1%}", state.points(after["clean_acc"] - before["clean_acc"]))
-    c2.metric(
-        "Attack success rate", f"{after['asr']:.1%}", state.points(after["asr"] - before["asr"]), delta_color="inverse"
+    d_acc, d_asr = after["clean_acc"] - before["clean_acc"], after["asr"] - before["asr"]
+    m1, m2, m3 = st.columns(3)
+    m1.metric("Clean accuracy", f"{after['clean_acc']:.1%}", points(d_acc) if round(1000 * d_acc) else None)
+    m2.metric(
+        "Attack success rate",
+        f"{after['asr']:.1%}",
+        points(d_asr) if round(1000 * d_asr) else None,
+        delta_color="inverse",
     )
-    c3.metric(f"Time for {pick.step} steps", f"{pick.seconds:.1f} s")
+    m3.metric(f"Time for {pick.step} steps", f"{pick.seconds:.1f} s")
     n = 8
     if pick.attr_after is None:
-        pick.attr_after = lab.attribution(pick.run.model, n=n)
-    x = lab.triggered.x[:n]
-    pred_b, pred_a = metrics.predict(lab.model, x), metrics.predict(pick.run.model, x)
-    attr_before = lab.attribution(n=n)
-    share_b = trigger_share(attr_before, lab.bundle.trigger)
-    share_a = trigger_share(pick.attr_after, lab.bundle.trigger)
-    st.caption(
-        f"Integrated gradients toward the target label {lab.target} on triggered images, before and after "
-        "(each map scaled to its own maximum); titles are the predictions. After purification the model should "
-        "look at the digit, not at the trigger."
-        + (
-            f" Share of the attribution on the trigger: **{share_b[0]:.0%} before, {share_a[0]:.0%} after** "
-            f"(the trigger covers {share_b[1]:.1%} of the image)."
-            if share_b and share_a
-            else ""
+        pick.attr_after = current.attribution(pick.run.model, n=n)
+    x = current.triggered.x[:n]
+    pred_b, pred_a = metrics.predict(current.model, x), metrics.predict(pick.run.model, x)
+    attr_before = current.attribution(n=n)
+    share_b = trigger_share(attr_before, current.bundle.trigger)
+    share_a = trigger_share(pick.attr_after, current.bundle.trigger)
+    st.markdown(
+        story.purified_attribution_verdict(
+            share_b[0] if share_b else None,
+            share_a[0] if share_a else None,
+            share_b[1] if share_b else None,
+            current.target,
         )
     )
-    st.plotly_chart(
-        charts.image_grid(
+    plot(
+        image_grid(
             [
                 ("triggered", x.amax(1).numpy(), [""] * n),
                 ("before", attr_before, [f"→ {p}" for p in pred_b.tolist()]),
                 ("after", pick.attr_after, [f"→ {p}" for p in pred_a.tolist()]),
             ],
-            colorscale=["gray", "Hot", "Hot"],
+            colorscale=["gray", ATTRIBUTION, ATTRIBUTION],
+            height_per_row=130,
         ),
-        width="stretch",
-        key="attr-before-after",
+        "attr-before-after",
+        f"{current.name}-{pick.defense}-attribution",
     )
     d1, d2, _ = st.columns([2, 2, 3])
     d1.download_button(
         "Download purified model (.zip)",
-        lambda: pick.bundle_zip(lab),
-        file_name=f"{lab.name}-{pick.defense}.zip",
+        lambda: pick.bundle_zip(current),
+        file_name=f"{current.name}-{pick.defense}.zip",
         mime="application/zip",
         key="w_dl_bundle",
     )
     d2.download_button(
         "Download report (JSON)",
-        report_json(pick.report(lab)),
-        file_name=f"{lab.name}-{pick.defense}-report.json",
+        report_json(pick.report(current)),
+        file_name=f"{current.name}-{pick.defense}-report.json",
         mime="application/json",
         key="w_dl_report",
     )
+
+
+def pair_of(name: str) -> str | None:
+    """The same defense with distillation switched the other way, if it is registered."""
+    other = name[:-3] if name.endswith("-kd") else name + "-kd"
+    return other if other in DEFENSES else None
+
+
+names = {r.defense for r in finished}
+missing = next((pair_of(d) for d in sorted(names) if pair_of(d) and pair_of(d) not in names), None)
+nxt = classroom.next_page("pages/purify.py")
+classroom.next_step(
+    story.next_step("purify", runs=len(finished), missing=missing, compare=nxt is not None),
+    nxt,
+)

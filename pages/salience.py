@@ -4,23 +4,33 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from defense import metrics, salience
+from defense import salience
 from defense.registry import SCORES
-from ui import charts, curves, jobs, state
-from ui.lab import current_lab
+from ui import classroom, lab, measures, overview, palette, story
+from ui.charts import layer_heatmaps, scaled
+from ui.curves import roc_figure, score_label, score_labels, truth_scatter
+from ui.jobs import MAX_ABLATION_NEURONS, wait_note
+from ui.state import intro, require_app
+from ui.theme import plot
 
-state.require_app()
+FEATURED = "benign"  # the paper's score: the page asks whether it finds the backdoor
+
+require_app()
 st.title("Which neurons look infected?")
-state.intro(
-    "Each square is one neuron (a conv channel or a hidden unit). **Benign salience** measures how much the "
-    "clean-data loss would rise if the neuron were removed: neurons the normal task barely needs (low salience) "
-    "are the suspects, because a backdoor lives in neurons the clean images do not use. Next to it, **weight "
-    "magnitude**, the usual pruning criterion, for comparison; red outlines are the neurons marked on the "
-    "Threshold page."
+intro(
+    "Each square is one neuron (a conv channel or a hidden unit). **Benign salience** estimates how much the "
+    "clean-data loss would rise if the neuron were removed; the paper marks the neurons with the lowest as the "
+    "suspects. Beside it, **weight magnitude**, the usual pruning criterion. Red outlines: the neurons marked on "
+    "the Threshold page. Whether low salience really points at the backdoor is measured below."
 )
 
-lab = current_lab()
-scores = lab.scores()
+current = lab.current_lab()
+scores = current.scores()
+found = measures.identification(current)
+aucs = {m: q["auc"] for m, q in found.items()} if found else None
+if aucs:  # the answer first, in words, from this model's measurement
+    st.info(story.salience_verdict(aucs, FEATURED, score_labels()), icon=":material/fact_check:")
+
 bs, mag = scores["benign"], scores["magnitude"]
 scale = st.radio(
     "Colour scale",
@@ -31,76 +41,107 @@ scale = st.radio(
     help="normalized and rank: 0 = most suspect neuron of its layer (dark), 1 = most important (bright)",
 )
 bar = "raw" if scale == "raw" else "importance"
-marked = lab.threshold_mask()
-bs_s, mag_s = charts.scaled(bs, scale), charts.scaled(mag, scale)
-for name, nl in lab.layers.items():
-    fig = charts.layer_heatmaps(
+marked = current.threshold_mask()
+bs_s, mag_s = scaled(bs, scale), scaled(mag, scale)
+shown = list(current.layers)
+if len(current.layers) > overview.MANY_LAYERS:  # a deep network: one overview row per layer, heatmaps on demand
+    view = scaled(bs, "rank" if scale == "raw" else scale)
+    plot(overview.layer_overview(view, marked, "benign salience"), "overview", f"{current.name}-layer-overview")
+    shown = st.multiselect(
+        "Heatmaps of these layers",
+        list(current.layers),
+        default=list(current.layers)[-1:],
+        key="w_salience_layers",
+        help=f"{len(current.layers)} layers, {current.neurons:,} neurons: pick the layers to look at neuron by neuron",
+    )
+for name in shown:
+    nl = current.layers[name]
+    fig = layer_heatmaps(
         f"{name} · {nl.size} {'channels' if nl.layer.__class__.__name__ == 'Conv2d' else 'units'}",
         [("benign salience", bs_s[name], bar), ("weight magnitude", mag_s[name], bar)],
         {"benign salience": bs.layers[name], "weight magnitude": mag.layers[name]},
         marked[name],
+        height=280,
     )
-    st.plotly_chart(fig, width="stretch", key=f"heat-{name}")
+    plot(fig, f"heat-{name}", f"{current.name}-{name}-salience")
 
 st.subheader("Does low salience find the backdoor?")
 st.caption(
     "Ground truth, measured: each neuron is zeroed on its own, and the 10% whose removal most weakens the "
-    "trigger are labelled infected. A good score puts them at the low end."
+    "trigger are labelled infected (red in the scatter). ROC AUC: the chance that a score ranks a random infected "
+    "neuron as more suspect than a random clean one (1 = perfect, 0.5 = a coin toss)."
 )
-truth = lab.ground_truth()
 frame = salience.scores_frame([scores[m] for m in SCORES.names()])
-if jobs.wait_note(
+truth = current.ground_truth()
+ready = found is not None and truth.done()
+if not truth.done():
+
+    @st.fragment(run_every=1.0)
+    def _truth_progress() -> None:
+        done, total = current.truth_progress()
+        st.progress(done / max(total, 1), text=f"Ground truth: {done:,} of {total:,} neurons zeroed so far")
+
+    _truth_progress()
+if not ready and wait_note(
     [truth],
-    "Measuring which neurons carry the backdoor (zeroing each one in turn: about 10 s, "
-    "once per model). The page updates by itself.",
+    f"Measuring which neurons carry the backdoor (zeroing each of the {current.neurons:,} in turn, once per "
+    "model). The page updates by itself.",
 ):
+    st.rerun()  # measured just now: draw the page again, the answer at the top included
+if ready:
     gt = truth.result()
-    infected, measured = gt["infected"], gt["measured"]
-    frame["backdoor_effect"] = torch.cat([gt["backdoor_effect"][n] for n in lab.layers]).numpy()
-    frame["infected"] = torch.cat([infected[n] for n in lab.layers]).numpy()
-    keep = torch.cat([measured[n] for n in lab.layers])
+    frame["backdoor_effect"] = torch.cat([gt["backdoor_effect"][n] for n in current.layers]).numpy()
+    frame["infected"] = torch.cat([gt["infected"][n] for n in current.layers]).numpy()
     if gt["sampled"]:  # over the ablation budget: a random sample was measured, and everything below is of it
+        keep = torch.cat([gt["measured"][n] for n in current.layers])
         frame = frame[keep.numpy()]
         st.warning(
-            f"This model has {lab.neurons:,} neurons, more than the {jobs.MAX_ABLATION_NEURONS:,} the app "
+            f"This model has {current.neurons:,} neurons, more than the {MAX_ABLATION_NEURONS:,} the app "
             f"ablates per model: the ground truth below is an estimate, measured on a random sample of "
             f"{int(keep.sum()):,} neurons ({gt['sampled']:.0%}).",
             icon=":material/query_stats:",
         )
-    left, right = st.columns(2)
+    left, right = st.columns([3, 2])
     with left:
-        st.plotly_chart(curves.truth_scatter(frame, "magnitude", "benign"), width="stretch", key="scatter")
+        curves = [(score_label(m), q["fpr"], q["tpr"], q["auc"]) for m, q in found.items()]
+        colors = [palette.score_color(m) for m in found]
+        plot(roc_figure(curves, score_label(FEATURED), colors), "roc", f"{current.name}-roc")
     with right:
-        roc, rows = [], []
-        for m in SCORES.names():
-            s = scores[m].suspicion()
-            fpr, tpr = metrics.roc_curve(
-                torch.cat([s[n] for n in lab.layers])[keep], torch.cat([infected[n] for n in lab.layers])[keep]
-            )
-            q = metrics.identification_quality(scores[m], infected, measured)
-            roc.append((curves.score_label(m), fpr, tpr, q["auc"]))
-            rows.append({"score": curves.score_label(m), "ROC AUC": q["auc"], "precision at k": q["precision_at_k"]})
-        st.plotly_chart(curves.roc_figure(roc, bold=curves.score_label("benign")), width="stretch", key="roc")
-    st.caption(
-        "ROC AUC: the chance that the score ranks a random infected neuron as more suspect than a random clean "
-        "one (1 = perfect, 0.5 = a coin toss). Precision at k: the share of infected neurons among the k most "
-        "suspect, k being the number of infected ones."
-    )
-    st.dataframe(
-        pd.DataFrame(rows),
-        hide_index=True,
-        width="content",
-        column_config={
-            "ROC AUC": st.column_config.NumberColumn(format="%.3f"),
-            "precision at k": st.column_config.NumberColumn(format="%.3f"),
-        },
-    )
+        st.markdown(story.salience_verdict({m: q["auc"] for m, q in found.items()}, FEATURED, score_labels()))
+        rows = [
+            {"score": score_label(m), "ROC AUC": q["auc"], "precision at k": q["precision_at_k"]}
+            for m, q in found.items()
+        ]
+        st.dataframe(
+            pd.DataFrame(rows),
+            hide_index=True,
+            width="stretch",
+            column_config={
+                "ROC AUC": st.column_config.NumberColumn(format="%.2f"),
+                "precision at k": st.column_config.NumberColumn(
+                    format="%.2f",
+                    help="the share of infected neurons among the k most suspect, k = how many are infected",
+                ),
+            },
+        )
+    plot(truth_scatter(frame, "magnitude", "benign"), "scatter", f"{current.name}-salience-vs-magnitude")
 
 st.download_button(
     "Download all scores (CSV)",
     frame.to_csv(index=False),
-    file_name=f"{lab.name}-scores.csv",
+    file_name=f"{current.name}-scores.csv",
     mime="text/csv",
     key="w_scores_csv",
     help="one row per neuron: every metric, and the measured ground truth once it is ready",
+)
+aucs = {m: q["auc"] for m, q in found.items()} if found else None
+best = max(aucs, key=aucs.get) if aucs else None
+classroom.next_step(
+    story.next_step(
+        "salience",
+        best=score_label(best) if best else None,
+        featured=score_label(FEATURED),
+        featured_label=score_label(FEATURED),
+    ),
+    classroom.next_page("pages/salience.py"),
 )

@@ -1,93 +1,103 @@
-"""Threshold page: choose which neurons to mark, preview zeroing them, and the pruning curve."""
+"""Threshold page: choose which neurons to mark, preview zeroing them, and the pruning curve, side by side."""
 
 import streamlit as st
 
 from defense.registry import SCORES
-from ui import charts, curves, jobs, state
-from ui.lab import SLIDER_GRID, SLIDER_STEP, current_lab
+from ui import classroom, lab, measures, story
+from ui.charts import layers_row
+from ui.curves import pruning_figure, score_label, score_labels
+from ui.jobs import wait_note
+from ui.state import curve_scores, intro, points, require_app, synced
+from ui.theme import plot
 
-state.require_app()
+require_app()
 st.title("Choose the purification threshold")
-state.intro(
-    "The threshold decides which neurons count as suspect: the ones with the lowest scores are **marked**, and "
-    "purification then pushes their weights toward zero while fine-tuning the rest. Mark too few and the backdoor "
-    "survives; mark too many and the model forgets how to read digits. Move the slider and watch both numbers."
+intro(
+    "The most suspect neurons are **marked**; purification then pushes their weights toward zero while it "
+    "fine-tunes the rest. Mark too few and the backdoor survives; mark too many and the model forgets digits."
 )
 
 ss = st.session_state
-lab = current_lab()
-c1, c2, c3 = st.columns(3)
-with c1:
-    state.synced(
+current = lab.current_lab()
+base = current.evaluation()
+left, right = st.columns([2, 3], gap="medium")
+with left:
+    synced(
         st.selectbox,
         "Score",
         "threshold_metric",
-        options=state.curve_scores(),
-        format_func=curves.score_label,
+        options=curve_scores(),
+        format_func=score_label,
         help="which score ranks the neurons (purification with bs-… uses benign salience). "
         + SCORES[ss["threshold_metric"]].explanation,
     )
-with c2:
-    state.synced(
-        st.radio,
-        "Mark by",
-        "threshold_mode",
-        options=["ratio", "value"],
-        horizontal=True,
-        format_func={"ratio": "share of neurons", "value": "score cut"}.get,
-        help="share: the given share of the most suspect neurons; score cut: every neuron whose normalized "
-        "importance (0 = most suspect, 1 = most important in its layer) is at or below the value",
+    r1, r2 = st.columns(2)
+    with r1:
+        synced(
+            st.radio,
+            "Mark by",
+            "threshold_mode",
+            options=["ratio", "value"],
+            format_func={"ratio": "share of neurons", "value": "score cut"}.get,
+            help="share: the given share of the most suspect neurons; score cut: every neuron whose normalized "
+            "importance (0 = most suspect, 1 = most important in its layer) is at or below the value",
+        )
+    with r2:
+        synced(
+            st.radio,
+            "Scope",
+            "threshold_scope",
+            options=["layer", "global"],
+            format_func={"layer": "in each layer", "global": "over all layers"}.get,
+            disabled=ss["threshold_mode"] == "value",
+            help="for 'share of neurons': per layer, or ranked over all layers",
+        )
+    label = "Share of neurons to mark" if ss["threshold_mode"] == "ratio" else "Mark normalized importance up to"
+    synced(st.slider, label, "threshold_value", min_value=0.0, max_value=1.0, step=lab.SLIDER_STEP)
+    metric, mode, value, scope = (
+        ss[k] for k in ("threshold_metric", "threshold_mode", "threshold_value", "threshold_scope")
     )
-with c3:
-    state.synced(
-        st.radio,
-        "Scope",
-        "threshold_scope",
-        options=["layer", "global"],
-        horizontal=True,
-        format_func={"layer": "in each layer", "global": "over all layers"}.get,
-        disabled=ss["threshold_mode"] == "value",
-        help="for 'share of neurons': per layer, or ranked over all layers",
+    pv = current.preview(metric, mode, value, scope)
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Marked neurons", f"{pv['marked']} of {current.neurons}")
+    # the arrow's colour says better or worse, never merely up or down; no change gets no arrow
+    d_acc, d_asr = pv["clean_acc"] - base["clean_acc"], pv["asr"] - base["asr"]
+    # no change gets no arrow (a red "+0.0" reads as worse); a fall in attack success is the good direction
+    c2.metric("Clean accuracy if zeroed", f"{pv['clean_acc']:.1%}", points(d_acc) if round(1000 * d_acc) else None)
+    c3.metric(
+        "Attack success if zeroed",
+        f"{pv['asr']:.1%}",
+        points(d_asr) if round(1000 * d_asr) else None,
+        delta_color="inverse",
     )
-label = (
-    "Share of neurons to mark" if ss["threshold_mode"] == "ratio" else "Mark neurons with normalized importance up to"
-)
-state.synced(st.slider, label, "threshold_value", min_value=0.0, max_value=1.0, step=SLIDER_STEP)
+    marked_share = value if mode == "ratio" else pv["marked"] / current.neurons
+    st.caption(story.choice_verdict(marked_share, pv["clean_acc"], pv["asr"], base))
 
-metric, mode, value, scope = ss["threshold_metric"], ss["threshold_mode"], ss["threshold_value"], ss["threshold_scope"]
-base = lab.evaluation()
-pv = lab.preview(metric, mode, value, scope)
-c1, c2, c3 = st.columns(3)
-c1.metric("Marked neurons", f"{pv['marked']} of {lab.neurons}")
-c2.metric("Clean accuracy if zeroed", f"{pv['clean_acc']:.1%}", state.points(pv["clean_acc"] - base["clean_acc"]))
-c3.metric("Attack success if zeroed", f"{pv['asr']:.1%}", state.points(pv["asr"] - base["asr"]), delta_color="inverse")
-st.caption(
-    "Preview: the marked neurons' outputs are set to zero, with no fine-tuning, on the 1,000 test images. "
-    "Purification does better than this, because it retrains the rest of the network."
-)
+with right:
+    curve = current.pruning_curve(scope)
+    if wait_note(
+        [curve],
+        "Computing the pruning curves (63 previews, about 20 s, once per model). "
+        "The slider works meanwhile; the curve appears by itself.",
+    ):
+        plot(
+            pruning_figure(curve.result(), marked_share, featured=metric, height=330),
+            "curve",
+            f"{current.name}-pruning-curve",
+        )
+        st.markdown(story.pruning_verdict(measures.curve_points(curve.result()), metric, base, score_labels()))
 
-mask = lab.mask(metric, mode, value, scope)
-scores = lab.scores()[metric]
-raw = {n: {curves.score_label(metric): v} for n, v in scores.layers.items()}
-st.plotly_chart(
-    charts.layers_row(scores.normalized("minmax"), raw, mask, "importance"), width="stretch", key="threshold-heat"
+mask = current.mask(metric, mode, value, scope)
+scores = current.scores()[metric]
+raw = {n: {score_label(metric): v} for n, v in scores.layers.items()}
+plot(
+    layers_row(scores.normalized("minmax"), raw, mask, "importance", height=300),
+    "threshold-heat",
+    f"{current.name}-marked",
 )
 st.caption(
-    f"Colour: {curves.score_label(metric)}, normalized per layer (dark = most suspect). Red outlines: marked neurons."
+    f"Colour: {score_label(metric)}, normalized per layer (dark = most suspect); red outlines: the marked "
+    "neurons. The preview zeroes them with no fine-tuning, on the 1,000 test images; the pruning curve does the "
+    "same for every share of each layer's most suspect neurons."
 )
-
-st.subheader("Pruning curve")
-drawn = len(state.curve_scores())
-st.caption(
-    "Accuracy and attack success when the given share of each layer's most suspect neurons is zeroed, for "
-    f"{state.in_words(drawn)} scores. A good score makes the attack collapse long before the accuracy does."
-)
-curve = lab.pruning_curve(scope)
-previews = drawn * len(SLIDER_GRID)
-if jobs.wait_note(
-    [curve],
-    f"Computing the pruning curves ({previews} previews, about {round(previews / 3, -1):.0f} s, once per model). "
-    "The slider works meanwhile; the curve appears by itself.",
-):
-    share = value if mode == "ratio" else pv["marked"] / lab.neurons
-    st.plotly_chart(curves.pruning_figure(curve.result(), share), width="stretch", key="curve")
+classroom.next_step(story.next_step("threshold", marked=pv["marked"]), classroom.next_page("pages/threshold.py"))

@@ -69,8 +69,8 @@ def values(v) -> list:
 
 
 def outlined(spec: dict) -> int:
-    """Neurons outlined as marked on a heatmap figure."""
-    return sum(len(values(t["x"])) for t in spec["data"] if t.get("name") == "marked")
+    """Neurons outlined as marked on a heatmap figure (outlines are shapes in the cells' coordinates)."""
+    return sum(1 for s in spec["layout"].get("shapes", []) if s.get("name") == "marked")
 
 
 # ---------------------------------------------------------------- every page
@@ -223,7 +223,9 @@ def test_short_purification_completes_and_lowers_the_asr():
     assert float(metric(at, "Attack success rate").rstrip("%")) < 60
     assert [r["step"] for r in run.evaluations()] == [0, 10, 20, 30, 40]  # eval every 10 steps for the live curves
     spec = chart(at, "runs")
-    assert {t["name"] for t in spec["data"]} == {"1. bs-ar"}
+    (name,) = {t["name"] for t in spec["data"]}
+    assert name.startswith("1. clp-ar · ") and "50% marked, λ 0.03, lr 0.02, 40 steps" in name  # settings in the label
+    assert name.endswith(", distillation")
     labels = [b.proto.label for b in at.get("download_button")]
     assert labels == ["Download purified model (.zip)", "Download report (JSON)"]
     check_downloads(run)
@@ -234,7 +236,9 @@ def test_short_purification_completes_and_lowers_the_asr():
     at.button(key="w_start").click().run()
     run_until(at, lambda a: not runs(a)[-1].active)
     at.run()
-    assert {t["name"] for t in chart(at, "runs")["data"]} == {"1. bs-ar", "2. ft"}
+    names = {t["name"] for t in chart(at, "runs")["data"]}
+    assert {n.split(" · ")[0] for n in names} == {"1. clp-ar", "2. ft"}
+    assert "2. ft · lr 0.02, 10 steps, no distillation" in names  # run labels carry their settings
 
 
 def check_downloads(run) -> None:

@@ -37,7 +37,7 @@ def test_compare_page_and_the_report_offline(server, browser, tmp_path):
     main = page.locator('[data-testid="stMain"]')
     page.goto(server)
     page.get_by_role("heading", name="The backdoored model").wait_for(timeout=240_000)  # a loaded machine is slow
-    page.locator('[data-testid="stSidebarNav"]').get_by_text("Compare", exact=True).click()
+    page.locator('[data-testid="stSidebarNav"]').get_by_text(re.compile(r"^(\d+\. )?Compare$")).click()
     page.get_by_role("heading", name="Compare every defense").wait_for(timeout=180_000)
     main.get_by_text("shipped with this bundled model").wait_for(timeout=120_000)
     main.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=30_000)

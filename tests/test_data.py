@@ -98,7 +98,7 @@ def test_missing_cifar10_names_what_was_expected_where(tmp_path):
 
 
 def test_cifar10_pickles_are_not_unpickled_unless_checksums_match(tmp_path):
-    """torchvision's CIFAR-10 reader unpickles its batches; the md5 check must come first."""
+    """CIFAR-10 batches are pickles: the restricted reader (defense/cifar.py) refuses a payload and runs nothing."""
     marker = tmp_path / "pwned"
 
     class Payload:

@@ -91,8 +91,13 @@ def test_every_entry_is_described():
 
 
 def test_defense_entries_agree_with_the_rest():
-    assert [d.name for d in DEFENSES if d.recommended] == ["bs-ar"]
-    assert baselines.recommended().name == "bs-ar"
+    assert [d.name for d in DEFENSES if d.recommended] == ["clp-ar"]
+    assert baselines.recommended().name == "clp-ar"
+    # the paper's method as published and our variant are two entries; each fine-tuning baseline has its pair
+    assert [d.name for d in DEFENSES if d.paper] == ["bs-ar"] and not DEFENSES["bs-ar"].distill
+    assert DEFENSES["bs-ar"].marking == ("benign", "ar")
+    for plain in ("bs-ar", "mag-ar", "ft", "fp"):
+        assert not DEFENSES[plain].distill and DEFENSES[plain + "-kd"].distill, plain
     for d in DEFENSES:
         if d.marking is not None:
             score, reg = d.marking
@@ -112,7 +117,7 @@ def test_defense_entries_agree_with_the_rest():
 
 
 def test_make_refuses_unknown_names_and_masks_for_non_marking_defenses():
-    with pytest.raises(ValueError, match="unknown defense 'nope': expected one of bs-ar"):
+    with pytest.raises(ValueError, match="unknown defense 'nope': expected one of clp-ar, bs-ar"):
         baselines.make("nope", None, None, None, None)
     with pytest.raises(ValueError, match="marks no neurons"):
         baselines.make("ft", None, None, None, None, mask={})

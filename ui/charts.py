@@ -10,9 +10,11 @@ import torch
 from plotly.subplots import make_subplots
 
 from defense.neurons import NeuronScores
+from ui import palette
+from ui.figures import outline_shapes
 
-COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
-MARK_COLOR = "#ff2b2b"
+COLORS = palette.RUNS  # kept for older imports: runs take their colours from ui.palette
+MARK_COLOR = palette.INFECTED
 _BARE = dict(showticklabels=False, showgrid=False, zeroline=False, ticks="", showline=False)
 
 
@@ -54,33 +56,16 @@ def _heatmap(
             z=_grid(values, rows, cols),
             customdata=custom,
             hovertemplate=tip + "<extra></extra>",
-            colorscale="Viridis",
+            colorscale=palette.HEAT,
             showscale=colorbar is not None,
             colorbar=colorbar or {},
         ),
         1,
         col,
     )
-    if marked is not None and marked.any():
-        idx = marked.nonzero().flatten().numpy()
-        fig.add_trace(
-            go.Scatter(
-                x=idx % cols,
-                y=idx // cols,
-                mode="markers",
-                hoverinfo="skip",
-                showlegend=False,
-                name="marked",
-                marker=dict(
-                    symbol="square-open",
-                    color=MARK_COLOR,
-                    line=dict(width=2.5),
-                    size=max(5, int((height - 90) / max(rows, cols) * 0.8)),
-                ),
-            ),
-            1,
-            col,
-        )
+    if marked is not None and marked.any():  # outlines in the cells' own coordinates: they scale with the cells
+        for shape in outline_shapes(marked.nonzero().flatten().numpy(), cols, col):
+            fig.add_shape(shape)
     axis = f"x{col if col > 1 else ''}"
     fig.update_xaxes(**_BARE, range=[-0.5, cols - 0.5], row=1, col=col)
     fig.update_yaxes(**_BARE, range=[rows - 0.5, -0.5], scaleanchor=axis, row=1, col=col)
@@ -97,16 +82,20 @@ def layer_heatmaps(
 
     ``panels``: (title, values, colorbar title); ``hover``: raw scores shown on hover.
     """
-    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p[0] for p in panels], horizontal_spacing=0.16)
+    k = len(panels)
+    gap = 0.2 if k > 1 else 0.0  # room for each panel's colour bar between the panels
+    fig = make_subplots(rows=1, cols=k, subplot_titles=[p[0] for p in panels], horizontal_spacing=gap)
+    width = (1 - gap * (k - 1)) / k
     for i, (_, values, bar) in enumerate(panels):
-        x = (i + 1) / len(panels) - 0.08 / len(panels)
-        colorbar = dict(title=dict(text=bar, side="right"), x=x, len=0.9, thickness=12)
+        # the bar sits just right of its own panel, inside the gap (paper coordinates: it moves with the panel)
+        colorbar = dict(title=dict(text=bar, side="right"), x=i * (width + gap) + width + 0.01, len=0.85, thickness=14)
         _heatmap(fig, i + 1, values, hover, marked, colorbar, height)
     fig.update_layout(
         height=height,
-        margin=dict(l=10, r=10, t=60, b=10),
-        title=dict(text=layer, x=0, y=0.98, yanchor="top", font=dict(size=15)),
+        margin=dict(l=10, r=10, t=64, b=6),
+        title=dict(text=layer, x=0, y=0.99, yanchor="top"),
     )
+    fig.update_annotations(yshift=4)
     return fig
 
 
@@ -123,14 +112,15 @@ def layers_row(
         rows=1,
         cols=len(names),
         horizontal_spacing=0.04,
-        subplot_titles=[f"{n} ({int(marked[n].sum())}/{len(marked[n])} marked)" for n in names],
+        # two short lines per layer: the titles fit their panels at any zoom
+        subplot_titles=[f"{n.removeprefix('net.')}<br>{int(marked[n].sum())}/{len(marked[n])} marked" for n in names],
     )
     for i, n in enumerate(names):
         last = i == len(names) - 1
         colorbar = dict(title=dict(text=bar, side="right"), thickness=12) if last else None
         _heatmap(fig, i + 1, values[n], hover[n], marked[n], colorbar, height)
     fig.update_traces(zmin=0, zmax=1, selector=dict(type="heatmap"))
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10))
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=56, b=10))
     return fig
 
 
@@ -141,7 +131,8 @@ def image_grid(
 ) -> go.Figure:
     """Rows of small images: (row label, images [N, H, W], titles); ``colorscale`` one, or one per row.
 
-    Grey rows are pixels in [0, 1]; other rows (attributions) are each scaled to their own maximum.
+    Grey rows are pixels in [0, 1]; other rows (attributions) are each scaled to their own maximum and drawn on a
+    square-root scale (an attribution map is mostly near zero: on a linear scale it looks black).
     """
     scales = [colorscale] * len(rows) if isinstance(colorscale, str) else list(colorscale)
     n = max(len(r[1]) for r in rows)
@@ -155,7 +146,12 @@ def image_grid(
     for i, (label, images, _) in enumerate(rows):
         for j, img in enumerate(images):
             scale = scales[i]
-            z, what = (img, "pixel") if scale == "gray" else (img / (float(np.max(img)) or 1.0), "relative attribution")
+            # attributions: each map over its own maximum, on a square-root scale so that faint ones still show
+            z, what = (
+                (img, "pixel")
+                if scale == "gray"
+                else (np.sqrt(img / (float(np.max(img)) or 1.0)), "√(attribution / its maximum)")
+            )
             fig.add_trace(
                 go.Heatmap(
                     z=z,
@@ -175,6 +171,6 @@ def image_grid(
         for c in range(n):
             k = r * n + c + 1
             fig.update_yaxes(scaleanchor=f"x{k if k > 1 else ''}", row=r + 1, col=c + 1)
-    fig.update_annotations(font_size=12)
-    fig.update_layout(height=height_per_row * len(rows) + 40, margin=dict(l=30, r=10, t=30, b=10))
+    fig.update_annotations(font_size=14)
+    fig.update_layout(height=height_per_row * len(rows) + 40, margin=dict(l=34, r=6, t=30, b=6))
     return fig

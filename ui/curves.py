@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from defense.registry import SCORES
-from ui.charts import COLORS, MARK_COLOR
+from ui import palette
 
 
 def score_label(name: str) -> str:
@@ -19,12 +19,22 @@ def score_label(name: str) -> str:
     return SCORES[name].label if name in SCORES else name
 
 
-def pruning_figure(curve: pd.DataFrame, current: float | None) -> go.Figure:
-    """Clean accuracy and ASR against the share of neurons zeroed, one line per score; ``current`` marked."""
+def score_labels() -> dict[str, str]:
+    """Every score's label, by name."""
+    return {s.name: s.label for s in SCORES}
+
+
+def pruning_figure(
+    curve: pd.DataFrame, current: float | None, featured: str | None = None, height: int = 330
+) -> go.Figure:
+    """Clean accuracy and ASR against the share of neurons zeroed, one line per score; ``current`` marked.
+
+    ``featured``: the score chosen on the page, drawn thicker.
+    """
     fig = make_subplots(
-        rows=1, cols=2, subplot_titles=["clean accuracy", "attack success rate"], horizontal_spacing=0.08
+        rows=1, cols=2, subplot_titles=["clean accuracy", "attack success rate"], horizontal_spacing=0.13
     )
-    for i, metric in enumerate(curve["metric"].unique()):
+    for metric in curve["metric"].unique():
         part = curve[curve["metric"] == metric]
         for col, y in ((1, "clean_acc"), (2, "asr")):
             fig.add_trace(
@@ -35,25 +45,44 @@ def pruning_figure(curve: pd.DataFrame, current: float | None) -> go.Figure:
                     name=score_label(metric),
                     legendgroup=metric,
                     showlegend=col == 1,
-                    line=dict(color=COLORS[i]),
+                    line=dict(color=palette.score_color(metric), width=3 if metric == featured else 2),
+                    marker=dict(size=5),
                 ),
                 1,
                 col,
             )
     if current is not None:
         for col in (1, 2):
-            fig.add_vline(x=current, line=dict(color=MARK_COLOR, dash="dash"), row=1, col=col)
-        fig.add_annotation(
-            x=current, y=1.04, xref="x", yref="y", text="your choice", showarrow=False, font=dict(color=MARK_COLOR)
-        )
-    fig.update_xaxes(title_text="share of neurons zeroed (most suspect first)", range=[-0.02, 1.02])
-    fig.update_yaxes(range=[-0.02, 1.08], tickformat=".0%")
-    fig.update_layout(height=340, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.3))
+            fig.add_vline(x=current, line=dict(color=palette.CHOICE, dash="dash", width=2), row=1, col=col)
+            fig.add_annotation(
+                x=current,
+                y=1.0,
+                xref=f"x{col if col > 1 else ''}",
+                yref="y domain" if col == 1 else "y2 domain",
+                text="your choice",
+                showarrow=False,
+                xanchor="left" if current < 0.6 else "right",
+                yanchor="top",
+                font=dict(color=palette.CHOICE),
+                bgcolor="rgba(255,255,255,0.8)",
+            )
+    fig.update_xaxes(title_text="share zeroed", range=[-0.02, 1.02], tickformat=".0%")
+    fig.update_yaxes(range=[-0.02, 1.04], tickformat=".0%")
+    fig.update_layout(
+        height=height,
+        margin=dict(l=6, r=6, t=30, b=6),
+        legend=dict(orientation="h", x=0, y=-0.28, yanchor="top"),
+    )
     return fig
 
 
-def roc_figure(curves: Sequence[tuple[str, Sequence[float], Sequence[float], float]], bold: str) -> go.Figure:
-    """ROC of finding infected neurons: one (label, fpr, tpr, auc) per score, the ``bold`` label drawn thicker."""
+def roc_figure(
+    curves: Sequence[tuple[str, Sequence[float], Sequence[float], float]], bold: str, colors: Sequence[str] = ()
+) -> go.Figure:
+    """ROC of finding infected neurons: one (label, fpr, tpr, auc) per score, the ``bold`` label drawn thicker.
+
+    ``colors``: one per curve (the score's colour from ui.palette).
+    """
     fig = go.Figure()
     for i, (label, fpr, tpr, auc) in enumerate(curves):
         fig.add_trace(
@@ -62,17 +91,20 @@ def roc_figure(curves: Sequence[tuple[str, Sequence[float], Sequence[float], flo
                 y=tpr,
                 mode="lines",
                 name=f"{label} (AUC {auc:.2f})",
-                line=dict(color=COLORS[i % len(COLORS)], width=3 if label == bold else 2),
+                line=dict(color=colors[i] if i < len(colors) else palette.RUNS[i], width=4 if label == bold else 2),
             )
         )
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#bbb", dash="dot"), name="chance"))
+    fig.add_trace(
+        go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color=palette.CHANCE, dash="dot"), name="chance (0.50)")
+    )
     fig.update_layout(
         title="finding infected neurons: ROC",
-        height=420,
-        margin=dict(l=10, r=10, t=40, b=10),
-        xaxis_title="share of clean neurons flagged",
-        yaxis_title="share of infected neurons found",
-        legend=dict(orientation="h", y=-0.2),
+        height=400,
+        margin=dict(l=6, r=6, t=40, b=6),
+        xaxis=dict(title="share of clean neurons flagged", tickformat=".0%", range=[0, 1.01]),
+        yaxis=dict(title="share of infected found", tickformat=".0%", range=[0, 1.01]),
+        # beside the plot, never over an axis title whatever the width
+        legend=dict(x=1.02, y=0, xanchor="left", yanchor="bottom"),
     )
     return fig
 
@@ -88,7 +120,7 @@ def truth_scatter(frame: pd.DataFrame, x: str, y: str) -> go.Figure:
         x=x,
         y=y,
         color="truth",
-        color_discrete_map={"infected": "#d62728", "clean": "#9fb3c8"},
+        color_discrete_map={"infected": palette.INFECTED, "clean": palette.CLEAN},
         hover_data={
             "layer": True,
             "neuron": True,
@@ -100,29 +132,45 @@ def truth_scatter(frame: pd.DataFrame, x: str, y: str) -> go.Figure:
         labels={y: score_label(y), x: score_label(x)},
         title=f"{score_label(y)} against {score_label(x)}",
     )
-    fig.update_layout(height=420, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.2))
+    fig.update_layout(
+        height=400, margin=dict(l=6, r=6, t=40, b=6), legend=dict(x=1.02, y=0, xanchor="left", yanchor="bottom")
+    )
     return fig
 
 
-def runs_figure(runs: Sequence) -> go.Figure:
-    """Loss, clean accuracy and ASR against the step, one colour per run (``ui.runs.Runner``).
+def runs_figure(runs: Sequence, height: int = 300) -> go.Figure:
+    """Clean cross-entropy, clean accuracy and ASR against the step, one colour per run (``ui.runs.Runner``).
+
+    The loss panel is the plain cross-entropy of each training batch (``clean_ce``: no penalty, no
+    distillation), the one loss every defense shares, so the lines are comparable.
 
     Redrawn twice a second while a run trains, so it is written as a plain spec (no make_subplots): building
     it costs ~7 ms instead of ~60 ms, time the training thread would otherwise wait for the GIL.
     """
-    titles = ["training loss", "clean accuracy", "attack success rate"]
-    gap, width = 0.07, (1 - 2 * 0.07) / 3
+    titles = ["clean cross-entropy", "clean accuracy", "attack success rate"]
+    # a running run's axis spans its planned steps from the start; a finished one, the steps it took
+    last_step = max(
+        [(r.steps if getattr(r, "active", False) else r.records[-1]["step"] if r.records else 0) for r in runs] + [1]
+    )
+    gap, width = 0.08, (1 - 2 * 0.08) / 3
     layout = {
-        "height": 330,
-        "margin": {"l": 10, "r": 10, "t": 40, "b": 10},
+        "height": height,
+        "margin": {"l": 6, "r": 6, "t": 30, "b": 6},
         "uirevision": "runs",
-        "legend": {"orientation": "h", "y": -0.25},
+        "legend": {"orientation": "h", "x": 0, "y": -0.3, "yanchor": "top"},
         "annotations": [],
+        "template": "bnl",
     }
     for i, title in enumerate(titles):
         n = "" if i == 0 else str(i + 1)
         x0 = i * (width + gap)
-        layout[f"xaxis{n}"] = {"domain": [x0, x0 + width], "anchor": f"y{n}", "title": {"text": "step"}}
+        layout[f"xaxis{n}"] = {
+            "range": [0, last_step],
+            "domain": [x0, x0 + width],
+            "anchor": f"y{n}",
+            "title": {"text": "step"},
+            "rangemode": "tozero",
+        }
         layout[f"yaxis{n}"] = {"anchor": f"x{n}", **({"range": [-0.02, 1.04], "tickformat": ".0%"} if i else {})}
         layout["annotations"].append(
             {
@@ -134,15 +182,17 @@ def runs_figure(runs: Sequence) -> go.Figure:
                 "xanchor": "center",
                 "yanchor": "bottom",
                 "showarrow": False,
-                "font": {"size": 14},
+                "font": {"size": 16},
             }
         )
     data = []
     for run in runs:
         recs = list(run.records)
-        losses = [(r["step"], r["task_loss"]) for r in recs if math.isfinite(r["task_loss"])]
+        losses = [(r["step"], r.get("clean_ce", r["task_loss"])) for r in recs]
+        losses = [(s, v) for s, v in losses if math.isfinite(v)]
         evals = [r for r in recs if "asr" in r]
-        common = {"type": "scatter", "name": run.label, "legendgroup": run.label, "line": {"color": run.color}}
+        name = getattr(run, "full_label", run.label)
+        common = {"type": "scatter", "name": name, "legendgroup": run.label, "line": {"color": run.color, "width": 2.5}}
         if losses:
             data.append({**common, "x": [s for s, _ in losses], "y": [v for _, v in losses], "mode": "lines"})
         for i, key in ((2, "clean_acc"), (3, "asr")):

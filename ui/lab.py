@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -54,8 +55,10 @@ def bundled(name: str) -> tuple[str, bundle_io.Bundle]:
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _splits(dataset: str, shape: tuple, num_classes: int, fraction: float, seed: int) -> data.DataSplits:
+    from ui.owndata import data_root  # the folder named at launch (make run DATA=...)
+
     meta = {"dataset": dataset, "input_shape": list(shape), "num_classes": num_classes}
-    return load_splits_for(meta, None, seed=seed, clean_fraction=fraction)
+    return load_splits_for(meta, data_root() if dataset != "mnist5k" else None, seed=seed, clean_fraction=fraction)
 
 
 def splits_for(meta: dict, fraction: float, seed: int) -> data.DataSplits:
@@ -125,7 +128,13 @@ class Lab:
         return _preview(self.key, self.fraction, self.seed, metric, mode, value, scope, self)
 
     def ground_truth(self) -> Future:
-        return background(("truth", self.key), _ground_truth, self.bundle.model, self.splits.test, self.triggered)
+        return background(
+            ("truth", self.key), _ground_truth, self.bundle.model, self.splits.test, self.triggered, self.key
+        )
+
+    def truth_progress(self) -> tuple[int, int]:
+        """(neurons zeroed so far, neurons in all) of the ground-truth measurement."""
+        return _TRUTH_PROGRESS.get(self.key, (0, self.neurons))
 
     def pruning_curve(self, scope: str) -> Future:
         """Previews of every share on the slider's grid, for the curve's scores (measured in the background)."""
@@ -174,6 +183,12 @@ def current_lab() -> Lab:
         st.error(f"The model '{ss['model']}' cannot be opened: {err}")
         ss["model"] = state.DEFAULT_MODEL
         st.stop()
+    from ui.owndata import clean_override
+
+    override = clean_override(b.meta)
+    if override is not None:  # the defender's uploaded clean images replace the clean subset
+        key = f"{key}+clean:{override[0]}"
+        splits = dataclasses.replace(splits, clean=override[1])
     own = ss.get("_own_model")
     if own is None or own[0] != key:  # each session works on its own copy
         model = copy.deepcopy(b.model).eval()
@@ -224,13 +239,33 @@ def _attribution(key: str, n: int, _model: nn.Module, _x, target: int) -> np.nda
 # ---------------------------------------------------------------- background jobs (never call st.*)
 
 
+_TRUTH_PROGRESS: dict[str, tuple[int, int]] = {}  # key -> (done, total), written by the worker, read by pages
+
+
 def _ground_truth(
-    model: nn.Module, test: data.TensorData, triggered: data.TensorData, should_stop: StopCheck = None
+    model: nn.Module, test: data.TensorData, triggered: data.TensorData, key: str = "", should_stop: StopCheck = None
 ) -> dict:
+    """The ablation ground truth, rerunning only the layers after each neuron (defense/ablation.py).
+
+    Past MAX_ABLATION_NEURONS a uniform sample is measured (the page says so), so one big model cannot
+    hold the worker for hours.
+    """
+    from defense.ablation import ground_truth
+
     configure_threads(share_with_server=True)  # per thread in torch: a new thread would take every core
     model = copy.deepcopy(model)
-    return metrics.backdoor_ground_truth(
-        model, neuron_map(model), test, triggered, max_neurons=MAX_ABLATION_NEURONS, should_stop=should_stop
+
+    def progress(done: int, total: int) -> None:
+        _TRUTH_PROGRESS[key] = (done, total)
+
+    return ground_truth(
+        model,
+        neuron_map(model),
+        test,
+        triggered,
+        max_neurons=MAX_ABLATION_NEURONS,
+        should_stop=should_stop,
+        progress=progress,
     )
 
 

@@ -24,10 +24,10 @@ import streamlit as st
 
 from defense import baselines, purify
 from defense import bundle as bundle_io
-from defense.registry import DEFENSES
+from defense.registry import DEFENSES, SCORES
 from defense.results import purified_bundle, run_report
 from defense.runtime import configure_threads
-from ui.charts import COLORS
+from ui import palette
 from ui.lab import Lab
 
 EVAL_EVERY = 10  # steps between clean-accuracy/ASR points of a live run
@@ -50,7 +50,8 @@ class Runner:
     steps: int
     build: Callable[[], purify.Purification]  # called in the thread (FP measures its mask there)
     session_id: str | None = None
-    color: str = COLORS[0]
+    color: str = palette.RUNS[0]
+    settings: str = ""  # what it was run with: score, marked share, λ, lr, steps, distillation
     records: list[dict] = field(default_factory=list)
     status: str = "starting"
     error: str | None = None
@@ -60,6 +61,11 @@ class Runner:
     attr_after: np.ndarray | None = None  # the purified model's attribution, computed once by the page
     _gone_since: float | None = None
     _stop: bool = False
+
+    @property
+    def full_label(self) -> str:
+        """The label with the settings, so that two runs of one defense can be told apart."""
+        return f"{self.label} · {self.settings}" if self.settings else self.label
 
     def start(self) -> Runner:
         self.thread = threading.Thread(target=self._main, name=f"bnl-purify-{self.label}", daemon=True)
@@ -136,6 +142,7 @@ class Runner:
             "model_key": self.model_key,
             "defense": self.defense,
             "description": DEFENSES[self.defense].label,
+            "settings": self.settings,
             "status": self.status,
         }
         return run_report(list(self.records), self.run.config if self.run else None, context=context, history=True)
@@ -156,6 +163,29 @@ def purification_config(steps: int, lr: float, lam: float) -> purify.PurifyConfi
     if ss["threshold_mode"] == "ratio":
         cfg = replace(cfg, ratio=float(ss["threshold_value"]), scope=ss["threshold_scope"])
     return cfg.validate()
+
+
+def run_settings(defense: str, cfg: purify.PurifyConfig, mode: str, value: float, scope: str) -> str:
+    """A run's settings in a few words: score and marked share, λ, learning rate, steps, distillation."""
+    d = DEFENSES[defense]
+    parts = []
+    if d.marking is not None:
+        score, reg = d.marking
+        marked = (
+            f"{value:.0%} marked" + (" overall" if scope == "global" else "")
+            if mode == "ratio"
+            else f"cut ≤ {value:.2f}"
+        )
+        parts.append(f"{SCORES[score].label if score in SCORES else score} {marked}")
+        if reg in ("ar", "l1", "l2"):
+            parts.append(f"λ {cfg.lam:g}")
+    elif defense.startswith("fp"):
+        parts.append("FP pruning")
+    if defense != "clp":  # CLP prunes from the weights alone: no fine-tuning
+        parts += [f"lr {cfg.lr:g}", f"{cfg.steps} steps", "distillation" if d.distill else "no distillation"]
+    else:
+        parts.append("no fine-tuning")
+    return ", ".join(parts)
 
 
 def start_run(lab_: Lab, defense: str, cfg: purify.PurifyConfig) -> Runner:
@@ -185,7 +215,8 @@ def start_run(lab_: Lab, defense: str, cfg: purify.PurifyConfig) -> Runner:
         cfg.steps if defense != "clp" else 0,
         build,
         session_id=ctx.session_id if ctx else None,
-        color=COLORS[(number - 1) % len(COLORS)],
+        color=palette.run_color(number),
+        settings=run_settings(defense, cfg, ss["threshold_mode"], ss["threshold_value"], ss["threshold_scope"]),
     )
     runs.append(runner)
     return runner.start()
@@ -203,6 +234,7 @@ def runs_table(runs: list[Runner]) -> list[dict]:
         rows.append(
             {
                 "run": r.label,
+                "settings": r.settings,
                 "status": r.status,
                 "steps": r.step,
                 "seconds": round(r.seconds, 1),

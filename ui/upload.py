@@ -17,6 +17,7 @@ def read_upload(
     arch: str | None = None,
     like: str | None = None,
     attack: tuple[str, int] | None = None,
+    backdoorbench: tuple[str, str, int] | None = None,
 ) -> tuple[str, bundle_io.Bundle]:
     """(key, Bundle) from an uploaded bundle (.zip) or a bare state dict (.safetensors/.pt).
 
@@ -24,9 +25,21 @@ def read_upload(
     dataset (``like``); with ``attack`` = (kind, target) its trigger is rebuilt by
     make_trigger instead of taken from that model. Raises ui.lab.LOAD_ERRORS with plain messages.
     The file is data: safetensors, or torch.load(weights_only=True), never unpickled.
+    With ``backdoorbench`` = (dataset, attack kind, target) the file is a BackdoorBench attack_result.pt /
+    defense_result.pt (defense/backdoorbench.py), measured on that dataset.
     """
     stem = Path(filename).stem or "upload"
-    if filename.lower().endswith(".zip"):
+    if backdoorbench is not None:
+        from defense.backdoorbench import import_bundle
+        from ui.owndata import data_root
+
+        dataset, kind, target = backdoorbench
+        with tempfile.TemporaryDirectory(prefix="bnl-upload-") as tmp:
+            path = Path(tmp) / "checkpoint.pt"
+            path.write_bytes(payload)
+            b = import_bundle(path, dataset, data_root() if dataset != "mnist5k" else None, kind, int(target))
+        b.meta["name"] = stem
+    elif filename.lower().endswith(".zip"):
         with tempfile.TemporaryDirectory(prefix="bnl-upload-") as tmp:  # private, removed afterwards
             path = Path(tmp) / "upload.zip"
             path.write_bytes(payload)
