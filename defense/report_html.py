@@ -39,6 +39,9 @@ code,pre{background:#f6f6f6;padding:1px 4px;border-radius:3px}pre{padding:.6em;o
 
 
 def _fig(fig, div_id: str) -> str:
+    from ui.theme import style  # the app's look (Streamlit is imported only by its plot())
+
+    style(fig)
     return (
         '<div class="figure">'
         + pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=div_id, config={"displaylogo": False})

@@ -7,6 +7,7 @@ from defense import compare
 from ui import compare_job, state
 from ui.compare_charts import asr_curves_figure, table_rows, tradeoff_figure
 from ui.lab import current_lab
+from ui.theme import plot
 
 state.require_app()
 st.title("Compare every defense")
@@ -158,9 +159,9 @@ st.dataframe(
 )
 left, right = st.columns(2)
 with left:
-    st.plotly_chart(tradeoff_figure(board), width="stretch", key="compare-scatter")
+    plot(tradeoff_figure(board), "compare-scatter", f"{lab.name}-defenses-tradeoff")
 with right:
-    st.plotly_chart(asr_curves_figure(results, [d.name for d in entries]), width="stretch", key="compare-curves")
+    plot(asr_curves_figure(results, [d.name for d in entries]), "compare-curves", f"{lab.name}-defenses-asr")
 st.caption(
     "Left: one point per defense (error bars: half the range over the clean subsets); the dotted staircase is the "
     "Pareto front, the defenses no other one beats on both counts. Right: the attack success rate during each run."

@@ -48,7 +48,7 @@ def test_compare_page_and_the_report_offline(server, browser, tmp_path):
     sidebar = page.locator('[data-testid="stSidebar"]')
     sidebar.get_by_role("button", name="Prepare report").click()
     download_button = sidebar.get_by_role("button", name="Download report (HTML)")
-    download_button.wait_for(timeout=300_000)
+    download_button.wait_for(timeout=600_000)  # minutes on a loaded 2-core machine
     with page.expect_download(timeout=60_000) as info:
         download_button.click()
     path = tmp_path / "report.html"

@@ -32,7 +32,7 @@ def build(lab_: Lab) -> str:
         threshold=state.threshold(),
         extra_runs=own,
         scores=lab_.scores(),
-        truth=truth.result() if truth.done() and truth.exception() is None else None,
+        truth=truth.result() if truth.exception() is None else None,  # waits for the worker: no second ablation
     )
 
 
