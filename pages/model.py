@@ -15,7 +15,8 @@ require_app()
 st.title("The backdoored model")
 intro(
     "A **backdoor** is a hidden rule planted during training: the network reads ordinary digits correctly, but "
-    "any image carrying the **trigger** goes to the attacker's **target label**."
+    "any image carrying the **trigger** goes to the attacker's **target label**. Choose a model here; the next "
+    "steps find the neurons that carry the backdoor and remove it."
 )
 
 ss = st.session_state
