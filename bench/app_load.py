@@ -124,10 +124,10 @@ def upload(page, path: Path, name: str, timeout_ms: int = 300_000) -> None:
     from playwright.sync_api import expect
 
     main = page.locator('[data-testid="stMain"]')
-    uploader = main.locator('[data-testid="stFileUploader"]')
-    if not uploader.is_visible():
+    model_file = main.locator('input[type="file"][accept*=".safetensors"]')  # not the clean-images uploader
+    if not model_file.locator("xpath=ancestor::*[@data-testid='stFileUploader']").is_visible():
         main.get_by_text("Upload your own model").click()
-    uploader.locator('input[type="file"]').set_input_files(str(path))
+    model_file.set_input_files(str(path))
     main.get_by_text(path.name).wait_for(timeout=60_000)
     main.get_by_role("button", name="Load this model").click()
     expect(page.locator('[data-testid="stSidebar"] strong').first).to_have_text(name, timeout=timeout_ms)
