@@ -20,7 +20,7 @@ from tqdm import tqdm
 from . import baselines, data, metrics, salience
 from . import bundle as bundle_io
 from .neurons import NeuronLayer, neuron_map
-from .paths import MODELS_DIR, RESULTS, bundled_models
+from .paths import MODELS_DIR, RESULTS, benchmark_models
 from .purify import PurifyConfig
 from .registry import DEFENSES, SCORES
 
@@ -58,7 +58,7 @@ def run_bench(
     defenses: list[str] | None = None,
     eval_every: int = 10,
 ) -> pd.DataFrame:
-    models = models or bundled_models()
+    models = models or benchmark_models()
     defenses = defenses or DEFENSES.names()
     rows, ident = [], []
     total = len(models) * seeds * len(defenses)

@@ -11,16 +11,13 @@ from pathlib import Path
 
 from . import attacks, data, models
 from . import bundle as bundle_io
+from .errors import UsageError
 from .paths import RESULTS
 from .registry import ATTACKS, DEFENSES, SCORES
 from .runtime import configure_threads
 
 MAX_STEPS = 20_000  # purification steps; the recommended 300 take ~10 s for the MNIST models on one core
 MAX_EPOCHS = 200  # training epochs; the bundled MNIST models use 8
-
-
-class UsageError(ValueError):
-    """A bad command-line value; reported in one line."""
 
 
 def _number(text: str, kind: type = float) -> float | int:
@@ -431,7 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="every defense x every bundled model x seeds -> bench/RESULTS.md")
     p.add_argument("--seeds", type=_positive_int, default=3)
-    p.add_argument("--models", nargs="*", help="bundle names under assets/models (default: all)")
+    p.add_argument(
+        "--models",
+        nargs="*",
+        help="bundle names under assets/models (default: the four small CNNs; add mnist-preact-badnets by name)",
+    )
     p.add_argument("--defenses", nargs="*", choices=DEFENSES.names(), help="defense names (default: all)")
     p.add_argument("--out", default=str(RESULTS))
     p.set_defaults(func=cmd_bench)

@@ -31,7 +31,7 @@ def settings_from(args):
 
 def comparison_from(args, bundle):
     """The Comparison the arguments ask for, with known (cached or shipped) runs filled in."""
-    from .cli import UsageError
+    from .errors import UsageError
 
     entries = compare.registered()
     if args.defenses:
