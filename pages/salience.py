@@ -4,8 +4,9 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from defense import salience
+from defense import metrics, salience
 from defense.registry import SCORES
+from defense.truth import agreement
 from ui import classroom, lab, measures, overview, palette, story
 from ui.charts import layer_heatmaps, scaled
 from ui.curves import roc_figure, score_label, score_labels, truth_scatter
@@ -126,25 +127,27 @@ if ready:
         )
     plot(truth_scatter(frame, "magnitude", "benign"), "scatter", f"{current.name}-salience-vs-magnitude")
 
-st.download_button(
-    "Download all scores (CSV)",
-    frame.to_csv(index=False),
-    file_name=f"{current.name}-scores.csv",
-    mime="text/csv",
-    key="w_scores_csv",
-    help="one row per neuron: every metric, and the measured ground truth once it is ready",
-)
-aucs = {m: q["auc"] for m, q in found.items()} if found else None
-best = max(aucs, key=aucs.get) if aucs else None
-classroom.next_step(
-    story.next_step(
-        "salience",
-        best=score_label(best) if best else None,
-        featured=score_label(FEATURED),
-        featured_label=score_label(FEATURED),
-    ),
-    classroom.next_page("pages/salience.py"),
-)
+st.subheader("A second ground truth: trigger-activated change")
+tac_job = current.tac_truth()
+if ready and wait_note([tac_job], "Measuring how much each neuron reacts to the trigger (one pass)."):
+    tac = tac_job.result()
+    agree = agreement(gt, tac)
+    st.caption(
+        "Trigger-activated change (TAC): per neuron, how much its output changes when the trigger is added to "
+        "clean test images; the 10% that change most are called infected. Where the two truths agree, a "
+        f"conclusion does not rest on one definition. Here TAC ranks the ablation-infected neurons at AUC "
+        f"{agree['tac_auc_vs_ablation']:.2f}, and {agree['top_k_overlap']:.0%} of them are also TAC-infected."
+    )
+    tac_rows = []
+    for m in found:
+        tq = metrics.identification_quality(scores[m], tac["infected"])
+        tac_rows.append({"score": score_label(m), "AUC vs ablation": found[m]["auc"], "AUC vs TAC": tq["auc"]})
+    st.dataframe(
+        pd.DataFrame(tac_rows),
+        hide_index=True,
+        width="stretch",
+        column_config={c: st.column_config.NumberColumn(format="%.2f") for c in ("AUC vs ablation", "AUC vs TAC")},
+    )
 
 st.subheader("How steady is benign salience?")
 stab = current.bs_stability()
@@ -165,4 +168,24 @@ st.scatter_chart(
     y="highest rank",
     color="layer",
     height=300,
+)
+
+st.download_button(
+    "Download all scores (CSV)",
+    frame.to_csv(index=False),
+    file_name=f"{current.name}-scores.csv",
+    mime="text/csv",
+    key="w_scores_csv",
+    help="one row per neuron: every metric, and the measured ground truth once it is ready",
+)
+aucs = {m: q["auc"] for m, q in found.items()} if found else None
+best = max(aucs, key=aucs.get) if aucs else None
+classroom.next_step(
+    story.next_step(
+        "salience",
+        best=score_label(best) if best else None,
+        featured=score_label(FEATURED),
+        featured_label=score_label(FEATURED),
+    ),
+    classroom.next_page("pages/salience.py"),
 )

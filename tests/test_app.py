@@ -136,6 +136,24 @@ def test_salience_page_heatmaps_ground_truth_roc_and_csv():
     assert csv.proto.label == "Download all scores (CSV)"
     assert any("three different clean subsets" in c.value for c in at.caption)  # the stability view
 
+    # the second ground truth (TAC) and its agreement with ablation: the page's figures are the library's
+    def tac_caption(a):
+        return next((c.value for c in a.caption if "Trigger-activated change (TAC)" in c.value), None)
+
+    run_until(at, lambda a: tac_caption(a) is not None, timeout=120)
+    from defense import ablation, bundle, data, metrics, truth
+    from defense.neurons import neuron_map
+
+    b = bundle.load_bundle(REPO / "assets" / "models" / "mnist-badnets")
+    test = data.load_dataset("mnist5k", seed=0).test
+    layers = neuron_map(b.model)
+    gt = ablation.ground_truth(b.model, layers, test, metrics.triggered_set(test, b.trigger, b.target))
+    agree = truth.agreement(gt, truth.tac_truth(b.model, layers, test, b.trigger, b.target))
+    assert f"at AUC {agree['tac_auc_vs_ablation']:.2f}" in tac_caption(at)
+    assert f"{agree['top_k_overlap']:.0%} of them are also TAC-infected" in tac_caption(at)
+    table = next(d.value for d in at.dataframe if "AUC vs TAC" in d.value.columns)
+    assert set(table["score"]) >= {"benign salience", "channel Lipschitz (CLP)"}
+
 
 # ---------------------------------------------------------------- threshold
 

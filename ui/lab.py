@@ -254,7 +254,8 @@ def _scores(key: str, fraction: float, seed: int, names: tuple[str, ...], _model
     return {m: salience.compute(m, model, _clean, layers) for m in names}
 
 
-def _tac_truth(model: nn.Module, test: data.TensorData, b) -> dict:
+def _tac_truth(model: nn.Module, test: data.TensorData, b, should_stop: StopCheck = None) -> dict:
+    """Runs in the background worker (one forward pass of each kind: nothing long to cancel)."""
     from defense import truth
 
     configure_threads(share_with_server=True)
@@ -275,8 +276,11 @@ def _bs_stability(key: str, fraction: float, _b) -> dict:
     return stability.stability(runs)
 
 
-def _one_score(name: str, model: nn.Module, clean) -> NeuronScores:
-    """Runs in the background worker: never calls st.*; works on its own copy of the model."""
+def _one_score(name: str, model: nn.Module, clean, should_stop: StopCheck = None) -> NeuronScores:
+    """Runs in the background worker: never calls st.*; works on its own copy of the model.
+
+    ``should_stop`` is accepted (every job takes it) but a score runs to its end: ANP is the longest, ~30 s.
+    """
     work = copy.deepcopy(model)
     return salience.compute(name, work, clean, neuron_map(work))
 
