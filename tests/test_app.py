@@ -188,7 +188,11 @@ def test_pruning_curve_marks_the_current_choice():
     at = open_app("threshold")
     run_until(at, lambda a: any("curve" in c.proto.id for c in a.get("plotly_chart")), timeout=180)
     spec = chart(at, "curve")
-    assert {t["name"] for t in spec["data"]} == {"benign salience", "weight magnitude", "mean activation"}
+    from defense.registry import SCORES
+
+    # one curve per score registered for the curve (benign salience, magnitude, activation, BS+magnitude, ...)
+    assert {t["name"] for t in spec["data"]} == {s.label for s in SCORES if s.curve}
+    assert {"benign salience", "weight magnitude", "mean activation"} <= {t["name"] for t in spec["data"]}
     assert [s["x0"] for s in spec["layout"]["shapes"]] == [0.5, 0.5]
 
 

@@ -186,5 +186,5 @@ def test_trigger_file_round_trip_and_refusals(tmp_path):
     save_file({"mask": mask}, tmp_path / "no-pattern.safetensors")
     with pytest.raises(TriggerError, match="lacks tensor"):
         attacks.load_trigger_file(tmp_path / "no-pattern.safetensors", SHAPE)
-    with pytest.raises(TriggerError, match="not a readable safetensors"):
+    with pytest.raises(TriggerError, match="cannot read the trigger file"):
         attacks.load_trigger_file(tmp_path / "missing.safetensors", SHAPE)
