@@ -21,7 +21,7 @@ import pandas as pd
 import plotly.io as pio
 import torch
 
-from . import compare, metrics, purify, result_store, salience
+from . import compare, masking, metrics, neurons, purify, result_store, salience
 from .registry import SCORES
 
 RATIOS = [i / 10 for i in range(11)]
@@ -173,7 +173,7 @@ def build_report(
     scores = scores or {m: salience.compute(m, model, subset.clean, layers) for m in SCORES.names()}
     metric, mode, value, scope = threshold
     s = scores[metric]
-    mask = purify.mark(s, ratio=value, scope=scope) if mode == "ratio" else purify.mark(s, threshold=value)
+    mask = masking.mark(s, ratio=value, scope=scope) if mode == "ratio" else masking.mark(s, threshold=value)
     parts += [
         "<h2>2. Which neurons look infected</h2>",
         _p(
@@ -181,7 +181,8 @@ def build_report(
             "(dark = most suspect); red outlines are the neurons marked by the chosen threshold (section 3)."
         ),
     ]
-    for m in SCORES.names():
+    shown = [m for m in SCORES.names() if m in scores]  # the app passes the slow scores only once measured
+    for m in shown:
         raw = {ln: {score_label(m): v} for ln, v in scores[m].layers.items()}
         marked = mask if m == metric else {ln: torch.zeros(len(v), dtype=torch.bool) for ln, v in raw.items()}
         parts += [
@@ -191,11 +192,16 @@ def build_report(
     bar.update(1)
     truth = truth or metrics.backdoor_ground_truth(model, layers, subset.test, subset.triggered)
     infected = truth["infected"]
+    measured = truth.get("measured")  # a big model's truth is measured on a sample of its neurons
+    keep = torch.cat([measured[ln] for ln in layers]) if measured is not None else None
     curves, quality = [], []
-    for m in SCORES.names():
+    for m in shown:
         sus = scores[m].suspicion()
-        fpr, tpr = metrics.roc_curve(torch.cat([sus[ln] for ln in layers]), torch.cat([infected[ln] for ln in layers]))
-        q = metrics.identification_quality(scores[m], infected)
+        s_flat, p_flat = torch.cat([sus[ln] for ln in layers]), torch.cat([infected[ln] for ln in layers])
+        if keep is not None:
+            s_flat, p_flat = s_flat[keep], p_flat[keep]
+        fpr, tpr = metrics.roc_curve(s_flat, p_flat)
+        q = metrics.identification_quality(scores[m], infected, measured)
         curves.append((score_label(m), fpr, tpr, q["auc"]))
         quality.append((score_label(m), q))
     parts += [
@@ -214,10 +220,10 @@ def build_report(
     bar.update(1)
 
     # -- the threshold and its preview
-    pv = purify.preview(model, layers, mask, subset.test, subset.triggered)
-    marked_n = purify.marked_count(mask)
+    pv = masking.preview(model, layers, mask, subset.test, subset.triggered)
+    marked_n = neurons.marked_count(mask)
     total = sum(nl.size for nl in layers.values())
-    curve = purify.pruning_curve(
+    curve = masking.pruning_curve(
         model,
         layers,
         [scores[s.name] for s in SCORES if s.curve],

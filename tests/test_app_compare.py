@@ -82,7 +82,8 @@ def test_a_short_run_of_every_defense_fills_the_table_and_is_cached(cache):
 def test_sidebar_prepares_the_report_on_request(cache):
     at = open_app("compare")
     labels = [b.label for b in at.sidebar.button]
-    assert labels == ["Prepare report"]  # nothing is built until asked
+    assert "Prepare report" in labels and "Download report (HTML)" not in labels  # nothing is built until asked
+    assert not any(d.proto.label == "Download report (HTML)" for d in at.sidebar.get("download_button"))
     at.sidebar.button(key="w_report_prepare").click().run()
     assert not at.exception
     key, html = at.session_state["report_html"]

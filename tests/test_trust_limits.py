@@ -22,7 +22,7 @@ import pytest
 import torch
 from conftest import MODELS, REPO, assert_clean_error, run_cli, tree
 
-from defense import attacks, data, guards, metrics, purify, salience
+from defense import attacks, data, guards, masking, metrics, purify, salience
 from defense import bundle as bundle_io
 from defense.bundle import BundleError
 from defense.runtime import Cancelled
@@ -359,4 +359,4 @@ def test_pruning_curve_stops_when_asked():
     scores = salience.compute("magnitude", b.model, None, layers)
     trig = metrics.triggered_set(splits.test, b.trigger, b.target)
     with pytest.raises(Cancelled):
-        purify.pruning_curve(b.model, layers, [scores], splits.test, trig, should_stop=lambda: True)
+        masking.pruning_curve(b.model, layers, [scores], splits.test, trig, should_stop=lambda: True)
