@@ -19,12 +19,11 @@ from tqdm import tqdm
 
 from . import baselines, data, metrics, salience
 from . import bundle as bundle_io
+from .compare import steps_to_goal  # one goal for the bench and the Compare page
 from .neurons import NeuronLayer, neuron_map
 from .paths import MODELS_DIR, RESULTS, benchmark_models
 from .purify import PurifyConfig
 from .registry import DEFENSES, SCORES
-
-ASR_GOAL = 0.05
 
 PEERS = """BackdoorBench leaderboard, CIFAR-10, PreAct-ResNet18, defender holds 5% clean data (ACC / ASR in %),
 quoted from ../shared/GUIDE.md for context only (different data set and model, not run here):
@@ -34,11 +33,6 @@ quoted from ../shared/GUIDE.md for context only (different data set and model, n
 | BadNets 10% | 91.3 / 95.0 | 90.0 / 1.5 | 91.3 / 57.1 | 89.9 / 2.1 | 84.2 / 0.7 | 90.1 / 77.6 |
 | Blended 10% | 93.5 / 99.9 | 92.8 / 96.1 | 93.2 / 99.3 | 92.2 / 97.7 | 86.6 / 2.2 | 91.3 / 99.7 |
 """
-
-
-def steps_to_goal(history: list[dict], goal: float = ASR_GOAL) -> float:
-    """First evaluated step at which ASR ≤ goal (NaN if never)."""
-    return next((h["step"] for h in history if "asr" in h and h["asr"] <= goal), float("nan"))
 
 
 def identification_rows(
