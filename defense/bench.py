@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from . import baselines, data, metrics, salience
 from . import bundle as bundle_io
+from .ablation import ground_truth as ablation_truth
 from .compare import steps_to_goal  # one goal for the bench and the Compare page
 from .neurons import NeuronLayer, neuron_map
 from .paths import MODELS_DIR, RESULTS, benchmark_models
@@ -64,7 +65,7 @@ def run_bench(
             triggered = metrics.triggered_set(splits.test, b.trigger, b.target)
             layers = neuron_map(b.model)
             if seed == 0:
-                truth = metrics.backdoor_ground_truth(b.model, layers, splits.test, triggered)
+                truth = ablation_truth(b.model, layers, splits.test, triggered, max_images=None)
             t0 = time.perf_counter()
             salience.compute("benign", b.model, splits.clean, layers)
             bs_seconds = time.perf_counter() - t0
@@ -177,7 +178,7 @@ def write_results(frame: pd.DataFrame, ident: pd.DataFrame, out: Path, seeds: in
         "",
         "## Identification of infected neurons",
         "",
-        "Ground truth by ablation (defense/metrics.py `backdoor_ground_truth`); AUC 0.5 is chance.",
+        "Ground truth by ablation (defense/ablation.py `ground_truth`); AUC 0.5 is chance.",
         "",
         "| model | " + " | ".join(f"{m} AUC" for m in scores) + " | " + " | ".join(f"{m} P@k" for m in scores) + " |",
         "|---|" + "---|" * (2 * len(scores)),

@@ -1,15 +1,15 @@
 """How well each registered score finds the infected neurons of a model whose trigger is known.
 
-Two truths (docs/METHOD.md, "Ground truth"): the ablation truth (``metrics.backdoor_ground_truth``,
-the one every score is judged against) and trigger-activated change (``truth.tac_truth``);
-their agreement is reported, and each score's AUC against TAC too.
+Two truths (docs/METHOD.md, "Ground truth"): the ablation truth (``ablation.ground_truth``, images and
+neuron sample by ``ablation.plan``; the one every score is judged against) and trigger-activated change
+(``truth.tac_truth``); their agreement is reported, and each score's AUC against TAC too.
 """
 
 from __future__ import annotations
 
 import time
 
-from . import metrics, truth
+from . import ablation, metrics, truth
 from .data import DataSplits
 from .neurons import neuron_map
 from .registry import SCORES
@@ -21,14 +21,16 @@ def identify(bundle, splits: DataSplits, scores: list[str] | None = None) -> dic
 
     model, layers = bundle.model, neuron_map(bundle.model)
     triggered = metrics.triggered_set(splits.test, bundle.trigger, bundle.target)
-    ablation = metrics.backdoor_ground_truth(model, layers, splits.test, triggered)
+    gt = ablation.ground_truth(model, layers, splits.test, triggered, max_images=None)
     tac = truth.tac_truth(model, layers, splits.test, bundle.trigger, bundle.target)
     result = {
         "ground_truth": {
             "definition": "ablation: top 10% of neurons by the fall of the triggered images' target-logit margin "
             "when the neuron is zeroed",
             "neurons": sum(nl.size for nl in layers.values()),
-            **truth.agreement(ablation, tac),
+            "images": gt["images"],
+            "sampled": gt["sampled"],
+            **truth.agreement(gt, tac),
         },
         "scores": {},
     }
@@ -36,7 +38,7 @@ def identify(bundle, splits: DataSplits, scores: list[str] | None = None) -> dic
         entry = SCORES[name]
         start = time.process_time()
         s = entry.compute(model, splits.clean if entry.needs else None, layers)
-        q = metrics.identification_quality(s, ablation["infected"])
+        q = metrics.identification_quality(s, gt["infected"], gt["measured"])
         q_tac = metrics.identification_quality(s, tac["infected"])
         result["scores"][name] = {**q, "auc_tac": q_tac["auc"], "cpu_seconds": round(time.process_time() - start, 2)}
     return result

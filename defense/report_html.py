@@ -21,7 +21,7 @@ import pandas as pd
 import plotly.io as pio
 import torch
 
-from . import compare, masking, metrics, neurons, purify, result_store, salience
+from . import ablation, compare, masking, metrics, neurons, purify, result_store, salience
 from .registry import SCORES
 
 RATIOS = [i / 10 for i in range(11)]
@@ -190,7 +190,7 @@ def build_report(
             _fig(layers_row(scores[m].normalized("minmax"), raw, marked, "importance"), f"heat-{m}"),
         ]
     bar.update(1)
-    truth = truth or metrics.backdoor_ground_truth(model, layers, subset.test, subset.triggered)
+    truth = truth or ablation.ground_truth(model, layers, subset.test, subset.triggered, max_images=None)
     infected = truth["infected"]
     measured = truth.get("measured")  # a big model's truth is measured on a sample of its neurons
     keep = torch.cat([measured[ln] for ln in layers]) if measured is not None else None

@@ -83,11 +83,15 @@ def tac_truth(
 
 def agreement(ablation: dict, tac: dict) -> dict[str, float]:
     """How far the two truths agree: AUC of TAC against the ablation labels, and the share of
-    the ablation-infected neurons that TAC also labels infected (top-k overlap)."""
+    the ablation-infected neurons that TAC also labels infected (top-k overlap). A sampled ablation
+    truth is compared on its measured neurons only."""
     names = list(ablation["infected"])
     a = torch.cat([ablation["infected"][n] for n in names])
     t = torch.cat([tac["infected"][n] for n in names])
     v = torch.cat([tac["tac"][n] for n in names])
+    if "measured" in ablation:
+        keep = torch.cat([ablation["measured"][n] for n in names])
+        a, t, v = a[keep], t[keep], v[keep]
     return {
         "tac_auc_vs_ablation": metrics.roc_auc(v, a),
         "top_k_overlap": float((a & t).sum()) / max(int(a.sum()), 1),

@@ -10,7 +10,7 @@ from defense.truth import agreement
 from ui import classroom, lab, measures, overview, palette, story
 from ui.charts import layer_heatmaps, scaled
 from ui.curves import roc_figure, score_label, score_labels, truth_scatter
-from ui.jobs import MAX_ABLATION_NEURONS, wait_note
+from ui.jobs import wait_note
 from ui.state import intro, require_app
 from ui.theme import plot
 
@@ -97,9 +97,9 @@ if ready:
         keep = torch.cat([gt["measured"][n] for n in current.layers])
         frame = frame[keep.numpy()]
         st.warning(
-            f"This model has {current.neurons:,} neurons, more than the {MAX_ABLATION_NEURONS:,} the app "
-            f"ablates per model: the ground truth below is an estimate, measured on a random sample of "
-            f"{int(keep.sum()):,} neurons ({gt['sampled']:.0%}).",
+            f"This model has {current.neurons:,} neurons, more than the app ablates per model: the ground "
+            f"truth below is an estimate, measured on a random sample of {int(keep.sum()):,} neurons "
+            f"({gt['sampled']:.0%}) with {gt.get('images', 0)} triggered and {gt.get('images', 0)} clean images.",
             icon=":material/query_stats:",
         )
     left, right = st.columns([3, 2])

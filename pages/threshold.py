@@ -19,7 +19,8 @@ intro(
 
 ss = st.session_state
 current = lab.current_lab()
-base = current.evaluation()
+base = current.preview_evaluation()  # the previews' own images: a big model's previews use a subset
+preview_test, preview_triggered = current.preview_sets
 left, right = st.columns([2, 3], gap="medium")
 with left:
     synced(
@@ -77,7 +78,7 @@ with right:
     curve = current.pruning_curve(scope)
     if wait_note(
         [curve],
-        "Computing the pruning curves (63 previews, about 20 s, once per model). "
+        f"Computing the pruning curves ({len(curve_scores()) * len(lab.SLIDER_GRID)} previews, once per model). "
         "The slider works meanwhile; the curve appears by itself.",
     ):
         plot(
@@ -97,7 +98,14 @@ plot(
 )
 st.caption(
     f"Colour: {score_label(metric)}, normalized per layer (dark = most suspect); red outlines: the marked "
-    "neurons. The preview zeroes them with no fine-tuning, on the 1,000 test images; the pruning curve does the "
-    "same for every share of each layer's most suspect neurons."
+    f"neurons. The preview zeroes them with no fine-tuning, on {len(preview_test):,} test and "
+    f"{len(preview_triggered):,} triggered images"
+    + (
+        ""
+        if len(preview_test) == len(current.splits.test)
+        else f" (a random subset of {len(current.splits.test):,}, "
+        "so that a slider move stays quick on this model; the Purify page measures on all of them)"
+    )
+    + "; the pruning curve does the same for every share of each layer's most suspect neurons."
 )
 classroom.next_step(story.next_step("threshold", marked=pv["marked"]), classroom.next_page("pages/threshold.py"))

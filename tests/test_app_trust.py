@@ -162,9 +162,10 @@ def test_workers_are_daemon_threads_and_stop_on_shutdown():
 
 
 def test_ground_truth_job_is_sampled_beyond_the_budget(monkeypatch):
+    from defense import ablation
     from ui import lab
 
-    monkeypatch.setattr(lab, "MAX_ABLATION_NEURONS", 30)
+    monkeypatch.setattr(ablation, "NEURON_IMAGES", 30 * ablation.MIN_IMAGES)
     b = bundle_io.load_bundle(MODELS / "mnist-badnets")
     splits = data.load_dataset("mnist5k")
     gt = lab._ground_truth(b.model, splits.test, metrics.triggered_set(splits.test, b.trigger, b.target))

@@ -80,21 +80,47 @@ def test_unfit_clean_uploads_say_why(name, payload, message):
 # ---------------------------------------------------------------- fast ablation
 
 
+@pytest.mark.parametrize("batch_images", [1, 40])  # one neuron per suffix call, and 40 / 16 = 2 at a time
 @pytest.mark.parametrize("arch", ["preactresnet18", "small_cnn"])
-def test_fx_suffix_ablation_equals_the_hook_version(arch):
+def test_fx_suffix_ablation_equals_the_hook_version(arch, batch_images):
     torch.manual_seed(0)
     model = randomize_bn(models.build(arch, 10, (1, 28, 28), [0.1], [0.3], **({"width": 1} if "pre" in arch else {})))
     layers = neuron_map(model)
     test = TensorData(torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,)))
     trig = TensorData(torch.rand(8, 1, 28, 28), torch.zeros(8, dtype=torch.int64))
     seen = []
-    fast = ablation.ground_truth(model, layers, test, trig, progress=lambda d, t: seen.append((d, t)))
+    fast = ablation.ground_truth(
+        model, layers, test, trig, progress=lambda d, t: seen.append((d, t)), batch_images=batch_images
+    )
     ref = metrics.backdoor_ground_truth(model, layers, test, trig)
     for key in ("backdoor_effect", "clean_effect"):
         for name in layers:
             assert torch.allclose(fast[key][name], ref[key][name], atol=1e-5), (key, name)
     total = sum(nl.size for nl in layers.values())
     assert seen[-1] == (total, total) and all(a <= b for (a, _), (b, _) in zip(seen, seen[1:]))
+    assert fast["images"] == 8
+
+
+def test_truth_plan_fits_the_budget_with_fewer_images_before_sampling_neurons():
+    assert ablation.plan(112, budget=80_000) == (256, None)  # a small model: every neuron on 256 images
+    images, sample = ablation.plan(1_200, budget=80_000)
+    assert (images, sample) == (66, None) and images * 1_200 <= 80_000
+    images, sample = ablation.plan(50_000, budget=80_000)
+    assert images == ablation.MIN_IMAGES and sample == 80_000 // ablation.MIN_IMAGES
+    assert ablation.plan(1_200, budget=80_000) == ablation.plan(1_200, budget=80_000)  # by count, not by clock
+
+
+def test_planned_truth_uses_the_planned_images_and_sample(monkeypatch):
+    torch.manual_seed(0)
+    model = models.build("small_cnn", 10, (1, 28, 28), [0.1], [0.3])
+    layers = neuron_map(model)
+    total = sum(nl.size for nl in layers.values())
+    test = TensorData(torch.rand(300, 1, 28, 28), torch.randint(0, 10, (300,)))
+    trig = TensorData(torch.rand(300, 1, 28, 28), torch.zeros(300, dtype=torch.int64))
+    monkeypatch.setattr(ablation, "NEURON_IMAGES", 20 * ablation.MIN_IMAGES)  # room for 20 neurons on 64 images
+    gt = ablation.ground_truth(model, layers, test, trig, max_images=None)
+    assert gt["images"] == ablation.MIN_IMAGES
+    assert int(torch.cat(list(gt["measured"].values())).sum()) == 20 and gt["sampled"] == pytest.approx(20 / total)
 
 
 # ---------------------------------------------------------------- the app

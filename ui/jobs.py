@@ -9,8 +9,8 @@ Fair and cancellable (docs/TRUST.md, "Limits"):
   server shuts down: job functions take ``should_stop`` and ask it inside their long loops
   (``defense.runtime.Cancelled`` ends them). Workers are daemon threads, and a shutdown hook sets the
   stop flag, so SIGTERM is not held up by a running measurement.
-- Jobs are bounded too: the ablation ground truth measures at most ``MAX_ABLATION_NEURONS`` neurons
-  (a random sample beyond that, shown as such on the Salience page).
+- Jobs are bounded too: the ablation ground truth fits a budget of neurons x images
+  (``defense.ablation.plan``: fewer images for a big model, then a random sample of neurons, shown as such).
 A page that needs a result shows a note and polls until it is ready (``wait_note``).
 """
 
@@ -31,7 +31,6 @@ import streamlit as st
 from defense.runtime import Cancelled
 
 ABSENT_S = 10.0  # a session's jobs stop once it has been gone this long
-MAX_ABLATION_NEURONS = int(os.environ.get("BNL_ABLATION_NEURONS", 1000))  # ~10 s for the MNIST models' 122
 log = logging.getLogger(__name__)
 
 

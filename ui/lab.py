@@ -22,7 +22,7 @@ import pandas as pd
 import streamlit as st
 from torch import nn
 
-from defense import attacks, data, explain, masking, metrics, salience
+from defense import attacks, cost, data, explain, masking, metrics, salience
 from defense import bundle as bundle_io
 from defense.data import load_splits_for
 from defense.neurons import NeuronLayer, NeuronMask, NeuronScores, marked_count, neuron_map
@@ -30,7 +30,7 @@ from defense.paths import MODELS_DIR, bundled_models
 from defense.registry import SCORES
 from defense.runtime import StopCheck, configure_threads
 from ui import jobs, state
-from ui.jobs import MAX_ABLATION_NEURONS, background
+from ui.jobs import background
 
 SLIDER_STEP = 0.05  # the threshold slider's step; the pruning curves are measured on the same grid
 SLIDER_GRID = [round(i * SLIDER_STEP, 4) for i in range(int(round(1 / SLIDER_STEP)) + 1)]
@@ -70,6 +70,11 @@ def _triggered(key: str, _test: data.TensorData, _trigger: attacks.Trigger, targ
     return metrics.triggered_set(_test, _trigger, target)
 
 
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _preview_sets(key: str, _model: nn.Module, shape: tuple, _test, _triggered) -> tuple:
+    return cost.preview_sets(copy.deepcopy(_model), shape, _test, _triggered)
+
+
 @dataclass
 class Lab:
     """What every page works on: the current model, this session's copy of it, and the data."""
@@ -97,6 +102,20 @@ class Lab:
 
     def evaluation(self) -> dict:
         return _evaluation(self.key, self.bundle.model, self.splits.test, self.triggered)
+
+    @property
+    def preview_sets(self) -> tuple[data.TensorData, data.TensorData]:
+        """(test, triggered) images of the Threshold page's previews and curves: all of them for a small
+        model, a seeded subset for a big one, so that a slider move stays under a second (defense/cost.py)."""
+        shape = tuple(self.bundle.meta["input_shape"])
+        return _preview_sets(self.key, self.bundle.model, shape, self.splits.test, self.triggered)
+
+    def preview_evaluation(self) -> dict:
+        """Clean accuracy and ASR on the preview images, the baseline the previews are compared with."""
+        test, triggered = self.preview_sets
+        if test is self.splits.test and triggered is self.triggered:
+            return self.evaluation()
+        return _evaluation(f"{self.key}+preview", self.bundle.model, test, triggered)
 
     def scores(self) -> dict[str, NeuronScores]:
         """The registered scores of the original model, in registry order: the fast ones at once, a slow one
@@ -178,8 +197,7 @@ class Lab:
             _pruning_curve,
             self.bundle.model,
             [scores[m] for m in names],
-            self.splits.test,
-            self.triggered,
+            *self.preview_sets,
             scope,
         )
 
@@ -190,8 +208,7 @@ class Lab:
             _cut_curve,
             self.bundle.model,
             self.score(metric),
-            self.splits.test,
-            self.triggered,
+            *self.preview_sets,
         )
 
     def attribution(self, model: nn.Module | None = None, n: int = 8) -> np.ndarray:
@@ -288,7 +305,7 @@ def _one_score(name: str, model: nn.Module, clean, should_stop: StopCheck = None
 @st.cache_resource(show_spinner=False, max_entries=2048)
 def _preview(key: str, fraction: float, seed: int, metric: str, mode: str, value: float, scope: str, _lab: Lab) -> dict:
     mask = _lab.mask(metric, mode, value, scope)
-    result = masking.preview(_lab.model, _lab.layers, mask, _lab.splits.test, _lab.triggered)
+    result = masking.preview(_lab.model, _lab.layers, mask, *_lab.preview_sets)
     return {**result, "marked": marked_count(mask)}
 
 
@@ -313,8 +330,8 @@ def _ground_truth(
 ) -> dict:
     """The ablation ground truth, rerunning only the layers after each neuron (defense/ablation.py).
 
-    Past MAX_ABLATION_NEURONS a uniform sample is measured (the page says so), so one big model cannot
-    hold the worker for hours.
+    Its images and neuron sample follow ``ablation.plan``: a big model is measured on fewer images, and
+    past the budget on a uniform sample of neurons (the page says so), so it cannot hold the worker for hours.
     """
     from defense.ablation import ground_truth
 
@@ -329,7 +346,7 @@ def _ground_truth(
         neuron_map(model),
         test,
         triggered,
-        max_neurons=MAX_ABLATION_NEURONS,
+        max_images=None,
         should_stop=should_stop,
         progress=progress,
     )
