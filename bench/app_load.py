@@ -205,7 +205,12 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=8)
     parser.add_argument("--soak", type=int, default=50)
     parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--settle", type=float, default=60, help="seconds to wait after the last session closes")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=75,
+        help="seconds to wait after the last session closes (Streamlit drops it after 30 s, trims run every 30 s)",
+    )
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 

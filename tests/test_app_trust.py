@@ -149,6 +149,24 @@ def test_a_job_stops_when_its_sessions_are_gone_and_not_before():
     assert jobs.submit(("truth",), quick, session="a").result(timeout=30) == "quick"
 
 
+def test_finished_jobs_are_kept_up_to_a_bound_and_the_oldest_measured_again(monkeypatch):
+    from ui import jobs as jobs_module
+
+    monkeypatch.setattr(jobs_module, "MAX_FINISHED", 3)
+    jobs = JobBoard(alive=lambda s: True)
+    runs = []
+
+    def counted(name, should_stop=None):
+        runs.append(name)
+        return name
+
+    for i in range(5):
+        assert jobs.submit((f"k{i}",), counted, f"k{i}", session="a").result(timeout=30) == f"k{i}"
+    assert sorted(k for (k,) in jobs._jobs) == ["k2", "k3", "k4"]  # what 50 uploads leave behind is bounded
+    assert jobs.submit(("k4",), counted, "k4", session="a").result(timeout=30) == "k4" and runs.count("k4") == 1
+    assert jobs.submit(("k0",), counted, "k0", session="a").result(timeout=30) == "k0" and runs.count("k0") == 2
+
+
 def test_workers_are_daemon_threads_and_stop_on_shutdown():
     jobs = JobBoard(alive=lambda s: True)
     never = threading.Event()

@@ -28,9 +28,10 @@ from typing import Any
 
 import streamlit as st
 
-from defense.runtime import Cancelled
+from defense.runtime import Cancelled, release_memory
 
 ABSENT_S = 10.0  # a session's jobs stop once it has been gone this long
+MAX_FINISHED = 128  # finished jobs kept for sessions to come (bundled models' truths and curves); oldest go first
 log = logging.getLogger(__name__)
 
 
@@ -52,6 +53,7 @@ class JobBoard:
         self._workers: dict[str, threading.Thread] = {}
         self._seen: dict[str, float] = {}
         self._gone_since: dict[str, float] = {}
+        self._finished: deque[Job] = deque()  # finished jobs, oldest first
         self._alive = alive or self._session_alive
         self.stopping = threading.Event()
 
@@ -102,10 +104,21 @@ class JobBoard:
                 if job is None:
                     self._workers.pop(session, None)
                     self._queues.pop(session, None)
-                    return
+                    break
             self._run(job)
+        else:
+            with self._lock:
+                self._workers.pop(session, None)
+        release_memory()  # the worker's arena keeps what its jobs freed otherwise
+
+    def _forget_finished(self, job: Job) -> None:
+        """Remember ``job`` as finished; past MAX_FINISHED, drop the oldest (a later request measures it again)."""
         with self._lock:
-            self._workers.pop(session, None)
+            self._finished.append(job)
+            while len(self._finished) > MAX_FINISHED:
+                old = self._finished.popleft()
+                if self._jobs.get(old.key) is old:
+                    del self._jobs[old.key]
 
     def _run(self, job: Job) -> None:
         try:
@@ -124,8 +137,10 @@ class JobBoard:
             job.future.set_exception(err)
         except Exception as err:  # noqa: BLE001 - shown on the page that waits for it
             job.future.set_exception(err)
+            self._forget_finished(job)
         else:
             job.future.set_result(result)
+            self._forget_finished(job)
 
     def _should_stop(self, job: Job) -> bool:
         return self.stopping.is_set() or not any(self._alive(s) for s in list(job.owners))
@@ -150,11 +165,18 @@ class JobBoard:
 
 
 EXIT_GRACE_S = 2.0  # at shutdown, running jobs get this long to notice the stop flag
+TRIM_EVERY_S = 30.0  # closed sessions are dropped by Streamlit's own thread: their memory is returned from here
+
+
+def _trim_periodically(jobs: JobBoard) -> None:
+    while not jobs.stopping.wait(TRIM_EVERY_S):
+        release_memory()
 
 
 @st.cache_resource(show_spinner=False)
 def board() -> JobBoard:
     jobs = JobBoard()
+    threading.Thread(target=_trim_periodically, args=(jobs,), name="bnl-trim", daemon=True).start()
     register = getattr(threading, "_register_atexit", None)  # runs before the interpreter joins threads
     if register is not None:
         register(lambda: _on_exit(jobs))
