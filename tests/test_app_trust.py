@@ -149,6 +149,30 @@ def test_a_job_stops_when_its_sessions_are_gone_and_not_before():
     assert jobs.submit(("truth",), quick, session="a").result(timeout=30) == "quick"
 
 
+def test_a_job_that_takes_progress_reports_it_on_its_future_and_others_report_none():
+    from ui.jobs import progress_of
+
+    jobs = JobBoard(alive=lambda s: True)
+    half = threading.Event()
+    go_on = threading.Event()
+
+    def counting(n, should_stop=None, progress=None):
+        for i in range(n):
+            progress(i + 1, n)
+            if i + 1 == n // 2:
+                half.set()
+                go_on.wait(30)
+        return n
+
+    future = jobs.submit(("count",), counting, 10, session="a")
+    assert half.wait(30) and progress_of([future]) == (5, 10)
+    plain = jobs.submit(("plain",), quick, session="b")
+    plain.result(timeout=30)
+    assert progress_of([plain]) is None and progress_of([future, plain]) == (5, 10)
+    go_on.set()
+    assert future.result(timeout=30) == 10 and progress_of([future]) == (10, 10)
+
+
 def test_finished_jobs_are_kept_up_to_a_bound_and_the_oldest_measured_again(monkeypatch):
     from ui import jobs as jobs_module
 

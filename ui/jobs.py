@@ -16,6 +16,7 @@ A page that needs a result shows a note and polls until it is ready (``wait_note
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
@@ -121,10 +122,17 @@ class JobBoard:
                     del self._jobs[old.key]
 
     def _run(self, job: Job) -> None:
+        extra = {}
+        if "progress" in inspect.signature(job.fn).parameters:  # (done, total), read by wait_note's bar
+
+            def progress(done: int, total: int) -> None:
+                job.future.progress = (done, total)
+
+            extra["progress"] = progress
         try:
             if self._should_stop(job):
                 raise Cancelled
-            result = job.fn(*job.args, should_stop=lambda: self._should_stop(job))
+            result = job.fn(*job.args, should_stop=lambda: self._should_stop(job), **extra)
         except Cancelled as err:
             with self._lock:  # forgotten, so that a later request starts it afresh
                 if self._jobs.get(job.key) is job:
@@ -224,8 +232,18 @@ def background(key: tuple, fn: Callable[..., Any], *args: Any) -> Future:
     return future
 
 
-def wait_note(futures: list[Future], message: str) -> bool:
-    """True when all are done; else a note, and the page reruns by itself once they are."""
+def progress_of(futures: list[Future]) -> tuple[int, int] | None:
+    """(done, total) summed over the jobs that report progress (``fn(..., progress=...)``), or None."""
+    known = [getattr(f, "progress", None) for f in futures]
+    known = [p for p in known if p is not None]
+    if not known:
+        return None
+    return sum(d for d, _ in known), sum(t for _, t in known)
+
+
+def wait_note(futures: list[Future], message: str, unit: str = "steps") -> bool:
+    """True when all are done; else a note with a progress bar where the jobs report one, and the page
+    reruns by itself once they are done."""
     if all(f.done() for f in futures):
         return True
     st.info(message, icon=":material/hourglass_top:")
@@ -234,6 +252,10 @@ def wait_note(futures: list[Future], message: str) -> bool:
     def _poll() -> None:
         if all(f.done() for f in futures):
             st.rerun()
+        counts = progress_of(futures)
+        if counts is not None:
+            done, total = counts
+            st.progress(min(done / max(total, 1), 1.0), text=f"{done:,} of {total:,} {unit} done")
 
     _poll()
     return False
