@@ -88,6 +88,7 @@ def test_app_messages_name_no_command_line_flags():
     at.button(key="w_upload_go").click().run()
     shown = " ".join(e.value for e in at.error)
     assert "cifar10" in shown and "MNIST" in shown
+    assert "neither the clean accuracy nor the attack success rate" in shown  # what it cannot measure, and why
     assert "--" not in shown
 
 
