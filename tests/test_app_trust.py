@@ -188,6 +188,7 @@ def test_finished_jobs_are_kept_up_to_a_bound_and_the_oldest_measured_again(monk
     for i in range(5):
         assert jobs.submit((f"k{i}",), counted, f"k{i}", session="a").result(timeout=30) == f"k{i}"
     assert sorted(k for (k,) in jobs._jobs) == ["k2", "k3", "k4"]  # what 50 uploads leave behind is bounded
+    assert all(j.args == () for j in jobs._jobs.values())  # and holds no model or images, only results
     assert jobs.submit(("k4",), counted, "k4", session="a").result(timeout=30) == "k4" and runs.count("k4") == 1
     assert jobs.submit(("k0",), counted, "k0", session="a").result(timeout=30) == "k0" and runs.count("k0") == 2
 

@@ -149,6 +149,8 @@ class JobBoard:
         else:
             job.future.set_result(result)
             self._forget_finished(job)
+        finally:
+            job.args = ()  # a kept job holds its result only, not the model and images it was measured on
 
     def _should_stop(self, job: Job) -> bool:
         return self.stopping.is_set() or not any(self._alive(s) for s in list(job.owners))
