@@ -178,8 +178,32 @@ EXIT_GRACE_S = 2.0  # at shutdown, running jobs get this long to notice the stop
 TRIM_EVERY_S = 30.0  # closed sessions are dropped by Streamlit's own thread: their memory is returned from here
 
 
+def _reap_closed_sessions() -> None:
+    """Have Streamlit drop the closed sessions whose time is up (``server.disconnectedSessionTTL``).
+
+    Its session storage is a TTL cache that removes an expired session only on its next write: on a server
+    that goes quiet, the last closed sessions (their models, runs and uploads) would stay in memory. There is
+    no public call for it, so this reaches into the runtime and does nothing if Streamlit changes shape; the
+    cache is not thread-safe, so the reaping runs on Streamlit's own event loop.
+    """
+    from streamlit import runtime
+
+    if not runtime.exists():
+        return
+    rt = runtime.get_instance()
+    cache = getattr(getattr(getattr(rt, "_session_mgr", None), "_session_storage", None), "_cache", None)
+    try:
+        loop = rt._get_async_objs().eventloop
+    except Exception:  # noqa: BLE001 - not started, or another Streamlit: nothing to reap
+        return
+    if callable(getattr(cache, "expire", None)) and not loop.is_closed():
+        loop.call_soon_threadsafe(cache.expire)
+
+
 def _trim_periodically(jobs: JobBoard) -> None:
     while not jobs.stopping.wait(TRIM_EVERY_S):
+        _reap_closed_sessions()
+        time.sleep(1.0)  # the sessions go on the event loop's next turn
         release_memory()
 
 
