@@ -159,7 +159,8 @@ def test_the_preact_model_ships_the_defenses_a_first_visit_compares():
     bs-ar-kd ft-kd clp anp``); the page offers to run the rest."""
     name = "mnist-preact-badnets"
     data = result_store.read(result_store.shipped_path(name))
-    assert data is not None and data["fingerprint"] == result_store.fingerprint(bundle_io.load_bundle(MODELS_DIR / name))
+    assert data is not None
+    assert data["fingerprint"] == result_store.fingerprint(bundle_io.load_bundle(MODELS_DIR / name))
     runs = data["subsets"][result_store.subset_key(0.05, 0, compare.base_settings().to_dict())]["runs"]
     recommended = next(d.name for d in compare.registered() if d.recommended)
     paper = next(d.name for d in compare.registered() if d.paper)
