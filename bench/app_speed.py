@@ -83,12 +83,13 @@ def first_page(browser, repeat: int) -> list[float]:
     return times
 
 
-def goto(page, link: str, heading: str) -> float:
+def goto(page, link: str, heading: str, timeout: float = 60_000) -> float:
+    """Seconds from a click in the sidebar to the new page's heading drawn and its script run over."""
     t = time.perf_counter()
     nav = page.locator('[data-testid="stSidebarNav"]')  # the lesson's steps are numbered: "2. Neuron salience"
     nav.get_by_text(re.compile(rf"^(\d+\. )?{re.escape(link)}$")).click()
-    page.get_by_role("heading", name=heading).wait_for(timeout=60_000)
-    idle(page)
+    page.get_by_role("heading", name=heading).wait_for(timeout=timeout)
+    idle(page, timeout)
     return time.perf_counter() - t
 
 
@@ -145,7 +146,7 @@ PROGRESS = re.compile(r"\d+\. [^:\s]+: step \d+ of \d+")  # "1. clp-ar: step 12 
 def live_run(page, steps: int, cap_s: float = 300) -> dict:
     """Start the page's default defense; count how often the progress and curves change on screen (for at most
     ``cap_s`` seconds, then wait for the run's end)."""
-    goto(page, "Purify", "Purify the model")
+    goto(page, "Purify", "Purify the model", timeout=max(60_000, 1000 * cap_s))
     box = page.locator('[data-testid="stMain"]').get_by_role("spinbutton", name="Steps")
     box.fill(str(steps))
     box.press("Enter")

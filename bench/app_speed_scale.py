@@ -131,15 +131,15 @@ def slider_step(page, key: str) -> float:
     return time.perf_counter() - t
 
 
-def slider_sweeps(page, presses: int, since: float) -> tuple[list[float], list[float], float]:
-    """(first moves, moves once the grid is measured, seconds from ``since`` until the pruning curve was drawn)."""
-    goto(page, *THRESHOLD)
+def slider_sweeps(page, presses: int, since: float) -> dict:
+    """The Threshold page's first visit, the slider's first moves, the seconds from ``since`` until the pruning
+    curve was drawn, and the same moves once it is."""
+    visit = goto(page, *THRESHOLD, timeout=WAIT_MS)
     keys = ["ArrowLeft"] * presses + ["ArrowRight"] * presses
     first = [slider_step(page, k) for k in keys]
     page.locator('[data-testid="stMain"]').get_by_text(CURVE_DRAWN).first.wait_for(timeout=WAIT_MS)
     curve = time.perf_counter() - since
-    later = [slider_step(page, k) for k in keys]
-    return first, later, curve
+    return {"visit": visit, "first": first, "curve": curve, "later": [slider_step(page, k) for k in keys]}
 
 
 def measure_scale(args) -> None:
@@ -157,11 +157,11 @@ def measure_scale(args) -> None:
             idle(page, timeout=WAIT_MS)
             since = time.perf_counter()
             pick_model(page, args.model)
-            shares, shares_later, curve = slider_sweeps(page, args.presses, since)
-            print("slider", shares, shares_later, curve, flush=True)
+            slider = slider_sweeps(page, args.presses, since)
+            print("slider", slider, flush=True)
             renders = []
             for _ in range(args.rounds):
-                goto(page, *MODEL)
+                goto(page, *MODEL, timeout=WAIT_MS)
                 renders.append(salience_visit(page))
             print("salience", renders, flush=True)
             live = [live_run(page, args.steps, cap_s=1800) for _ in range(args.repeat)]
@@ -169,7 +169,7 @@ def measure_scale(args) -> None:
         finally:
             stop_server(proc)
         browser.close()
-    md = report(args, scores, truths, shares, shares_later, curve, renders, live)
+    md = report(args, scores, truths, slider, renders, live)
     print(md)
     if not args.no_write:
         write_section(f"app-speed-{args.model}", md)
@@ -182,7 +182,7 @@ def row(what: str, values: list[float], goal: str = "", at_most: float | None = 
     return (what, len(values), f"{median:.2f}", f"{min(values):.2f}–{max(values):.2f}", goal, met)
 
 
-def report(args, scores, truths, shares, shares_later, curve, renders, live) -> str:
+def report(args, scores, truths, slider, renders, live) -> str:
     from defense.registry import SCORES
 
     app_threads = int(os.environ.get("BNL_THREADS", 0)) or max(1, (os.cpu_count() or 1) - 1)
@@ -195,8 +195,8 @@ def report(args, scores, truths, shares, shares_later, curve, renders, live) -> 
             "≤ 60 s",
             60,
         ),
-        row("threshold slider, one step by share, first moves (grid not measured yet)", shares, "≤ 1 s", 1),
-        row("threshold slider, one step by share, once the pruning grid is measured", shares_later, "≤ 1 s", 1),
+        row("threshold slider, one step by share, first moves (grid not measured yet)", slider["first"], "≤ 1 s", 1),
+        row("threshold slider, one step by share, once the pruning grid is measured", slider["later"], "≤ 1 s", 1),
         row(
             "curve updates per second on the Purify page during a run",
             [r["updates_per_s"] for r in live],
@@ -204,7 +204,8 @@ def report(args, scores, truths, shares, shares_later, curve, renders, live) -> 
             at_least=1,
         ),
         row("picking the model on the Model page (its run over)", [t["pick"] for t in truths]),
-        row("pruning curve on screen, from picking the model", [curve]),
+        row("Threshold page, first visit (sidebar click to its run over)", [slider["visit"]]),
+        row("pruning curve on screen, from picking the model", [slider["curve"]]),
         row(
             f"purification, {args.steps} steps of the page's default defense, in the app", [r["seconds"] for r in live]
         ),
