@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .data import TensorData
+from .masks import frozen
 from .neurons import NeuronLayer, NeuronMask
 
 EPS = 0.4
@@ -77,12 +78,7 @@ def anp_mask_values(
     noise = list(delta.values()) + list(xi.values())
     opt = torch.optim.SGD(list(mask.values()), lr=lr, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
-    was = model.training
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
+    with frozen(model):
         step = 0
         while step < iterations:
             for xb, yb in clean.batches(batch_size, generator=gen):
@@ -111,10 +107,6 @@ def anp_mask_values(
                     for m in mask.values():
                         m.clamp_(0, 1)
                 step += 1
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was)
     return {n: m.detach().cpu() for n, m in mask.items()}
 
 

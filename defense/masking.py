@@ -79,11 +79,13 @@ def pruning_curve(
     scope: str = "layer",
     by: str = "ratio",
     should_stop: StopCheck = None,
+    progress=None,
 ) -> pd.DataFrame:
     """Clean accuracy and ASR against the marked ratio, for each score.
 
     ``by='value'`` cuts by normalized score instead (``mark(threshold=...)``); the column is still 'ratio'.
-    ``should_stop`` is asked before each point (raises runtime.Cancelled).
+    ``should_stop`` is asked before each point (raises runtime.Cancelled); ``progress(done, total)`` is told
+    after each.
     """
     if by not in ("ratio", "value"):
         raise ValueError("by must be 'ratio' or 'value'")
@@ -94,4 +96,6 @@ def pruning_curve(
             check_stop(should_stop)
             mask = mark(s, ratio=r, scope=scope) if by == "ratio" else mark(s, threshold=r)
             rows.append({"metric": s.metric, "ratio": r, **preview(model, layers, mask, test, triggered)})
+            if progress is not None:
+                progress(len(rows), len(scores) * len(ratios))
     return pd.DataFrame(rows)

@@ -1,9 +1,9 @@
-"""Learnable per-neuron multiplicative masks on neuron outputs (shared by ANP and RNP).
+"""Learnable per-neuron multiplicative masks on neuron outputs (RNP's recovery step).
 
-Each neuron's output y (after its BatchNorm, see ``salience.neuron_map``) is replaced by
-(m + δ)·y, where ``m`` is a mask in [0, 1] (1 = untouched) and ``δ`` a perturbation the
-caller may set (ANP's adversary). Forward hooks do it, so the model's weights are never
-touched; the model is run in eval mode (BatchNorm on its running statistics).
+Each neuron's output y (after its BatchNorm, see ``neurons.neuron_map``) is replaced by m·y,
+where ``m`` is a mask in [0, 1] (1 = untouched). Forward hooks do it, so the model's weights are
+never touched; the model is run in eval mode (BatchNorm on its running statistics). ANP's masks,
+with their adversary on the weight part and the bias, are in ``anp_prune``.
 """
 
 from __future__ import annotations
@@ -17,43 +17,27 @@ from .neurons import NeuronLayer
 
 
 class NeuronMasks:
-    """Mask and perturbation tensors per layer, applied inside ``active()``."""
+    """A mask tensor per layer, applied inside ``active()``."""
 
     def __init__(self, layers: dict[str, NeuronLayer], device: torch.device | None = None):
         self.layers = layers
         self.mask = {n: torch.ones(nl.size, device=device, requires_grad=True) for n, nl in layers.items()}
-        self.noise = {n: torch.zeros(nl.size, device=device, requires_grad=True) for n, nl in layers.items()}
-        self.perturb = False
 
     def mask_params(self) -> list[torch.Tensor]:
         return list(self.mask.values())
-
-    def noise_params(self) -> list[torch.Tensor]:
-        return list(self.noise.values())
 
     @torch.no_grad()
     def clip_mask(self) -> None:
         for m in self.mask.values():
             m.clamp_(0, 1)
 
-    @torch.no_grad()
-    def reset_noise(self, eps: float, generator: torch.Generator) -> None:
-        """δ uniform in [−ε, ε] (ANP starts each adversarial step from a random point)."""
-        for d in self.noise.values():
-            d.copy_((torch.rand(d.shape, generator=generator) * 2 - 1).mul_(eps).to(d.device))
-
-    @torch.no_grad()
-    def clip_noise(self, eps: float) -> None:
-        for d in self.noise.values():
-            d.clamp_(-eps, eps)
-
     @contextmanager
-    def active(self, perturb: bool = False):
+    def active(self):
         hooks = []
         for name, nl in self.layers.items():
 
             def hook(_mod, _inp, out, name=name):
-                scale = self.mask[name] + self.noise[name] if perturb else self.mask[name]
+                scale = self.mask[name]
                 return out * (scale.view(1, -1, 1, 1) if out.dim() == 4 else scale.view(1, -1))
 
             hooks.append(nl.output.register_forward_hook(hook))

@@ -32,3 +32,25 @@ def configure_threads(share_with_server: bool = False) -> None:
     cores = os.cpu_count() or 1
     wanted = int(os.environ.get("BNL_THREADS", 0)) or (max(1, cores - 1) if share_with_server else cores)
     torch.set_num_threads(wanted)
+
+
+def release_memory(collect: bool = False) -> None:
+    """Hand freed memory back to the operating system (a long-running server, after a job or a run ends).
+
+    glibc keeps what threads free in per-thread arenas; with a worker thread per session the server's
+    resident size only grows. ``malloc_trim(0)`` returns the free pages of every arena. Elsewhere a no-op.
+    ``collect`` runs a full garbage collection first (100-300 ms holding the GIL once torch is loaded).
+    """
+    import ctypes
+    import ctypes.util
+    import gc
+
+    if collect:
+        gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        libc = None
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)

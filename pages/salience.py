@@ -75,18 +75,11 @@ st.caption(
 frame = salience.scores_frame([scores[m] for m in SCORES.names() if m in scores])  # slow ones once measured
 truth = current.ground_truth()
 ready = found is not None and truth.done()
-if not truth.done():
-
-    @st.fragment(run_every=1.0)
-    def _truth_progress() -> None:
-        done, total = current.truth_progress()
-        st.progress(done / max(total, 1), text=f"Ground truth: {done:,} of {total:,} neurons zeroed so far")
-
-    _truth_progress()
 if not ready and wait_note(
     [truth],
     f"Measuring which neurons carry the backdoor (zeroing each of the {current.neurons:,} in turn, once per "
     "model). The page updates by itself.",
+    unit="neurons zeroed",
 ):
     st.rerun()  # measured just now: draw the page again, the answer at the top included
 if ready:

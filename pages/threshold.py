@@ -80,6 +80,7 @@ with right:
         [curve],
         f"Computing the pruning curves ({len(curve_scores()) * len(lab.SLIDER_GRID)} previews, once per model). "
         "The slider works meanwhile; the curve appears by itself.",
+        unit="previews",
     ):
         plot(
             pruning_figure(curve.result(), marked_share, featured=metric, height=330),

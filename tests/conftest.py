@@ -78,3 +78,24 @@ def browser():
         b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         yield b
         b.close()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stop the app's background work before the interpreter ends.
+
+    AppTest sessions leave the app's job workers and runs (daemon threads) in torch; torch aborts the process
+    ("terminate called without an active exception", exit code 134) if the interpreter finalizes under them.
+    """
+    import threading
+    import time
+
+    jobs = sys.modules.get("ui.jobs")
+    if jobs is not None:
+        try:
+            jobs.board().stop()
+        except Exception:  # noqa: BLE001 - no board was made in this run
+            pass
+    deadline = time.monotonic() + 30  # a Purify run stops once its session has been gone 10 s
+    for t in threading.enumerate():
+        if t.name.startswith("bnl-"):
+            t.join(timeout=max(0.0, deadline - time.monotonic()))

@@ -88,6 +88,7 @@ def test_app_messages_name_no_command_line_flags():
     at.button(key="w_upload_go").click().run()
     shown = " ".join(e.value for e in at.error)
     assert "cifar10" in shown and "MNIST" in shown
+    assert "neither the clean accuracy nor the attack success rate" in shown  # what it cannot measure, and why
     assert "--" not in shown
 
 
@@ -147,6 +148,49 @@ def test_a_job_stops_when_its_sessions_are_gone_and_not_before():
         future.result(timeout=30)
     here["a"] = True  # asked again later: a fresh job
     assert jobs.submit(("truth",), quick, session="a").result(timeout=30) == "quick"
+
+
+def test_a_job_that_takes_progress_reports_it_on_its_future_and_others_report_none():
+    from ui.jobs import progress_of
+
+    jobs = JobBoard(alive=lambda s: True)
+    half = threading.Event()
+    go_on = threading.Event()
+
+    def counting(n, should_stop=None, progress=None):
+        for i in range(n):
+            progress(i + 1, n)
+            if i + 1 == n // 2:
+                half.set()
+                go_on.wait(30)
+        return n
+
+    future = jobs.submit(("count",), counting, 10, session="a")
+    assert half.wait(30) and progress_of([future]) == (5, 10)
+    plain = jobs.submit(("plain",), quick, session="b")
+    plain.result(timeout=30)
+    assert progress_of([plain]) is None and progress_of([future, plain]) == (5, 10)
+    go_on.set()
+    assert future.result(timeout=30) == 10 and progress_of([future]) == (10, 10)
+
+
+def test_finished_jobs_are_kept_up_to_a_bound_and_the_oldest_measured_again(monkeypatch):
+    from ui import jobs as jobs_module
+
+    monkeypatch.setattr(jobs_module, "MAX_FINISHED", 3)
+    jobs = JobBoard(alive=lambda s: True)
+    runs = []
+
+    def counted(name, should_stop=None):
+        runs.append(name)
+        return name
+
+    for i in range(5):
+        assert jobs.submit((f"k{i}",), counted, f"k{i}", session="a").result(timeout=30) == f"k{i}"
+    assert sorted(k for (k,) in jobs._jobs) == ["k2", "k3", "k4"]  # what 50 uploads leave behind is bounded
+    assert all(j.args == () for j in jobs._jobs.values())  # and holds no model or images, only results
+    assert jobs.submit(("k4",), counted, "k4", session="a").result(timeout=30) == "k4" and runs.count("k4") == 1
+    assert jobs.submit(("k0",), counted, "k0", session="a").result(timeout=30) == "k0" and runs.count("k0") == 2
 
 
 def test_workers_are_daemon_threads_and_stop_on_shutdown():

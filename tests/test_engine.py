@@ -216,7 +216,18 @@ def test_pruning_curve_by_ratio_and_by_score_cut(badnets):
     layers = salience.neuron_map(b.model)
     scores = salience.compute("benign", b.model, splits.clean, layers)
     for by, marking in (("ratio", {"ratio": 0.3}), ("value", {"threshold": 0.3})):
-        curve = pruning_curve(b.model, layers, [scores], splits.test, triggered, ratios=[0.0, 0.3], by=by)
+        told = []
+        curve = pruning_curve(
+            b.model,
+            layers,
+            [scores],
+            splits.test,
+            triggered,
+            ratios=[0.0, 0.3],
+            by=by,
+            progress=lambda *p, told=told: told.append(p),
+        )
+        assert told == [(1, 2), (2, 2)]
         row = curve[curve.ratio == 0.3].iloc[0]
         expected = preview(b.model, layers, mark(scores, **marking), splits.test, triggered)
         assert (row.clean_acc, row.asr) == (expected["clean_acc"], expected["asr"]), by

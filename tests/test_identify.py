@@ -14,7 +14,7 @@ from defense import metrics, stability, truth
 from defense.data import TensorData
 from defense.neurons import NeuronScores, neuron_map
 from defense.registry import SCORES
-from defense.scores import anp, bs_magnitude, unlearn
+from defense.scores import anp, bs_magnitude, rnp, unlearn
 
 
 class TwoUnit(nn.Module):
@@ -58,25 +58,6 @@ def test_anp_mask_drops_the_neuron_that_hurts_and_keeps_the_one_the_task_needs()
     assert masks0[1] < masks0[0]
 
 
-def test_anp_adversary_raises_the_clean_loss_within_eps():
-    from defense.masks import NeuronMasks
-
-    net, clean = _net(0.5), _data()
-    layers = neuron_map(net)
-    m = NeuronMasks(layers)
-    loss = nn.CrossEntropyLoss()
-    with torch.no_grad(), m.active():
-        base = float(loss(net(clean.x), clean.y))
-    m.noise["hidden"].data.zero_()
-    with m.active(perturb=True):
-        g = torch.autograd.grad(-loss(net(clean.x), clean.y), m.noise_params())[0]
-    m.noise["hidden"].data.sub_(0.4 * g.sign())
-    m.clip_noise(0.4)
-    with torch.no_grad(), m.active(perturb=True):
-        assert float(loss(net(clean.x), clean.y)) > base
-    assert m.noise["hidden"].abs().max() <= 0.4
-
-
 def test_unlearning_moves_the_used_neuron_and_not_the_one_without_gradient():
     net, clean = _net(1.0), _data()
     with torch.no_grad():  # unit 1 is dead (its pre-activation is −1 on every image): ReLU passes no gradient
@@ -89,6 +70,21 @@ def test_unlearning_moves_the_used_neuron_and_not_the_one_without_gradient():
     with torch.no_grad():
         assert float(loss(after(clean.x), clean.y)) > float(loss(net(clean.x), clean.y))  # ascent: the loss rose
     assert steps == 30
+
+
+def test_rnp_recovery_drops_the_neuron_the_clean_task_has_no_use_for():
+    # on a (frozen) model whose unit 1 pushes every image to class 1 (all of class 0 wrong), recovering the
+    # clean loss through masks closes unit 1 and keeps unit 0, which carries the label
+    net, clean = _net(-3.0), _data()
+    masks = rnp.recovered_masks(net, clean, epochs=30, batch_size=32)["hidden"]
+    assert masks[1] < 0.2 and masks[0] > 0.9, masks
+    assert net.hidden.weight[0, 0] == 3.0 and net.out.weight[0, 1] == -3.0  # weights untouched
+    # the whole score: unlearn a copy, recover masks on it; one value in [0, 1] per neuron, the model as it was
+    scores = rnp.compute(net, clean)
+    assert set(scores.layers) == set(neuron_map(net)) and all(
+        ((v >= 0) & (v <= 1)).all() for v in scores.layers.values()
+    )
+    assert net.hidden.weight[0, 0] == 3.0 and SCORES["rnp"].low_is_suspect
 
 
 def test_bs_magnitude_is_the_rank_difference():

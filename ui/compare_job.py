@@ -17,7 +17,7 @@ import streamlit as st
 
 from defense import compare, result_store
 from defense.purify import PurifyConfig
-from defense.runtime import configure_threads
+from defense.runtime import configure_threads, release_memory
 from ui import runs
 from ui.lab import Lab, splits_for
 
@@ -93,6 +93,7 @@ class CompareJob:
             self.error = " ".join(str(err).split()) or type(err).__name__
             self.status = "error"
         self.ended = time.perf_counter()
+        release_memory()
 
     def stop(self) -> None:
         if self.active:

@@ -16,6 +16,7 @@ A page that needs a result shows a note and polls until it is ready (``wait_note
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
@@ -28,9 +29,10 @@ from typing import Any
 
 import streamlit as st
 
-from defense.runtime import Cancelled
+from defense.runtime import Cancelled, release_memory
 
 ABSENT_S = 10.0  # a session's jobs stop once it has been gone this long
+MAX_FINISHED = 128  # finished jobs kept for sessions to come (bundled models' truths and curves); oldest go first
 log = logging.getLogger(__name__)
 
 
@@ -52,6 +54,7 @@ class JobBoard:
         self._workers: dict[str, threading.Thread] = {}
         self._seen: dict[str, float] = {}
         self._gone_since: dict[str, float] = {}
+        self._finished: deque[Job] = deque()  # finished jobs, oldest first
         self._alive = alive or self._session_alive
         self.stopping = threading.Event()
 
@@ -102,16 +105,34 @@ class JobBoard:
                 if job is None:
                     self._workers.pop(session, None)
                     self._queues.pop(session, None)
-                    return
+                    break
             self._run(job)
+        else:
+            with self._lock:
+                self._workers.pop(session, None)
+        release_memory()  # the worker's arena keeps what its jobs freed otherwise
+
+    def _forget_finished(self, job: Job) -> None:
+        """Remember ``job`` as finished; past MAX_FINISHED, drop the oldest (a later request measures it again)."""
         with self._lock:
-            self._workers.pop(session, None)
+            self._finished.append(job)
+            while len(self._finished) > MAX_FINISHED:
+                old = self._finished.popleft()
+                if self._jobs.get(old.key) is old:
+                    del self._jobs[old.key]
 
     def _run(self, job: Job) -> None:
+        extra = {}
+        if "progress" in inspect.signature(job.fn).parameters:  # (done, total), read by wait_note's bar
+
+            def progress(done: int, total: int) -> None:
+                job.future.progress = (done, total)
+
+            extra["progress"] = progress
         try:
             if self._should_stop(job):
                 raise Cancelled
-            result = job.fn(*job.args, should_stop=lambda: self._should_stop(job))
+            result = job.fn(*job.args, should_stop=lambda: self._should_stop(job), **extra)
         except Cancelled as err:
             with self._lock:  # forgotten, so that a later request starts it afresh
                 if self._jobs.get(job.key) is job:
@@ -124,8 +145,12 @@ class JobBoard:
             job.future.set_exception(err)
         except Exception as err:  # noqa: BLE001 - shown on the page that waits for it
             job.future.set_exception(err)
+            self._forget_finished(job)
         else:
             job.future.set_result(result)
+            self._forget_finished(job)
+        finally:
+            job.args = ()  # a kept job holds its result only, not the model and images it was measured on
 
     def _should_stop(self, job: Job) -> bool:
         return self.stopping.is_set() or not any(self._alive(s) for s in list(job.owners))
@@ -150,11 +175,42 @@ class JobBoard:
 
 
 EXIT_GRACE_S = 2.0  # at shutdown, running jobs get this long to notice the stop flag
+TRIM_EVERY_S = 30.0  # closed sessions are dropped by Streamlit's own thread: their memory is returned from here
+
+
+def _reap_closed_sessions() -> None:
+    """Have Streamlit drop the closed sessions whose time is up (``server.disconnectedSessionTTL``).
+
+    Its session storage is a TTL cache that removes an expired session only on its next write: on a server
+    that goes quiet, the last closed sessions (their models, runs and uploads) would stay in memory. There is
+    no public call for it, so this reaches into the runtime and does nothing if Streamlit changes shape; the
+    cache is not thread-safe, so the reaping runs on Streamlit's own event loop.
+    """
+    from streamlit import runtime
+
+    if not runtime.exists():
+        return
+    rt = runtime.get_instance()
+    cache = getattr(getattr(getattr(rt, "_session_mgr", None), "_session_storage", None), "_cache", None)
+    try:
+        loop = rt._get_async_objs().eventloop
+    except Exception:  # noqa: BLE001 - not started, or another Streamlit: nothing to reap
+        return
+    if callable(getattr(cache, "expire", None)) and not loop.is_closed():
+        loop.call_soon_threadsafe(cache.expire)
+
+
+def _trim_periodically(jobs: JobBoard) -> None:
+    while not jobs.stopping.wait(TRIM_EVERY_S):
+        _reap_closed_sessions()
+        time.sleep(1.0)  # the sessions go on the event loop's next turn
+        release_memory()
 
 
 @st.cache_resource(show_spinner=False)
 def board() -> JobBoard:
     jobs = JobBoard()
+    threading.Thread(target=_trim_periodically, args=(jobs,), name="bnl-trim", daemon=True).start()
     register = getattr(threading, "_register_atexit", None)  # runs before the interpreter joins threads
     if register is not None:
         register(lambda: _on_exit(jobs))
@@ -202,8 +258,18 @@ def background(key: tuple, fn: Callable[..., Any], *args: Any) -> Future:
     return future
 
 
-def wait_note(futures: list[Future], message: str) -> bool:
-    """True when all are done; else a note, and the page reruns by itself once they are."""
+def progress_of(futures: list[Future]) -> tuple[int, int] | None:
+    """(done, total) summed over the jobs that report progress (``fn(..., progress=...)``), or None."""
+    known = [getattr(f, "progress", None) for f in futures]
+    known = [p for p in known if p is not None]
+    if not known:
+        return None
+    return sum(d for d, _ in known), sum(t for _, t in known)
+
+
+def wait_note(futures: list[Future], message: str, unit: str = "steps") -> bool:
+    """True when all are done; else a note with a progress bar where the jobs report one, and the page
+    reruns by itself once they are done."""
     if all(f.done() for f in futures):
         return True
     st.info(message, icon=":material/hourglass_top:")
@@ -212,6 +278,10 @@ def wait_note(futures: list[Future], message: str) -> bool:
     def _poll() -> None:
         if all(f.done() for f in futures):
             st.rerun()
+        counts = progress_of(futures)
+        if counts is not None:
+            done, total = counts
+            st.progress(min(done / max(total, 1), 1.0), text=f"{done:,} of {total:,} {unit} done")
 
     _poll()
     return False

@@ -24,6 +24,7 @@ from torch import nn
 
 from defense import attacks, cost, data, explain, masking, metrics, salience
 from defense import bundle as bundle_io
+from defense.ablation import Progress
 from defense.data import load_splits_for
 from defense.neurons import NeuronLayer, NeuronMask, NeuronScores, marked_count, neuron_map
 from defense.paths import MODELS_DIR, bundled_models
@@ -173,13 +174,7 @@ class Lab:
         return _preview(self.key, self.fraction, self.seed, metric, mode, value, scope, self)
 
     def ground_truth(self) -> Future:
-        return background(
-            ("truth", self.key), _ground_truth, self.bundle.model, self.splits.test, self.triggered, self.key
-        )
-
-    def truth_progress(self) -> tuple[int, int]:
-        """(neurons zeroed so far, neurons in all) of the ground-truth measurement."""
-        return _TRUTH_PROGRESS.get(self.key, (0, self.neurons))
+        return background(("truth", self.key), _ground_truth, self.bundle.model, self.splits.test, self.triggered)
 
     def tac_truth(self) -> Future:
         """The second ground truth, trigger-activated change (measured in the background)."""
@@ -322,11 +317,12 @@ def _attribution(key: str, n: int, _model: nn.Module, _x, target: int) -> np.nda
 # ---------------------------------------------------------------- background jobs (never call st.*)
 
 
-_TRUTH_PROGRESS: dict[str, tuple[int, int]] = {}  # key -> (done, total), written by the worker, read by pages
-
-
 def _ground_truth(
-    model: nn.Module, test: data.TensorData, triggered: data.TensorData, key: str = "", should_stop: StopCheck = None
+    model: nn.Module,
+    test: data.TensorData,
+    triggered: data.TensorData,
+    should_stop: StopCheck = None,
+    progress: Progress | None = None,
 ) -> dict:
     """The ablation ground truth, rerunning only the layers after each neuron (defense/ablation.py).
 
@@ -337,10 +333,6 @@ def _ground_truth(
 
     configure_threads(share_with_server=True)  # per thread in torch: a new thread would take every core
     model = copy.deepcopy(model)
-
-    def progress(done: int, total: int) -> None:
-        _TRUTH_PROGRESS[key] = (done, total)
-
     return ground_truth(
         model,
         neuron_map(model),
@@ -353,18 +345,47 @@ def _ground_truth(
 
 
 def _pruning_curve(
-    model: nn.Module, scores: list, test, triggered, scope: str, should_stop: StopCheck = None
+    model: nn.Module,
+    scores: list,
+    test,
+    triggered,
+    scope: str,
+    should_stop: StopCheck = None,
+    progress: Progress | None = None,
 ) -> pd.DataFrame:
     configure_threads(share_with_server=True)
     model = copy.deepcopy(model)
     return masking.pruning_curve(
-        model, neuron_map(model), scores, test, triggered, ratios=SLIDER_GRID, scope=scope, should_stop=should_stop
+        model,
+        neuron_map(model),
+        scores,
+        test,
+        triggered,
+        ratios=SLIDER_GRID,
+        scope=scope,
+        should_stop=should_stop,
+        progress=progress,
     )
 
 
-def _cut_curve(model: nn.Module, scores: NeuronScores, test, triggered, should_stop: StopCheck = None) -> pd.DataFrame:
+def _cut_curve(
+    model: nn.Module,
+    scores: NeuronScores,
+    test,
+    triggered,
+    should_stop: StopCheck = None,
+    progress: Progress | None = None,
+) -> pd.DataFrame:
     configure_threads(share_with_server=True)
     model = copy.deepcopy(model)
     return masking.pruning_curve(
-        model, neuron_map(model), [scores], test, triggered, ratios=SLIDER_GRID, by="value", should_stop=should_stop
+        model,
+        neuron_map(model),
+        [scores],
+        test,
+        triggered,
+        ratios=SLIDER_GRID,
+        by="value",
+        should_stop=should_stop,
+        progress=progress,
     )

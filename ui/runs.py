@@ -26,7 +26,7 @@ from defense import baselines, purify
 from defense import bundle as bundle_io
 from defense.registry import DEFENSES, SCORES
 from defense.results import purified_bundle, run_report
-from defense.runtime import configure_threads
+from defense.runtime import configure_threads, release_memory
 from ui import palette
 from ui.lab import Lab
 
@@ -94,6 +94,8 @@ class Runner:
         except Exception as err:  # noqa: BLE001 - shown on the page; the thread must not die silently
             self.error = " ".join(str(err).split()) or type(err).__name__
             self.status = "error"
+        finally:
+            release_memory()  # what the training freed goes back to the system, not to this thread's arena
 
     def _session_alive(self) -> bool:
         now = time.monotonic()

@@ -1,12 +1,13 @@
 """ANP: adversarial neuron perturbation (Wu & Wang, NeurIPS 2021), as a per-neuron score.
 
-A mask m ∈ [0, 1] per neuron multiplies its output; an adversary multiplies each output
-further by (m + δ), |δ| ≤ ε, choosing δ (one signed-gradient step from a random start)
-to raise the clean loss. The masks are learned on the clean data to keep the loss low
-both with and without the adversary: α·CE(clean) + (1 − α)·CE(perturbed), α = 0.2. A
-backdoor neuron is one whose small perturbation breaks the model (backdoored models are
-sensitive along those directions), and the masks that end low are the ones the model
-is better off without. Score: the learned mask value; low = suspect.
+A mask m ∈ [0, 1] per neuron scales its output's weight part, and an adversary perturbs it:
+(m + δ)·(y − b) + (1 + ξ)·b with |δ|, |ξ| ≤ ε, one signed-gradient step from a random start
+to raise the clean loss. The masks are learned on the clean data to keep the loss low both
+with and without the adversary: α·CE(clean) + (1 − α)·CE(perturbed), α = 0.2. A backdoor
+neuron is one whose small perturbation breaks the model (backdoored models are sensitive
+along those directions), and the masks that end low are the ones the model is better off
+without. Score: the learned mask value; low = suspect. The masks are the ones the ANP
+defense prunes by (``defense/anp_prune.py``, one implementation), here with 300 iterations.
 """
 
 from __future__ import annotations
@@ -14,64 +15,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..anp_prune import anp_mask_values
 from ..data import TensorData
-from ..masks import NeuronMasks, frozen
 from ..neurons import NeuronLayer, NeuronScores, neuron_map
 from ..registry import SCORES, Score
 
 NAME = "anp"
-EPS = 0.4  # published
-ALPHA = 0.2  # published: weight of the unperturbed loss
-MASK_LR = 0.2  # published (SGD, momentum 0.9)
-BATCH = 128  # published
 ITERATIONS = 300  # published 2,000; see docs/METHOD.md for the measurement behind 300
 
 
 def anp_masks(
-    model: nn.Module,
-    clean: TensorData,
-    layers: dict[str, NeuronLayer],
-    iterations: int = ITERATIONS,
-    eps: float = EPS,
-    alpha: float = ALPHA,
-    lr: float = MASK_LR,
-    batch_size: int = BATCH,
-    seed: int = 0,
+    model: nn.Module, clean: TensorData, layers: dict[str, NeuronLayer], iterations: int = ITERATIONS, **kw
 ) -> dict[str, torch.Tensor]:
-    """The learned masks per layer (the model is left as it was)."""
-    dev = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(seed)
-    masks = NeuronMasks(layers, dev)
-    mask_opt = torch.optim.SGD(masks.mask_params(), lr=lr, momentum=0.9)
-    loss_fn = nn.CrossEntropyLoss()
-    step = 0
-    with frozen(model):
-        while step < iterations:
-            for xb, yb in clean.batches(batch_size, generator=gen):
-                if step >= iterations:
-                    break
-                xb, yb = xb.to(dev), yb.to(dev)
-                if eps > 0:
-                    masks.reset_noise(eps, gen)
-                    with masks.active(perturb=True):
-                        adv = -loss_fn(model(xb), yb)
-                    grads = torch.autograd.grad(adv, masks.noise_params())
-                    with torch.no_grad():
-                        for d, g in zip(masks.noise_params(), grads):
-                            d.sub_(eps * g.sign())  # descend on −CE: the loss rises
-                    masks.clip_noise(eps)
-                    with masks.active(perturb=True):
-                        robust = loss_fn(model(xb), yb)
-                else:
-                    robust = torch.zeros((), device=dev)
-                with masks.active():
-                    natural = loss_fn(model(xb), yb)
-                mask_opt.zero_grad(set_to_none=True)
-                (alpha * natural + (1 - alpha) * robust).backward(inputs=masks.mask_params())
-                mask_opt.step()
-                masks.clip_mask()
-                step += 1
-    return masks.values()
+    """The learned masks per layer (the model is left as it was); ``kw`` as ``anp_prune.anp_mask_values``."""
+    return anp_mask_values(model, clean, layers, iterations=iterations, **kw)
 
 
 def compute(model: nn.Module, clean: TensorData, layers: dict[str, NeuronLayer] | None = None, **kw) -> NeuronScores:
