@@ -29,15 +29,13 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
 from bench.sections import write_section
+from bench.server import ARGS, CHROMIUM, free_port, start_server
 from defense.paths import ROOT
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run", "--disable-sync"]
 MODELS = ROOT / "assets" / "models"
 BUNDLED = ["mnist-badnets", "mnist-blend", "mnist-sig", "mnist-wanet"]
 
@@ -67,21 +65,6 @@ class Sampler(threading.Thread):
     def reset(self) -> float:
         peak, self.peak = self.peak, 0.0
         return peak
-
-
-def start_server(port: int, log) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true"]
-    cmd += ["--server.address", "127.0.0.1", "--server.port", str(port)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1):
-                return proc
-        except OSError:
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("streamlit did not start")
 
 
 def bundle_zip(name: str, renamed: str | None = None) -> bytes:
@@ -215,18 +198,16 @@ def main() -> None:
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
-    from tests.test_browser import free_port
-
     folder = Path(tempfile.mkdtemp(prefix="bnl-load-"))
     log_path = folder / "server.log"
     figures: dict = {}
     with open(log_path, "w") as log, sync_playwright() as p:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        proc = start_server(port, log)
+        proc = start_server(port, log, timeout=90, poll_s=0.3)
         sampler = Sampler(proc.pid)
         sampler.start()
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         try:
             time.sleep(2)
             figures["idle_fresh"] = rss_mib(proc.pid)

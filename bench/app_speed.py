@@ -8,7 +8,9 @@ Measures
 - live purification: curve updates per second seen in the browser while a run trains, and the training
   slowdown against the same purification run alone in a plain process with the app's thread setting.
 Appends its figures to bench/RESULTS.md (section 'app-speed', after the marker the main bench writer keeps).
-Run from the repository root: .venv/bin/python -m bench.app_speed [--repeat N]
+With `--model NAME` (another bundled model, e.g. the 1,200-neuron mnist-preact-badnets) it measures the
+research-scale set instead (bench/app_speed_scale.py; section 'app-speed-NAME').
+Run from the repository root: .venv/bin/python -m bench.app_speed [--repeat N] [--model NAME]
 """
 
 from __future__ import annotations
@@ -17,25 +19,16 @@ import argparse
 import datetime
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 
 from bench.sections import write_section
+from bench.server import ARGS, CHROMIUM, free_port, start_server, stop_server
 from defense.paths import ROOT
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+DEFAULT_MODEL = "mnist-badnets"  # the app opens on it; another --model runs bench/app_speed_scale.py's set
 PAGES = [
     ("Neuron salience", "Which neurons look infected?"),
     ("Threshold", "Choose the purification threshold"),
@@ -45,57 +38,14 @@ PAGES = [
 STEPS = 300  # the default purification length
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(port: int) -> tuple[subprocess.Popen, float]:
-    started = time.perf_counter()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "app.py",
-            "--server.headless",
-            "true",
-            "--server.address",
-            "127.0.0.1",
-            "--server.port",
-            str(port),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1):
-                return proc, started
-        except OSError:
-            if time.perf_counter() - started > 60:
-                proc.terminate()
-                raise RuntimeError("streamlit did not start") from None
-            time.sleep(0.05)
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+SCRIPT_DONE = (
+    "document.querySelector('[data-testid=\"stApp\"]')?.getAttribute('data-test-script-state') === 'notRunning'"
+)
 
 
 def idle(page, timeout: float = 60_000) -> None:
     """Wait until the app's script run is over."""
-    page.wait_for_function(
-        "document.querySelector('[data-testid=\"stApp\"]')?.getAttribute('data-test-script-state') === 'notRunning'",
-        timeout=timeout,
-    )
+    page.wait_for_function(SCRIPT_DONE, timeout=timeout)
 
 
 def marked(page) -> str:
@@ -119,7 +69,8 @@ def first_page(browser, repeat: int) -> list[float]:
     times = []
     for _ in range(repeat):
         port = free_port()
-        proc, started = start_server(port)
+        started = time.perf_counter()
+        proc = start_server(port)
         try:
             page = open_model_page(browser, port)
             page.wait_for_function(
@@ -132,12 +83,13 @@ def first_page(browser, repeat: int) -> list[float]:
     return times
 
 
-def goto(page, link: str, heading: str) -> float:
+def goto(page, link: str, heading: str, timeout: float = 60_000) -> float:
+    """Seconds from a click in the sidebar to the new page's heading drawn and its script run over."""
     t = time.perf_counter()
     nav = page.locator('[data-testid="stSidebarNav"]')  # the lesson's steps are numbered: "2. Neuron salience"
     nav.get_by_text(re.compile(rf"^(\d+\. )?{re.escape(link)}$")).click()
-    page.get_by_role("heading", name=heading).wait_for(timeout=60_000)
-    idle(page)
+    page.get_by_role("heading", name=heading).wait_for(timeout=timeout)
+    idle(page, timeout)
     return time.perf_counter() - t
 
 
@@ -188,16 +140,20 @@ def slider_moves(page, presses: int) -> tuple[list[float], list[float], list[flo
     return shares, cuts, cuts_later
 
 
-def live_run(page, steps: int) -> dict:
-    """Start bs-ar from the Purify page; count how often the progress and curves change on screen."""
-    goto(page, "Purify", "Purify the model")
+PROGRESS = re.compile(r"\d+\. [^:\s]+: step \d+ of \d+")  # "1. clp-ar: step 12 of 300 (settings)", any defense
+
+
+def live_run(page, steps: int, cap_s: float = 300) -> dict:
+    """Start the page's default defense; count how often the progress and curves change on screen (for at most
+    ``cap_s`` seconds, then wait for the run's end)."""
+    goto(page, "Purify", "Purify the model", timeout=max(60_000, 1000 * cap_s))
     box = page.locator('[data-testid="stMain"]').get_by_role("spinbutton", name="Steps")
     box.fill(str(steps))
     box.press("Enter")
     page.wait_for_timeout(800)
     idle(page)
     page.locator('[data-testid="stMain"]').get_by_role("button", name="Start purification").click()
-    progress = page.locator('[data-testid="stMain"]').get_by_text(re.compile(r"bs-ar(-kd)?: step \d+ of \d+"))
+    progress = page.locator('[data-testid="stMain"]').get_by_text(PROGRESS)
     progress.first.wait_for(timeout=60_000)
     seen, changes, t0 = None, [], time.perf_counter()
     while True:
@@ -209,10 +165,10 @@ def live_run(page, steps: int) -> dict:
             seen = text
             changes.append(time.perf_counter())
         page.wait_for_timeout(100)
-        if time.perf_counter() - t0 > 300:
+        if time.perf_counter() - t0 > cap_s:
             break
     runs_done = page.locator('[data-testid="stMain"]').get_by_role("combobox", name="Run")
-    runs_done.wait_for(timeout=60_000)
+    runs_done.wait_for(timeout=max(60_000, 1000 * cap_s))
     seconds = float(
         page.locator('[data-testid="stMain"] [data-testid="stMetric"]')
         .filter(has_text="Time for")
@@ -227,17 +183,17 @@ def live_run(page, steps: int) -> dict:
 ALONE = """
 import sys, threading
 from dataclasses import replace
-from defense import bundle, data, metrics, purify
+from defense import baselines, bundle, data, metrics, purify
 from defense.runtime import configure_threads
-b = bundle.load_bundle({root!r} + "/assets/models/mnist-badnets")
-s = data.load_dataset("mnist5k", seed=0)
+b = bundle.load_bundle({root!r} + "/assets/models/" + {model!r})
+s = data.load_splits_for(b.meta, None, seed=0)
 trig = metrics.triggered_set(s.test, b.trigger, b.target)
-cfg = replace(purify.PurifyConfig(), steps={steps}, eval_every=10)
+cfg = replace(purify.PurifyConfig(), steps={steps}, eval_every=10)  # the Purify page's defaults
 out = []
 
 def work():  # in a worker thread with the app's thread setting, as the app runs it
     configure_threads(share_with_server=True)
-    run = purify.Purification(b.model, s.clean, s.test, trig, cfg)
+    run = baselines.make(baselines.recommended().name, b.model, s.clean, s.test, trig, cfg)
     for _ in run:
         pass
     out.append(run.history[-1]["seconds"])
@@ -249,10 +205,11 @@ print(out[0])
 """
 
 
-def alone(steps: int) -> float:
-    """The same purification (the page's settings) in a worker thread of a plain process: no server, no browser."""
+def alone(steps: int, model: str = DEFAULT_MODEL) -> float:
+    """The same purification (the page's default defense and settings) in a worker thread of a plain process:
+    no server, no browser."""
     out = subprocess.run(
-        [sys.executable, "-c", ALONE.format(root=str(ROOT), steps=steps)],
+        [sys.executable, "-c", ALONE.format(root=str(ROOT), model=model, steps=steps)],
         cwd=ROOT,  # `python -c` imports from the working directory
         capture_output=True,
         text=True,
@@ -266,31 +223,54 @@ def fmt(values: list[float]) -> tuple[str, str]:
     return f"{statistics.median(values):.2f}", f"{min(values):.2f}–{max(values):.2f}"
 
 
+def markdown_table(rows: list[tuple]) -> str:
+    """Rows of (what, n, median, min–max, goal, met: bool or None for no goal) as a markdown table."""
+    lines = ["| what | n | median | min–max | goal |", "|---|---|---|---|---|"]
+    lines += [
+        f"| {w} | {n} | {m} | {r} | {g}{'' if ok is None else (' ✓' if ok else ' ✗')} |" for w, n, m, r, g, ok in rows
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="fresh servers for the first page, and purification runs")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"a bundled model; other than {DEFAULT_MODEL}, the research-scale set (bench/app_speed_scale.py)",
+    )
+    parser.add_argument("--steps", type=int, default=STEPS, help="purification steps of each live run")
+    parser.add_argument("--presses", type=int, default=5, help="arrow-key presses per slider sweep")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of page switches (Salience visits)")
+    parser.add_argument("--scores", default="", help="with --model: time only these scores (comma-separated)")
     args = parser.parse_args()
+    if args.model != DEFAULT_MODEL:
+        from bench.app_speed_scale import measure_scale
+
+        measure_scale(args)
+        return
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         first = first_page(browser, args.repeat)
         print("first page", first, flush=True)
         port = free_port()
-        proc, _ = start_server(port)
+        proc = start_server(port)
         try:
             page = open_model_page(browser, port)
-            switches = page_switches(page, rounds=3)
+            switches = page_switches(page, rounds=args.rounds)
             print("switches", switches, flush=True)
-            shares, cuts, cuts_later = slider_moves(page, presses=5)
+            shares, cuts, cuts_later = slider_moves(page, presses=args.presses)
             print("slider", shares, cuts, cuts_later, flush=True)
-            live = [live_run(page, STEPS) for _ in range(args.repeat)]
+            live = [live_run(page, args.steps) for _ in range(args.repeat)]
             print("live", live, flush=True)
         finally:
             stop_server(proc)
         browser.close()
-    plain = [alone(STEPS) for _ in range(args.repeat)]
+    plain = [alone(args.steps) for _ in range(args.repeat)]
     print("alone", plain, flush=True)
 
     in_app = statistics.median(r["seconds"] for r in live)
@@ -340,15 +320,12 @@ def main() -> None:
             "≥ 2",
             statistics.median(rate) >= 2,
         ),
-        (f"purification {STEPS} steps, in the app (s)", len(live), *fmt([r["seconds"] for r in live]), "", None),
+        (f"purification {args.steps} steps, in the app (s)", len(live), *fmt([r["seconds"] for r in live]), "", None),
         ("same purification alone, no server (s)", len(plain), *fmt(plain), "", None),
         ("training slowdown in the app", 1, f"{slowdown:+.0%}", "", "≤ 10%", slowdown <= 0.10),
     ]
     cores = os.cpu_count()
     load = os.getloadavg()[0]
-    table = "\n".join(
-        f"| {w} | {n} | {m} | {r} | {g}{'' if ok is None else (' ✓' if ok else ' ✗')} |" for w, n, m, r, g, ok in rows
-    )
     md = f"""## App speed
 
 `bench/app_speed.py` on {datetime.date.today()}, Chromium (Playwright) against `streamlit run app.py`, {cores} CPU cores
@@ -356,9 +333,7 @@ def main() -> None:
 to the server); median and min–max, seconds unless stated. Curve updates: distinct progress/curve redraws seen in
 the page, which polls its run every 0.4 s (loss every step, accuracy and ASR every 10 steps).
 
-| what | n | median | min–max | goal |
-|---|---|---|---|---|
-{table}
+{markdown_table(rows)}
 """
     print(md)
     if not args.no_write:

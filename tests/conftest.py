@@ -72,7 +72,7 @@ def browser():
     """Debian's Chromium under Playwright, for the browser tests (test_browser*.py)."""
     from playwright.sync_api import sync_playwright
 
-    from tests.test_browser import ARGS, CHROMIUM
+    from bench.server import ARGS, CHROMIUM
 
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)

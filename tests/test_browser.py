@@ -8,72 +8,19 @@ docs/screenshots/ (model.png, salience.png, threshold.png, purify.png).
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from bench.server import CHROMIUM, free_port, start_server, stop_server
+
 REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = REPO / "docs" / "screenshots"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium at /usr/bin/chromium")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(port: int, log) -> subprocess.Popen:
-    """`streamlit run app.py` on 127.0.0.1:port; returns once /_stcore/health answers."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "app.py",
-            "--server.headless",
-            "true",
-            "--server.address",
-            "127.0.0.1",
-            "--server.port",
-            str(port),
-        ],
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.2)
-    proc.terminate()
-    raise RuntimeError("streamlit did not become healthy within 60 s")
 
 
 @contextlib.contextmanager
@@ -82,15 +29,11 @@ def running_app(tmp_path_factory):
     port = free_port()
     log_path = tmp_path_factory.mktemp("streamlit") / "server.log"
     with open(log_path, "w") as log:
-        proc = start_server(port, log)
+        proc = start_server(port, log, env={"PYTHONWARNINGS": "ignore"}, poll_s=0.2)
         try:
             yield f"http://127.0.0.1:{port}", log_path
         finally:
-            proc.send_signal(signal.SIGINT)  # Streamlit's own clean shutdown (SIGTERM waits on open sessions)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_server(proc, signal.SIGINT)  # Streamlit's own clean shutdown (SIGTERM waits on open sessions)
     text = log_path.read_text()
     assert "Traceback" not in text, text[-3000:]
 

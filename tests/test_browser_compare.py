@@ -11,7 +11,8 @@ import re
 
 import pytest
 
-from tests.test_browser import ARGS, CHROMIUM, SHOTS, no_exceptions, running_app, shoot
+from bench.server import CHROMIUM
+from tests.test_browser import SHOTS, no_exceptions, running_app, shoot
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium at /usr/bin/chromium")
 
@@ -20,16 +21,6 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Ch
 def server(tmp_path_factory):
     with running_app(tmp_path_factory) as (url, _):
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield b
-        b.close()
 
 
 def test_compare_page_and_the_report_offline(server, browser, tmp_path):

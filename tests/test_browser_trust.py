@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.server import CHROMIUM
 from tests.test_browser import (
-    CHROMIUM,
     goto_page,
     metric_value,
     no_exceptions,
@@ -240,12 +240,12 @@ def test_sigterm_stops_the_server_while_a_long_job_runs(browser, tmp_path):
     import subprocess
 
     from bench.app_load import big_bundle_zip, upload
-    from tests.test_browser import free_port, start_server
+    from bench.server import free_port, start_server
 
     big = big_bundle_zip(tmp_path / "wide-3000.zip")
     port = free_port()
     with open(tmp_path / "server.log", "w") as log:
-        proc = start_server(port, log)
+        proc = start_server(port, log, env={"PYTHONWARNINGS": "ignore"}, poll_s=0.2)
         try:
             context, page = open_app(browser, f"http://127.0.0.1:{port}")
             upload(page, big, "wide-3000")
