@@ -19,8 +19,7 @@ from dataclasses import replace
 from bench.sections import write_section
 from defense import baselines, data, metrics
 from defense import bundle as bundle_io
-from defense.bench import bundled_models
-from defense.paths import MODELS_DIR
+from defense.paths import MODELS_DIR, benchmark_models
 from defense.purify import PurifyConfig
 from defense.runtime import configure_threads
 
@@ -91,7 +90,7 @@ def main(argv=None) -> None:
         configure_threads()
         rows = []
         for defense in args.defenses:
-            for model in bundled_models():
+            for model in benchmark_models():
                 for seed in range(args.seeds):
                     rows.append(measure(defense, model, seed))
                     print(json.dumps(rows[-1]), flush=True)
