@@ -125,7 +125,7 @@ _register_marking(
     "clp",
     "ar",
     "CLP marking + adaptive regularization (recommended)",
-    "Marks, in each layer, the half of the neurons with the highest channel Lipschitz bound (CLP's score, read "
+    "Marks, in each layer, the 40% of the neurons with the highest channel Lipschitz bound (CLP's score, read "
     "from the weights: backdoor channels amplify their input unusually strongly), " + _SHARED + ", with the "
     "paper's adaptive regularization on the marked neurons. Benign salience ranks the infected neurons of the "
     "bundled models near chance; CLP ranks them better, and with it the attack does not come back during "

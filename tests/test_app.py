@@ -248,7 +248,7 @@ def test_short_purification_completes_and_lowers_the_asr():
     assert [r["step"] for r in run.evaluations()] == [0, 10, 20, 30, 40]  # eval every 10 steps for the live curves
     spec = chart(at, "runs")
     (name,) = {t["name"] for t in spec["data"]}
-    assert name.startswith("1. clp-ar · ") and "50% marked, λ 0.03, lr 0.02, 40 steps" in name  # settings in the label
+    assert name.startswith("1. clp-ar · ") and "40% marked, λ 0.03, lr 0.02, 40 steps" in name  # settings in the label
     assert name.endswith(", distillation")
     labels = [b.proto.label for b in at.get("download_button")]
     assert labels == ["Download purified model (.zip)", "Download report (JSON)"]

@@ -9,6 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from test_app import APP, chart, run_until
 
+from defense.purify import PurifyConfig
 from ui import measures, theme
 
 PAGES = ("model", "salience", "threshold", "purify")
@@ -76,7 +77,7 @@ def test_the_threshold_sentences_read_the_pruning_curve():
         assert "never brings the attack below 20%" in said
     else:
         assert f"({first:.0%} zeroed)" in said or f"zeroing {first:.0%} of the neurons" in said
-    assert any(c.value.startswith("Zeroing your choice (50% of the neurons)") for c in at.main.caption)
+    assert any(c.value.startswith("Zeroing your choice (40% of the neurons)") for c in at.main.caption)
 
 
 def test_every_page_is_a_numbered_step_ending_with_what_to_look_at_next():
@@ -117,9 +118,9 @@ def test_clear_runs_asks_first_and_reset_restores_every_default():
     at.button(key="w_reset").click().run()
     at.button(key="w_reset_yes").click().run()
     assert not at.exception
-    assert at.session_state["runs"] == [] and at.session_state["threshold_value"] == pytest.approx(0.5)
+    assert at.session_state["runs"] == [] and at.session_state["threshold_value"] == pytest.approx(PurifyConfig().ratio)
     assert at.toggle(key="w_presenter").value is False
-    assert at.slider(key="w_threshold_value").value == pytest.approx(0.5)
+    assert at.slider(key="w_threshold_value").value == pytest.approx(PurifyConfig().ratio)
 
 
 def test_presenter_mode_enlarges_the_charts():

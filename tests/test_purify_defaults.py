@@ -55,6 +55,6 @@ def test_clp_ar_marks_the_channels_with_the_largest_lipschitz_bound():
         if nl.bn is not None:
             w = w * (nl.bn.weight / (nl.bn.running_var + nl.bn.eps).sqrt()).abs().view(-1, *[1] * (w.dim() - 1))
         bound = torch.linalg.matrix_norm(w.flatten(2), ord=2) if w.dim() == 4 else w.norm(dim=1)
-        top = set(bound.argsort(descending=True)[: round(0.5 * nl.size)].tolist())
+        top = set(bound.argsort(descending=True)[: round(PurifyConfig().ratio * nl.size)].tolist())
         assert set(run.mask[name].nonzero().flatten().tolist()) == top, name
     assert run.mask["net.conv1"][2]
