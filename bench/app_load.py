@@ -116,12 +116,16 @@ def upload(page, path: Path, name: str, timeout_ms: int = 300_000) -> None:
     expect(page.locator('[data-testid="stSidebar"] strong').first).to_have_text(name, timeout=timeout_ms)
 
 
-def purify_all(browser, url: str, sessions: int, steps: int) -> dict:
+def purify_all(browser, url: str, sessions: int, steps: int, model: str | None = None) -> dict:
     from playwright.sync_api import expect
+
+    from bench.app_speed_scale import pick_model
 
     opened = []
     for _ in range(sessions):
         context, page = open_session(browser, url)
+        if model:  # each session picks it in the Model page's selectbox, as a user would
+            pick_model(page, model)
         main = page.locator('[data-testid="stMain"]')
         nav = page.locator('[data-testid="stSidebarNav"]')  # the lesson's steps are numbered: "4. Purify"
         nav.get_by_text(re.compile(r"^(\d+\. )?Purify$")).click()
@@ -195,7 +199,14 @@ def main() -> None:
         default=75,
         help="seconds to wait after the last session closes (Streamlit drops it after 30 s, trims run every 30 s)",
     )
+    parser.add_argument(
+        "--model",
+        help="a bundled model every load session picks (default: the one the app opens on); "
+        "writes section 'app-load-MODEL' and skips the soak and the SIGTERM check",
+    )
     args = parser.parse_args()
+    if args.model:
+        args.soak = 0
     from playwright.sync_api import sync_playwright
 
     folder = Path(tempfile.mkdtemp(prefix="bnl-load-"))
@@ -216,35 +227,60 @@ def main() -> None:
             context.close()
             figures["idle_warm"] = settle(proc.pid, args.settle)
             sampler.reset()
-            figures["load"] = purify_all(browser, url, args.sessions, args.steps)
+            figures["load"] = purify_all(browser, url, args.sessions, args.steps, args.model)
             figures["load_peak"] = sampler.reset()
             figures["after_load"] = settle(proc.pid, args.settle)
-            sampler.reset()
-            figures["soak"] = soak(browser, url, args.soak, folder)
-            figures["soak_peak"] = sampler.reset()
-            figures["after_all"] = settle(proc.pid, args.settle)
-            big = big_bundle_zip(folder / "wide-3000.zip")
-            context, page = open_session(browser, url)
-            upload(page, big, "wide-3000")
-            time.sleep(5)  # its ground truth runs now (minutes of ablation)
-            sent = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=120)
-                figures["sigterm_s"] = time.monotonic() - sent
-            except subprocess.TimeoutExpired:
-                figures["sigterm_s"] = float("inf")
-            context.close()
+            if not args.model:  # the soak and the SIGTERM check are the default model's
+                sampler.reset()
+                figures["soak"] = soak(browser, url, args.soak, folder)
+                figures["soak_peak"] = sampler.reset()
+                figures["after_all"] = settle(proc.pid, args.settle)
+                big = big_bundle_zip(folder / "wide-3000.zip")
+                context, page = open_session(browser, url)
+                upload(page, big, "wide-3000")
+                time.sleep(5)  # its ground truth runs now (minutes of ablation)
+                sent = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=120)
+                    figures["sigterm_s"] = time.monotonic() - sent
+                except subprocess.TimeoutExpired:
+                    figures["sigterm_s"] = float("inf")
+                context.close()
         finally:
             sampler.running = False
             browser.close()
             if proc.poll() is None:
                 proc.kill()
     print(json.dumps(figures, indent=2))
-    write_section("app-load", report(figures, args))
+    if args.model:
+        write_section(f"app-load-{args.model}", model_report(figures, args))
+    else:
+        write_section("app-load", report(figures, args))
     tracebacks = log_path.read_text().count("Traceback")
     if tracebacks:
         print(f"server log {log_path} holds {tracebacks} traceback(s)", file=sys.stderr)
+
+
+def model_report(f: dict, args) -> str:
+    return "\n".join(
+        [
+            f"## App under load on {args.model} (bench/app_load.py --model)",
+            "",
+            f"Measured {datetime.date.today().isoformat()} on {os.cpu_count()} CPU cores, Chromium via Playwright "
+            "against one `streamlit run app.py`; each session picks the model in the Model page and starts the "
+            "Purify page's default defense at the same moment; memory is the streamlit process's RSS from /proc.",
+            "",
+            "| what | figure |",
+            "|---|---|",
+            f"| {args.sessions} sessions purifying at once ({args.steps} steps each) | "
+            f"{f['load']['done']}/{args.sessions} done, all within {f['load']['all_done_s']:.0f} s |",
+            f"| RSS idle, warm (one session opened the default model and closed) | {f['idle_warm']:.0f} MiB |",
+            f"| RSS peak while the {args.sessions} sessions opened the model and purified | {f['load_peak']:.0f} MiB |",
+            f"| RSS {args.settle:.0f} s after they closed | {f['after_load']:.0f} MiB "
+            f"({f['after_load'] / f['idle_warm'] - 1:+.0%} of warm idle) |",
+        ]
+    )
 
 
 def report(f: dict, args) -> str:

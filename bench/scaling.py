@@ -3,7 +3,11 @@
 Steps, each on the embedded digits (1×28×28) with the app's data sizes:
 - salience: benign salience over the defender's clean subset (200 images);
 - preview: clean accuracy and ASR with 10% of neurons zeroed by hook (1,000 test + 900 triggered images);
+- preview (app): the same on the subsets the app previews on (defense/cost.py ``preview_sets``: as many images
+  as 10^10 MACs per set allow, at least 200), with the images used;
 - one purification step (batch 64, AR penalty, distillation);
+- ground truth (app): what the app and ``identify`` run, measured whole: ``ablation.ground_truth`` with the
+  images and neuron sample of ``ablation.plan`` (a budget of neuron × images), with the images and neurons used;
 - ground truth: the ablation of every neuron on 256 triggered + 256 clean images, both as
   metrics.backdoor_ground_truth does it (hooks, whole model per neuron) and as defense/ablation.py does it
   (torch.fx: only the part after the neuron reruns). Measured on a sample of
@@ -19,14 +23,17 @@ Run from the repository root: .venv/bin/python -m bench.scaling  (writes the 'sc
 
 from __future__ import annotations
 
+import datetime
 import math
+import os
 import statistics
 import time
 
 import torch
 
 from bench.sections import write_section
-from defense import data, metrics, models, salience
+from defense import ablation, data, metrics, models, salience
+from defense.cost import preview_sets
 from defense.masking import mark, preview
 from defense.neurons import neuron_map, neuron_masking
 from defense.paths import ROOT
@@ -42,7 +49,7 @@ CONFIGS = [
 ]
 SAMPLE = 1  # neurons ablated per layer for the ground-truth estimate
 GT_IMAGES, GT_MEASURED = 256, 64  # the ablation uses 256 + 256 images; measured on 64 + 64 and scaled (linear)
-STEPS = ("salience", "preview", "purify step", "ground truth", "ground truth (fx)")
+STEPS = ("salience", "preview", "preview (app)", "purify step", "ground truth", "ground truth (fx)", "truth (app)")
 SVG = ROOT / "bench" / "scaling.svg"
 
 
@@ -113,12 +120,21 @@ def measure(arch: str, kwargs: dict, splits, triggered) -> dict:
     scores = salience.compute("magnitude", model, None, layers)
     mask = mark(scores, ratio=0.1)
     row["preview"] = timed(lambda: preview(model, layers, mask, splits.test, triggered), repeat)
+    test_part, triggered_part = preview_sets(model, splits.input_shape, splits.test, triggered)
+    row["preview images"] = len(test_part) + len(triggered_part)
+    row["preview (app)"] = timed(lambda: preview(model, layers, mask, test_part, triggered_part), repeat + 1)
     run = Purification(model, splits.clean, splits.test, triggered, PurifyConfig(steps=4, eval_every=1000))
     steps = iter(run)
     next(steps)  # step 0: the evaluation before any change
     row["purify step"] = timed(lambda: next(steps), repeat + 1)
     row["ground truth"], row["exact"] = ground_truth_estimate(model, layers, splits.test, triggered)
     row["ground truth (fx)"] = fast_ground_truth_estimate(model, layers, splits.test, triggered)
+    t = time.perf_counter()
+    truth = ablation.ground_truth(model, layers, splits.test, triggered, max_images=None)
+    row["truth (app)"] = time.perf_counter() - t
+    images, sample = ablation.plan(row["neurons"])
+    row["truth images"], row["truth neurons"] = images, sample or row["neurons"]
+    assert truth["images"] == images
     return row
 
 
@@ -130,7 +146,7 @@ def fit(xs: list[float], ys: list[float]) -> float:
 
 def svg(rows: list[dict]) -> str:
     """Log-log lines of seconds against parameters, one per step."""
-    w, h, pad = 640, 400, 60
+    w, h, pad, top = 640, 460, 60, 120  # the legend sits above the plot
     xs = [math.log10(r["parameters"]) for r in rows]
     ys = [math.log10(max(r[s], 1e-4)) for r in rows for s in STEPS]
     x0, x1, y0, y1 = min(xs), max(xs), math.floor(min(ys)), math.ceil(max(ys))
@@ -139,9 +155,9 @@ def svg(rows: list[dict]) -> str:
         return pad + (v - x0) / (x1 - x0) * (w - 2 * pad)
 
     def py(v):
-        return h - pad - (v - y0) / (y1 - y0) * (h - 2 * pad)
+        return h - pad - (v - y0) / (y1 - y0) * (h - pad - top)
 
-    colors = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e")
+    colors = ("#1f77b4", "#d62728", "#e377c2", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf")
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">'
     ]
@@ -155,7 +171,7 @@ def svg(rows: list[dict]) -> str:
         pts = " ".join(f"{px(x):.1f},{py(math.log10(max(r[s], 1e-4))):.1f}" for r, x in zip(rows, xs))
         parts.append(f'<polyline points="{pts}" fill="none" stroke="{c}" stroke-width="2"/>')
     for i, (s, c) in enumerate(zip(STEPS, colors)):
-        parts.append(f'<text x="{pad + 10}" y="{pad - 30 + 14 * i}" fill="{c}">{s}</text>')
+        parts.append(f'<text x="{pad + 10}" y="{16 + 14 * i}" fill="{c}">{s}</text>')
     parts.append(f'<text x="{w / 2}" y="{h - 12}" text-anchor="middle">model (x: log parameters)</text></svg>')
     return "\n".join(parts)
 
@@ -164,20 +180,22 @@ def render(rows: list[dict], note: str = "") -> str:
     SVG.write_text(svg(rows))
     lines = [
         f"Measured by `python -m bench.scaling` with {torch.get_num_threads()} torch thread(s) on this machine "
-        "(shared by other jobs while measured: absolute seconds are pessimistic, the growth is what to read). "
+        f"({datetime.date.today().isoformat()}, {os.cpu_count()} CPU cores; the growth is what to read). "
         "Median seconds; ground truth is the full per-neuron ablation (256 + 256 images per neuron), "
         f"'est.': scaled from {SAMPLE} neuron(s) per layer on {GT_MEASURED} + {GT_MEASURED} images. "
         "Plot: bench/scaling.svg (log-log)." + (" " + note if note else ""),
         "",
-        "| model | parameters | neurons | layers | salience | preview | purify step | ground truth (hooks) "
-        "| ground truth (fx suffixes) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | parameters | neurons | layers | salience | preview (all images) | preview (app: images) "
+        "| purify step | ground truth (hooks) | ground truth (fx suffixes) | ground truth (app: images × neurons) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         gt = f"{r['ground truth']:.1f}" + ("" if r["exact"] else " est.")
         lines.append(
             f"| {r['name']} | {r['parameters']:,} | {r['neurons']:,} | {r['layers']} | {r['salience']:.2f} | "
-            f"{r['preview']:.2f} | {r['purify step']:.3f} | {gt} | {r['ground truth (fx)']:.1f} est. |"
+            f"{r['preview']:.2f} | {r['preview (app)']:.2f} ({r['preview images']:,}) | {r['purify step']:.3f} | "
+            f"{gt} | {r['ground truth (fx)']:.1f} est. | {r['truth (app)']:.1f} ({r['truth images']} × "
+            f"{r['truth neurons']:,}) |"
         )
     preact = [r for r in rows if r["name"].startswith("preact")]
     lines += ["", "Fitted growth over the PreAct widths, time ∝ parameters^k:", ""]
