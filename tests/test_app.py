@@ -15,6 +15,9 @@ import torch
 from safetensors.torch import save as save_safetensors
 from streamlit.testing.v1 import AppTest
 
+from defense.purify import PurifyConfig
+from tests.defaults import marked_by_default, marked_count
+
 REPO = Path(__file__).resolve().parent.parent
 APP = str(REPO / "app.py")
 PAGES = {
@@ -119,7 +122,7 @@ def test_salience_page_heatmaps_ground_truth_roc_and_csv():
         and "benign salience" in maps[0]["hovertemplate"]
         and "weight magnitude" in maps[0]["hovertemplate"]
     )
-    assert outlined(spec) == 2 * 8  # half of conv1's 16 channels marked (the default threshold), on both maps
+    assert outlined(spec) == 2 * round(PurifyConfig().ratio * 16)  # the default share of conv1's 16, on both maps
     at.radio(key="w_salience_scale").set_value("raw").run()
     assert not at.exception
     run_until(at, lambda a: any("roc" in c.proto.id for c in a.get("plotly_chart")), timeout=120)
@@ -160,9 +163,9 @@ def test_salience_page_heatmaps_ground_truth_roc_and_csv():
 
 def test_slider_changes_the_mask_and_the_preview():
     at = open_app("threshold")
-    assert metric(at, "Marked neurons") == "56 of 112"
+    assert metric(at, "Marked neurons") == marked_by_default()
     before = (metric(at, "Clean accuracy if zeroed"), metric(at, "Attack success if zeroed"))
-    assert outlined(chart(at, "threshold-heat")) == 56
+    assert outlined(chart(at, "threshold-heat")) == marked_count()
     at.slider(key="w_threshold_value").set_value(0.3).run()  # its speed is measured by bench/app_speed.py
     assert metric(at, "Marked neurons") == "34 of 112"
     assert outlined(chart(at, "threshold-heat")) == 34
@@ -193,7 +196,7 @@ def test_pruning_curve_marks_the_current_choice():
     # one curve per score registered for the curve (benign salience, magnitude, activation, BS+magnitude, ...)
     assert {t["name"] for t in spec["data"]} == {s.label for s in SCORES if s.curve}
     assert {"benign salience", "weight magnitude", "mean activation"} <= {t["name"] for t in spec["data"]}
-    assert [s["x0"] for s in spec["layout"]["shapes"]] == [0.5, 0.5]
+    assert [s["x0"] for s in spec["layout"]["shapes"]] == [PurifyConfig().ratio] * 2
 
 
 def test_a_newly_registered_score_appears_in_the_threshold_page_with_no_app_edit():
@@ -222,7 +225,7 @@ def test_a_newly_registered_score_appears_in_the_threshold_page_with_no_app_edit
         box.set_value("toy").run()
         assert not at.exception
         assert "a test's toy" in at.selectbox(key="w_threshold_metric").help  # the help text is the registry's
-        assert metric(at, "Marked neurons") == "56 of 112"  # half of each layer, as for any score
+        assert metric(at, "Marked neurons") == marked_by_default()  # the default share of each layer, as for any score
         assert any("Colour: toy score" in c.value for c in at.main.caption)
     finally:
         SCORES.unregister("toy")
@@ -400,7 +403,7 @@ def test_read_upload_rebuilds_a_standard_trigger():
 def test_runner_stops_when_its_session_is_no_longer_seen(monkeypatch):
     from defense import data, metrics
     from defense.bundle import load_bundle
-    from defense.purify import Purification, PurifyConfig
+    from defense.purify import Purification
     from ui import runs as ui_runs
 
     monkeypatch.setattr(ui_runs, "ABSENT_S", 0.3)

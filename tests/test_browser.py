@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 
 from bench.server import CHROMIUM, free_port, start_server, stop_server
+from defense.purify import PurifyConfig
+from tests.defaults import marked_by_default, marked_count
+from ui.lab import SLIDER_STEP
 
 REPO = Path(__file__).resolve().parent.parent
 SHOTS = REPO / "docs" / "screenshots"
@@ -25,11 +28,15 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Ch
 
 @contextlib.contextmanager
 def running_app(tmp_path_factory):
-    """(url, log path) of a private `streamlit run app.py`; its log must hold no traceback when it stops."""
+    """(url, log path) of a private `streamlit run app.py`; its log must hold no traceback when it stops.
+
+    Its results cache is its own (an empty folder), so what a page shows never depends on earlier runs."""
     port = free_port()
-    log_path = tmp_path_factory.mktemp("streamlit") / "server.log"
+    folder = tmp_path_factory.mktemp("streamlit")
+    log_path = folder / "server.log"
     with open(log_path, "w") as log:
-        proc = start_server(port, log, env={"PYTHONWARNINGS": "ignore"}, poll_s=0.2)
+        env = {"PYTHONWARNINGS": "ignore", "BNL_CACHE": str(folder / "cache")}
+        proc = start_server(port, log, env=env, poll_s=0.2)
         try:
             yield f"http://127.0.0.1:{port}", log_path
         finally:
@@ -176,10 +183,10 @@ def test_every_page_in_a_browser(server, browser):
     # Threshold: the slider moves the mask and the preview; slider, preview and curve in view together
     goto_page(page, "Threshold", "Choose the purification threshold")
     before = metric_value(page, "Marked neurons")
-    assert before.startswith("56 of 112")
+    assert before.startswith(marked_by_default())
     thumb = main.locator('[data-testid="stSlider"] input[type="range"]').first  # the thumb's keyboard handle
     thumb.focus()
-    for _ in range(4):
+    for _ in range(round((PurifyConfig().ratio - 0.3) / SLIDER_STEP)):  # from the default share down to 0.3
         page.keyboard.press("ArrowLeft")
     page.wait_for_function(
         """() => [...document.querySelectorAll('[data-testid="stMetric"]')]
@@ -271,7 +278,7 @@ def test_every_page_in_a_browser(server, browser):
     goto_page(page, "Threshold", "Choose the purification threshold")
     main.locator(keyed("curve")).get_by_text("your choice").first.wait_for(timeout=60_000)
     chart_box(page, "threshold-heat")  # drawn
-    assert assert_outlines_in_cells(page, "threshold-heat") == 56
+    assert assert_outlines_in_cells(page, "threshold-heat") == marked_count()
     view_shot(page, "threshold-150.png")
     main.locator(keyed("threshold-heat")).scroll_into_view_if_needed()
     view_shot(page, "threshold-heat-150.png")
@@ -286,6 +293,6 @@ def test_fresh_session_starts_on_the_default_model(server, browser):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(server + "/threshold")
     page.get_by_role("heading", name="Choose the purification threshold").wait_for(timeout=60_000)
-    assert metric_value(page, "Marked neurons").startswith("56 of 112")  # the other session's slider is its own
+    assert metric_value(page, "Marked neurons").startswith(marked_by_default())  # the other session's slider is its own
     no_exceptions(page)
     page.close()
