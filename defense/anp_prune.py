@@ -22,6 +22,7 @@ from torch import nn
 from .data import TensorData
 from .masks import frozen
 from .neurons import NeuronLayer, NeuronMask
+from .runtime import step_done
 
 EPS = 0.4
 ALPHA = 0.2
@@ -107,6 +108,7 @@ def anp_mask_values(
                     for m in mask.values():
                         m.clamp_(0, 1)
                 step += 1
+                step_done()
     return {n: m.detach().cpu() for n, m in mask.items()}
 
 

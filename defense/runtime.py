@@ -1,7 +1,9 @@
 """Where tensors live and how many CPU threads torch may use."""
 
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -16,6 +18,32 @@ def check_stop(should_stop: StopCheck) -> None:
     """Raise Cancelled when ``should_stop()`` is true (a ``threading.Event``'s ``is_set`` works)."""
     if should_stop is not None and should_stop():
         raise Cancelled
+
+
+_between_steps = threading.local()
+
+
+@contextmanager
+def between_steps(hook: Callable[[], None]) -> Iterator[None]:
+    """Call ``hook`` at every ``step_done()`` of this thread while inside (it may raise ``Cancelled``).
+
+    For long computations whose signature takes no ``should_stop`` (a registered score): the app's
+    background worker cancels them, or runs a more urgent job in between, without threading a
+    callback through every score. Nested uses restore the outer hook.
+    """
+    outer = getattr(_between_steps, "hook", None)
+    _between_steps.hook = hook
+    try:
+        yield
+    finally:
+        _between_steps.hook = outer
+
+
+def step_done() -> None:
+    """One step of a long loop is done: the current ``between_steps`` hook runs (a no-op outside one)."""
+    hook = getattr(_between_steps, "hook", None)
+    if hook is not None:
+        hook()
 
 
 def device() -> torch.device:

@@ -3,7 +3,8 @@
 - Twin uploads (same name and weights; the trigger in the other corner; another normalization) in
   two AppTest sessions each show their own numbers (fails with a key of name + weights + attack).
 - ui.jobs.JobBoard: a session's long job does not hold up another's (fails with one shared worker);
-  a job stops when its sessions are gone, and not before; workers are daemon threads.
+  a slow optional job gives way to the session's next request (fails without ``low``); a job stops when
+  its sessions are gone, and not before; workers are daemon threads.
 - An app message never names a command-line flag.
 """
 
@@ -150,6 +151,66 @@ def test_a_job_stops_when_its_sessions_are_gone_and_not_before():
     assert jobs.submit(("truth",), quick, session="a").result(timeout=30) == "quick"
 
 
+def stepping(release: threading.Event, steps: list):
+    """A slow score's shape: no should_stop of its own, a ``runtime.step_done()`` after each step."""
+    from defense.runtime import step_done
+
+    def job(should_stop=None):
+        while not release.wait(0.02):
+            steps.append("low")
+            step_done()
+        return "low"
+
+    return job
+
+
+def test_a_low_job_gives_way_to_what_its_session_asks_for_next():
+    jobs = JobBoard(alive=lambda s: True)
+    release, steps = threading.Event(), []
+    try:
+        slow = jobs.submit(("anp",), stepping(release, steps), session="a", low=True)
+        while not steps:  # the slow score is running
+            time.sleep(0.01)
+        truth = jobs.submit(("truth",), quick, session="a")  # the Salience page, opened meanwhile
+        assert truth.result(timeout=30) == "quick"  # without giving way this waits for the release
+        assert not slow.done()
+    finally:
+        release.set()
+    assert slow.result(timeout=30) == "low"
+
+
+def test_queued_low_jobs_come_after_the_urgent_ones_and_a_page_that_waits_makes_one_urgent():
+    jobs = JobBoard(alive=lambda s: True)
+    gate, order = threading.Event(), []
+
+    def noted(name, should_stop=None):
+        gate.wait(30)
+        order.append(name)
+        return name
+
+    first = jobs.submit(("first",), noted, "first", session="a")  # holds the worker while the rest queue
+    jobs.submit(("unlearn",), noted, "unlearn", session="a", low=True)
+    rnp = jobs.submit(("rnp",), noted, "rnp", session="a", low=True)
+    jobs.submit(("curve",), noted, "curve", session="a")
+    jobs.submit(("rnp",), noted, "rnp", session="a")  # the page now waits for it: urgent
+    gate.set()
+    assert first.result(timeout=30) and rnp.result(timeout=30)
+    jobs.submit(("unlearn",), noted, "unlearn", session="a", low=True).result(timeout=30)
+    assert order == ["first", "rnp", "curve", "unlearn"]  # urgent ones in the order asked, then the low one
+
+
+def test_a_low_job_stops_at_its_next_step_once_its_session_is_gone():
+    here = {"a": True}
+    jobs = JobBoard(alive=lambda s: here[s])
+    never, steps = threading.Event(), []
+    future = jobs.submit(("unlearn",), stepping(never, steps), session="a", low=True)
+    while not steps:
+        time.sleep(0.01)
+    here["a"] = False
+    with pytest.raises(Cancelled):  # it takes no should_stop: step_done ends it
+        future.result(timeout=30)
+
+
 def test_a_job_that_takes_progress_reports_it_on_its_future_and_others_report_none():
     from ui.jobs import progress_of
 
@@ -214,3 +275,26 @@ def test_ground_truth_job_is_sampled_beyond_the_budget(monkeypatch):
     splits = data.load_dataset("mnist5k")
     gt = lab._ground_truth(b.model, splits.test, metrics.triggered_set(splits.test, b.trigger, b.target))
     assert int(torch.cat(list(gt["measured"].values())).sum()) == 30 and 0 < gt["sampled"] < 1
+
+
+@pytest.mark.parametrize("name", ["anp", "rnp", "unlearn"])
+def test_every_slow_score_reports_its_steps_so_it_can_give_way_or_stop(name):
+    from defense import models, salience
+    from defense.neurons import neuron_map
+    from defense.registry import SCORES
+    from defense.runtime import between_steps
+
+    assert SCORES[name].cost == "slow"
+    torch.manual_seed(0)
+    net = models.build("small_cnn", 10, (1, 8, 8), [0.5], [0.5], width=2, hidden=4)
+    clean = data.TensorData(torch.rand(40, 1, 8, 8), torch.arange(40) % 10)
+    steps = []
+    with between_steps(lambda: steps.append(1)):
+        salience.compute(name, net, clean, neuron_map(net))
+    assert steps  # the background worker's hook ran between its steps
+
+    def stop():
+        raise Cancelled
+
+    with between_steps(stop), pytest.raises(Cancelled):  # and stops it there
+        salience.compute(name, net, clean, neuron_map(net))

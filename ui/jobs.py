@@ -9,6 +9,9 @@ Fair and cancellable (docs/TRUST.md, "Limits"):
   server shuts down: job functions take ``should_stop`` and ask it inside their long loops
   (``defense.runtime.Cancelled`` ends them). Workers are daemon threads, and a shutdown hook sets the
   stop flag, so SIGTERM is not held up by a running measurement.
+- A slow optional job (``low=True``: ANP, RNP, unlearning, minutes on a big model) gives way: the worker
+  takes it only when the session has nothing else queued, and between its steps (``runtime.step_done``)
+  runs whatever the session asked for since, so a page's ground truth never waits minutes behind it.
 - Jobs are bounded too: the ablation ground truth fits a budget of neurons x images
   (``defense.ablation.plan``: fewer images for a big model, then a random sample of neurons, shown as such).
 A page that needs a result shows a note and polls until it is ready (``wait_note``).
@@ -29,7 +32,7 @@ from typing import Any
 
 import streamlit as st
 
-from defense.runtime import Cancelled, release_memory
+from defense.runtime import Cancelled, between_steps, check_stop, release_memory
 
 ABSENT_S = 10.0  # a session's jobs stop once it has been gone this long
 MAX_FINISHED = 128  # finished jobs kept for sessions to come (bundled models' truths and curves); oldest go first
@@ -37,8 +40,8 @@ log = logging.getLogger(__name__)
 
 
 class Job:
-    def __init__(self, key: tuple, fn: Callable[..., Any], args: tuple):
-        self.key, self.fn, self.args = key, fn, args
+    def __init__(self, key: tuple, fn: Callable[..., Any], args: tuple, low: bool = False):
+        self.key, self.fn, self.args, self.low = key, fn, args, low
         self.future: Future = Future()
         self.owners: set[str] = set()
         self.claimed = False
@@ -60,13 +63,18 @@ class JobBoard:
 
     # ------------------------------------------------------------ asking
 
-    def submit(self, key: tuple, fn: Callable[..., Any], *args: Any, session: str = "default") -> Future:
-        """The shared future of ``fn(*args, should_stop=...)``, queued for ``session``; ``fn`` never calls st.*."""
+    def submit(
+        self, key: tuple, fn: Callable[..., Any], *args: Any, session: str = "default", low: bool = False
+    ) -> Future:
+        """The shared future of ``fn(*args, should_stop=...)``, queued for ``session``; ``fn`` never calls st.*.
+
+        ``low``: a slow, optional job that gives way to the session's other jobs (see the module's notes)."""
         with self._lock:
             self._seen[session] = time.monotonic()
             job = self._jobs.get(key)
             if job is None:
-                job = self._jobs[key] = Job(key, fn, args)
+                job = self._jobs[key] = Job(key, fn, args, low)
+            job.low = job.low and low  # asked for urgently by anyone: urgent
             job.owners.add(session)
             queue = self._queues.setdefault(session, deque())
             if not job.claimed and job not in queue:
@@ -94,23 +102,39 @@ class JobBoard:
         configure_threads(share_with_server=True)  # per thread in torch: a new thread would take every core
         while not self.stopping.is_set():
             with self._lock:
-                queue = self._queues.get(session, deque())
-                job = None
-                while queue:
-                    candidate = queue.popleft()
-                    if not candidate.claimed:
-                        job = candidate
-                        job.claimed = True
-                        break
+                job = self._take(session, urgent_only=False)
                 if job is None:
                     self._workers.pop(session, None)
                     self._queues.pop(session, None)
                     break
-            self._run(job)
+            self._run(job, session)
         else:
             with self._lock:
                 self._workers.pop(session, None)
         release_memory()  # the worker's arena keeps what its jobs freed otherwise
+
+    def _take(self, session: str, urgent_only: bool) -> Job | None:
+        """Claim the session's next job (under the lock): the first urgent one, else (unless ``urgent_only``)
+        the first low one."""
+        queue = self._queues.get(session, deque())
+        for claimed in [j for j in queue if j.claimed]:
+            queue.remove(claimed)
+        job = next((j for j in queue if not j.low), None)
+        if job is None and not urgent_only:
+            job = next(iter(queue), None)
+        if job is not None:
+            queue.remove(job)
+            job.claimed = True
+        return job
+
+    def _give_way(self, session: str) -> None:
+        """Run, here and now, the urgent jobs the session queued while a low one is between two steps."""
+        while not self.stopping.is_set():
+            with self._lock:
+                job = self._take(session, urgent_only=True)
+            if job is None:
+                return
+            self._run(job, session)
 
     def _forget_finished(self, job: Job) -> None:
         """Remember ``job`` as finished; past MAX_FINISHED, drop the oldest (a later request measures it again)."""
@@ -121,7 +145,7 @@ class JobBoard:
                 if self._jobs.get(old.key) is old:
                     del self._jobs[old.key]
 
-    def _run(self, job: Job) -> None:
+    def _run(self, job: Job, session: str) -> None:
         extra = {}
         if "progress" in inspect.signature(job.fn).parameters:  # (done, total), read by wait_note's bar
 
@@ -129,10 +153,20 @@ class JobBoard:
                 job.future.progress = (done, total)
 
             extra["progress"] = progress
+
+        def should_stop() -> bool:
+            return self._should_stop(job)
+
+        def between() -> None:  # inside a long loop that takes no should_stop (a registered score)
+            if job.low:
+                self._give_way(session)
+            check_stop(should_stop)
+
         try:
             if self._should_stop(job):
                 raise Cancelled
-            result = job.fn(*job.args, should_stop=lambda: self._should_stop(job), **extra)
+            with between_steps(between):
+                result = job.fn(*job.args, should_stop=should_stop, **extra)
         except Cancelled as err:
             with self._lock:  # forgotten, so that a later request starts it afresh
                 if self._jobs.get(job.key) is job:
@@ -246,15 +280,16 @@ def session_id() -> str:
     return ctx.session_id if ctx is not None else "default"
 
 
-def background(key: tuple, fn: Callable[..., Any], *args: Any) -> Future:
+def background(key: tuple, fn: Callable[..., Any], *args: Any, low: bool = False) -> Future:
     """The shared future of ``fn(*args, should_stop=...)``, run in this session's background worker.
 
     A job that was cancelled (every session that asked for it went away) is started again on request.
+    ``low``: a slow optional job that gives way to the others (``JobBoard.submit``).
     """
     jobs = board()
-    future = jobs.submit(key, fn, *args, session=session_id())
+    future = jobs.submit(key, fn, *args, session=session_id(), low=low)
     if future.done() and isinstance(future.exception(), Cancelled):
-        future = jobs.submit(key, fn, *args, session=session_id())
+        future = jobs.submit(key, fn, *args, session=session_id(), low=low)
     return future
 
 

@@ -130,17 +130,23 @@ class Lab:
                     out[s.name] = job.result()
         return {n: out[n] for n in SCORES.names() if n in out}
 
-    def slow_score(self, name: str) -> Future:
-        """A slow score, measured in the background worker (on a copy of the model)."""
+    def slow_score(self, name: str, low: bool = True) -> Future:
+        """A slow score, measured in the background worker (on a copy of the model); ``low`` unless a page
+        waits for it."""
         return background(
-            ("score", self.key, self.fraction, self.seed, name), _one_score, name, self.bundle.model, self.splits.clean
+            ("score", self.key, self.fraction, self.seed, name),
+            _one_score,
+            name,
+            self.bundle.model,
+            self.splits.clean,
+            low=low,  # minutes on a big model: the page's ground truth and curves go first
         )
 
     def score(self, name: str) -> NeuronScores:
         """One score; for a slow one not measured yet, a note on the page and the page stops (it reruns when ready)."""
         have = self.scores()
         if name not in have:
-            job = self.slow_score(name)
+            job = self.slow_score(name, low=False)  # the page waits for it
             if not jobs.wait_note([job], f"Measuring {SCORES[name].label} in the background (slow on a CPU)."):
                 st.stop()
             if job.exception() is not None:
@@ -291,7 +297,8 @@ def _bs_stability(key: str, fraction: float, _b) -> dict:
 def _one_score(name: str, model: nn.Module, clean, should_stop: StopCheck = None) -> NeuronScores:
     """Runs in the background worker: never calls st.*; works on its own copy of the model.
 
-    ``should_stop`` is accepted (every job takes it) but a score runs to its end: ANP is the longest, ~30 s.
+    ``should_stop`` is accepted (every job takes it); the slow scores stop, or give way to other jobs, at
+    their ``runtime.step_done`` calls instead (``jobs.JobBoard``).
     """
     work = copy.deepcopy(model)
     return salience.compute(name, work, clean, neuron_map(work))

@@ -18,6 +18,7 @@ from ..data import TensorData
 from ..masks import NeuronMasks, frozen
 from ..neurons import NeuronLayer, NeuronScores, neuron_map
 from ..registry import SCORES, Score
+from ..runtime import step_done
 from .unlearn import unlearned_copy
 
 NAME = "rnp"
@@ -52,6 +53,7 @@ def recovered_masks(
                 loss.backward(inputs=masks.mask_params())
                 opt.step()
                 masks.clip_mask()
+                step_done()
     return masks.values()
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from ..data import TensorData
 from ..neurons import NeuronLayer, NeuronScores, neuron_map
 from ..registry import SCORES, Score
+from ..runtime import step_done
 
 NAME = "unlearn"
 LR = 0.01
@@ -56,6 +57,7 @@ def unlearned_copy(
             torch.nn.utils.clip_grad_norm_(work.parameters(), GRAD_CLIP)
             opt.step()
             step += 1
+            step_done()
             with torch.no_grad():
                 acc = float((work(clean.x.to(dev)).argmax(1) == clean.y.to(dev)).float().mean())
             if acc <= stop_acc or step >= max_steps:
