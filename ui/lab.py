@@ -66,12 +66,18 @@ def splits_for(meta: dict, fraction: float, seed: int) -> data.DataSplits:
     return _splits(meta["dataset"], tuple(meta["input_shape"]), meta["num_classes"], fraction, seed)
 
 
-@st.cache_resource(show_spinner=False, max_entries=16)
+# The two caches that hold images per model (a triggered copy of the test set; the preview's subsets, which
+# may be those very sets): a few models' worth, so that a server many uploads pass through keeps little of
+# them once their sessions close (bench/app_load.py's soak); a miss costs one pass of the trigger.
+IMAGE_CACHE_MODELS = 6
+
+
+@st.cache_resource(show_spinner=False, max_entries=IMAGE_CACHE_MODELS)
 def _triggered(key: str, _test: data.TensorData, _trigger: attacks.Trigger, target: int) -> data.TensorData:
     return metrics.triggered_set(_test, _trigger, target)
 
 
-@st.cache_resource(show_spinner=False, max_entries=16)
+@st.cache_resource(show_spinner=False, max_entries=IMAGE_CACHE_MODELS)
 def _preview_sets(key: str, _model: nn.Module, shape: tuple, _test, _triggered) -> tuple:
     return cost.preview_sets(copy.deepcopy(_model), shape, _test, _triggered)
 
