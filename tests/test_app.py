@@ -16,7 +16,7 @@ from safetensors.torch import save as save_safetensors
 from streamlit.testing.v1 import AppTest
 
 from defense.purify import PurifyConfig
-from tests.defaults import marked_by_default, marked_count
+from tests.defaults import layer_sizes, marked_by_default, marked_count
 
 REPO = Path(__file__).resolve().parent.parent
 APP = str(REPO / "app.py")
@@ -122,7 +122,7 @@ def test_salience_page_heatmaps_ground_truth_roc_and_csv():
         and "benign salience" in maps[0]["hovertemplate"]
         and "weight magnitude" in maps[0]["hovertemplate"]
     )
-    assert outlined(spec) == 2 * round(PurifyConfig().ratio * 16)  # the default share of conv1's 16, on both maps
+    assert outlined(spec) == 2 * round(PurifyConfig().ratio * layer_sizes()[0])  # conv1's default share, both maps
     at.radio(key="w_salience_scale").set_value("raw").run()
     assert not at.exception
     run_until(at, lambda a: any("roc" in c.proto.id for c in a.get("plotly_chart")), timeout=120)

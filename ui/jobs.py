@@ -163,7 +163,7 @@ class JobBoard:
             check_stop(should_stop)
 
         try:
-            if self._should_stop(job):
+            if should_stop():
                 raise Cancelled
             with between_steps(between):
                 result = job.fn(*job.args, should_stop=should_stop, **extra)
