@@ -173,7 +173,9 @@ def test_three_sessions_purify_three_models_at_once(server, browser):
 
     for name, _context, page, main, sidebar, before in sessions:
         expect(main.get_by_role("combobox", name="Run")).to_have_value("1. clp-ar (done)", timeout=180_000)
-        main.get_by_role("button", name="Download purified model (.zip)").wait_for(timeout=60_000)
+        # the result's attribution maps are drawn after the run, while the other two sessions draw theirs and
+        # the background worker measures: on 2 shared cores inside the full suite this took over a minute
+        main.get_by_role("button", name="Download purified model (.zip)").wait_for(timeout=180_000)
         expect(sidebar.locator("strong").first).to_have_text(name)  # each session kept its own model
         after = percent(metric_value(page, "Attack success rate"))
         assert after < before, (name, before, after)

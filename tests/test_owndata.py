@@ -175,7 +175,7 @@ def test_a_pickled_payload_uploaded_as_a_backdoorbench_file_is_refused(tmp_path)
 def test_the_bundled_preact_model_on_every_page(monkeypatch):
     """Every page renders on the 1,200-neuron model; the minutes-long background measurements are not started
     here (their speed is bench/'s job), so the pages show their waiting notes."""
-    monkeypatch.setattr("ui.lab.background", lambda key, fn, *args: Future())
+    monkeypatch.setattr("ui.lab.background", lambda key, fn, *args, low=False: Future())
     at = AppTest.from_file(APP, default_timeout=300)
     at.session_state["model"] = "mnist-preact-badnets"
     at.run()
