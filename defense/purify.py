@@ -84,6 +84,7 @@ class PurifyConfig:
     temperature: float = 2.0
     teacher_input: str = "augmented"  # what the teacher sees: the student's 'augmented' batch or the 'clean' one
     warmup: float = 0.0  # share of the steps spent warming the learning rate up linearly
+    anchor: float = 0.0  # weight of Σ(w − w₀)² over the parameters that are not marked (L2-SP; 0 = off)
     eval_every: int = 25
     guard: str = (
         "none"  # 'sensitivity': end on the checkpoint least sensitive to neuron perturbation (defense/guard.py)
@@ -117,6 +118,8 @@ class PurifyConfig:
             problems.append(f"distillation weight must be in [0, 1], got {self.distill}")
         if not self.temperature > 0:
             problems.append("temperature must be positive")
+        if not (self.anchor >= 0 and math.isfinite(self.anchor)):
+            problems.append(f"anchor weight must be zero or positive, got {self.anchor}")
         if not 0 <= self.warmup < 1:
             problems.append("warmup must be in [0, 1)")
         if self.guard not in ("none", "sensitivity"):
@@ -164,6 +167,8 @@ class Purification:
             raise ValueError("the clean subset is empty: purification needs clean images")
         self.teacher = copy.deepcopy(self.model).eval() if self.config.distill > 0 else None
         self.model = copy.deepcopy(self.model)
+        # where the anchor pulls back to (the model as given)
+        self._start = [p.detach().clone() for p in self.model.parameters()] if self.config.anchor > 0 else []
         self.history: list[dict] = []
         self._stop = False
         self.layers = neuron_map(self.model)
@@ -191,6 +196,17 @@ class Purification:
             for nl in self.layers.values()
             for p in nl.neuron_params()
         }
+
+    def _anchor_penalty(self) -> torch.Tensor:
+        """Σ(w − w₀)² over every parameter entry that is not marked: keeps what the clean task uses where it was."""
+        marked = {id(p): m for p, m, _ in self._marked_params()}
+        total = None
+        for p, p0 in zip(self.model.parameters(), self._start, strict=True):
+            d = (p - p0) ** 2
+            m = marked.get(id(p))
+            term = d[~m].sum() if m is not None else d.sum()
+            total = term if total is None else total + term
+        return total
 
     def _ratio_at(self, step: int) -> float:
         """Fixed: the configured ratio. Dynamic (reference schedule): grows from β·ratio to ratio, β = 0.5."""
@@ -307,6 +323,8 @@ class Purification:
             pen = sum((penalty(cfg.reg, p[m], knee) for p, m, knee in marked), torch.zeros((), device=dev))
             if cfg.reg in ("ar", "l1", "l2") and marked and cfg.lam > 0:
                 (cfg.lam * pen).backward()
+            if cfg.anchor > 0:
+                (cfg.anchor * self._anchor_penalty()).backward()
             opt.step()
             sched.step()
             if cfg.reg == "prune":

@@ -55,9 +55,15 @@ def fingerprint(bundle) -> str:
     return h.hexdigest()[:24]
 
 
+# Settings added after results were first saved, with the value that switches them off: left out of the key
+# while off, so that results saved (and shipped) before they existed still match the same run.
+ADDED_SETTINGS_OFF = {"anchor": 0.0}
+
+
 def settings_key(settings: dict) -> str:
     """A short hash of the requested settings (the seed left out: it is part of the subset)."""
-    shown = {k: v for k, v in settings.items() if k != "seed"}
+    off = ADDED_SETTINGS_OFF
+    shown = {k: v for k, v in settings.items() if k != "seed" and not (k in off and v == off[k])}
     return hashlib.sha256(json.dumps(shown, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -212,3 +212,12 @@ def test_the_report_and_its_figures_do_not_import_streamlit():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=MODELS_DIR.parent.parent
     )
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_a_setting_added_later_keeps_the_saved_keys_while_it_is_off():
+    from defense.purify import PurifyConfig
+
+    now = PurifyConfig().to_dict()
+    before_anchor = {k: v for k, v in now.items() if k != "anchor"}  # what results saved before it existed hold
+    assert result_store.settings_key(now) == result_store.settings_key(before_anchor)
+    assert result_store.settings_key(replace(PurifyConfig(), anchor=0.01).to_dict()) != result_store.settings_key(now)

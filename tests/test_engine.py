@@ -379,3 +379,36 @@ def test_marked_norm_works_before_iterating_and_the_report_has_one_builder():
     )
     assert meta["name"] == "m-bs-ar" and meta["purified_from"] == "m" and meta["purification"]["defense"] == "bs-ar"
     assert meta["purification"]["steps"] == 3 and meta["attack"] == {"kind": "badnets"}
+
+
+def test_anchor_penalty_is_the_squared_distance_of_the_unmarked_entries_only(tiny):
+    net, batch = tiny
+    cfg = PurifyConfig(metric="magnitude", ratio=0.5, anchor=0.5, steps=1, distill=0.0)
+    run = Purification(net, batch, batch, batch, cfg)
+    assert float(run._anchor_penalty().detach()) == 0.0
+    conv_mask = run.mask["conv"]
+    assert conv_mask.any() and (~conv_mask).any()
+    with torch.no_grad():
+        run.model.conv.weight[conv_mask] += 1.0  # marked: not the anchor's business
+        run.model.conv.weight[~conv_mask] += 0.1
+        run.model.fc2.bias += 0.2  # not a neuron's parameter: always anchored
+    unmarked_entries = int((~conv_mask).sum()) * net.conv.weight[0].numel()
+    expected = unmarked_entries * 0.1**2 + net.fc2.bias.numel() * 0.2**2
+    assert float(run._anchor_penalty().detach()) == pytest.approx(expected, rel=1e-5)
+
+
+def test_anchor_keeps_the_unmarked_weights_nearer_their_start(tiny):
+    net, batch = tiny
+
+    def drift(anchor: float) -> tuple[float, float]:
+        cfg = PurifyConfig(metric="magnitude", ratio=0.5, anchor=anchor, steps=30, lr=0.05, distill=0.0, augment=False)
+        run = Purification(net, batch, batch, batch, cfg)
+        run.run()
+        m = run.mask["conv"]
+        d = run.model.conv.weight.detach() - net.conv.weight.detach()
+        return float(d[~m].norm()), float(d[m].norm())
+
+    free_unmarked, free_marked = drift(0.0)
+    held_unmarked, held_marked = drift(5.0)
+    assert held_unmarked < 0.5 * free_unmarked
+    assert held_marked > 0.5 * free_marked  # the penalty on the marked neurons still moves them
