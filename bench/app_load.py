@@ -292,7 +292,8 @@ def report(f: dict, args) -> str:
             "## App under load (bench/app_load.py)",
             "",
             f"Measured {datetime.date.today().isoformat()} on {cores} CPU cores shared with other work "
-            "(`nice`, numbers are noisy), Chromium via Playwright against one `streamlit run app.py`; "
+            "(`nice`, numbers are noisy), Chromium via Playwright against one `streamlit run app.py` "
+            f"started with MALLOC_ARENA_MAX={os.environ.get('MALLOC_ARENA_MAX', '2')} (as `make run` does); "
             "memory is the streamlit process's RSS from /proc.",
             "",
             "| what | figure |",

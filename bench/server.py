@@ -42,7 +42,9 @@ def start_server(
     this process's environment; returns once /_stcore/health answers 200 (checked every ``poll_s`` seconds)."""
     cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true"]
     cmd += ["--server.address", "127.0.0.1", "--server.port", str(port)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    # Same allocator setting as `make run`: glibc's per-thread arenas otherwise keep what sessions freed.
+    base = {"MALLOC_ARENA_MAX": "2", **os.environ}
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**base, **(env or {})})
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
