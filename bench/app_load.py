@@ -33,7 +33,7 @@ import zipfile
 from pathlib import Path
 
 from bench.sections import write_section
-from bench.server import ARGS, CHROMIUM, free_port, start_server
+from bench.server import ALLOCATOR_ENV, ARGS, CHROMIUM, free_port, start_server
 from defense.paths import ROOT
 
 MODELS = ROOT / "assets" / "models"
@@ -293,7 +293,8 @@ def report(f: dict, args) -> str:
             "",
             f"Measured {datetime.date.today().isoformat()} on {cores} CPU cores shared with other work "
             "(`nice`, numbers are noisy), Chromium via Playwright against one `streamlit run app.py` "
-            f"started with MALLOC_ARENA_MAX={os.environ.get('MALLOC_ARENA_MAX', '2')} (as `make run` does); "
+            f"started with MALLOC_ARENA_MAX={os.environ.get('MALLOC_ARENA_MAX', ALLOCATOR_ENV['MALLOC_ARENA_MAX'])} "
+            "(as `make run` does); "
             "memory is the streamlit process's RSS from /proc.",
             "",
             "| what | figure |",

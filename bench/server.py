@@ -14,6 +14,8 @@ from pathlib import Path
 
 from defense.paths import ROOT
 
+# As `make run` sets it: glibc's per-thread arenas otherwise keep what closed sessions freed (docs/TRUST.md).
+ALLOCATOR_ENV = {"MALLOC_ARENA_MAX": "2"}
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's Chromium, driven by Playwright
 ARGS = [
     "--no-sandbox",
@@ -42,8 +44,7 @@ def start_server(
     this process's environment; returns once /_stcore/health answers 200 (checked every ``poll_s`` seconds)."""
     cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true"]
     cmd += ["--server.address", "127.0.0.1", "--server.port", str(port)]
-    # Same allocator setting as `make run`: glibc's per-thread arenas otherwise keep what sessions freed.
-    base = {"MALLOC_ARENA_MAX": "2", **os.environ}
+    base = {**ALLOCATOR_ENV, **os.environ}
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**base, **(env or {})})
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
