@@ -93,10 +93,17 @@ def keyed(key: str) -> str:
     return f'[class~="st-key-{re.sub(r"[^a-zA-Z0-9_-]", "-", key)}"]'
 
 
-def chart_box(page, key: str) -> dict:
+def chart_box(page, key: str) -> dict | None:
+    """The chart's bounding box; a live chart is redrawn every poll, and a box read while its element is
+    being replaced comes back None, so the read is retried on the new element."""
     chart = page.locator(f"{keyed(key)} .js-plotly-plot").first
-    chart.wait_for(state="visible", timeout=30_000)
-    return chart.bounding_box()
+    for _ in range(20):
+        chart.wait_for(state="visible", timeout=30_000)
+        box = chart.bounding_box()
+        if box is not None:
+            return box
+        page.wait_for_timeout(250)
+    return None
 
 
 def assert_in_view(page, box: dict | None, what: str) -> None:
