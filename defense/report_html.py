@@ -124,6 +124,7 @@ def build_report(
     """
     from tqdm import tqdm
 
+    from ui import palette
     from ui.charts import image_grid, layers_row
     from ui.compare_charts import asr_curves_figure, tradeoff_figure
     from ui.curves import pruning_figure, roc_figure, runs_figure, score_label
@@ -209,7 +210,7 @@ def build_report(
             "Ground truth by ablation: each neuron is zeroed on its own, and those whose removal most weakens the "
             f"trigger are labelled infected ({int(sum(int(v.sum()) for v in infected.values()))} neurons)."
         ),
-        _fig(roc_figure(curves, score_label("benign")), "roc"),
+        _fig(roc_figure(curves, score_label("benign"), [palette.score_color(m) for m in shown]), "roc"),
         "<table><tr><th>score</th><th>ROC AUC</th><th>precision at k</th></tr>"
         + "".join(
             f"<tr><td>{html.escape(lbl)}</td><td>{q['auc']:.3f}</td><td>{q['precision_at_k']:.3f}</td></tr>"

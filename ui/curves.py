@@ -91,7 +91,10 @@ def roc_figure(
                 y=tpr,
                 mode="lines",
                 name=f"{label} (AUC {auc:.2f})",
-                line=dict(color=colors[i] if i < len(colors) else palette.RUNS[i], width=4 if label == bold else 2),
+                line=dict(
+                    color=colors[i] if i < len(colors) else palette.RUNS[i % len(palette.RUNS)],
+                    width=4 if label == bold else 2,
+                ),
             )
         )
     fig.add_trace(

@@ -25,8 +25,13 @@ SCORES = {
     "magnitude": "#e69f00",  # orange
     "activation": "#009e73",  # green
     "clp": "#cc79a7",  # pink-purple
+    "anp": "#56b4e9",  # sky blue
+    "bs-magnitude": "#7a5195",  # purple
+    "unlearn": "#a6761d",  # brown
+    "rnp": "#666666",  # grey
+    "inversion": "#d55e00",  # vermillion
 }
-_EXTRA_SCORES = ("#56b4e9", "#7a5195", "#a6761d", "#666666")  # scores registered later, in order
+_EXTRA_SCORES = ("#b8860b", "#2f4b7c", "#8b4513", "#5f9ea0")  # scores registered later, by a hash of the name
 
 RUNS = ("#332288", "#117733", "#882255", "#44aa99", "#999933", "#aa4499", "#6699cc", "#661100")
 
