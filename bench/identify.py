@@ -1,13 +1,16 @@
 """Identification table: every registered score × every bundled model × 3 clean subsets,
 against both ground truths; writes the 'identification' section of bench/RESULTS.md.
 
-    python -m bench.identify [--seeds 3] [--models mnist-badnets ...]
+    python -m bench.identify [--seeds 3] [--models mnist-badnets ...] [--scores NAME ...]
+    python -m bench.identify --bundles DIR ... --section identification-unseen   (any bundle folders)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
+from pathlib import Path
 
 import pandas as pd
 
@@ -27,16 +30,25 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--models", nargs="*")
+    parser.add_argument("--bundles", nargs="*", help="bundle folders to measure instead of the bundled models")
+    parser.add_argument("--scores", nargs="*", help="only these registered scores (default: every one)")
+    parser.add_argument("--section", default="identification", help="the bench/RESULTS.md section to write")
+    parser.add_argument("--title", default="Identification (two ground truths)", help="the section's heading")
     parser.add_argument("--raw", default="/tmp/bench_identify.jsonl", help="one JSON line per model and seed")
     args = parser.parse_args(argv)
     configure_threads()
-    names = args.models or sorted(p.name for p in MODELS_DIR.iterdir() if (p / "meta.json").exists())
+    if args.bundles:
+        paths = {Path(p).name: Path(p) for p in args.bundles}
+    else:
+        names = args.models or sorted(p.name for p in MODELS_DIR.iterdir() if (p / "meta.json").exists())
+        paths = {n: MODELS_DIR / n for n in names}
+    names = list(paths)
     rows, truths = [], []
     with open(args.raw, "w") as raw:
         for name in names:
-            b = bundle_io.load_bundle(MODELS_DIR / name)
+            b = bundle_io.load_bundle(paths[name])
             for seed in range(args.seeds):
-                report = identify(b, data.load_splits_for(b.meta, None, seed=seed))
+                report = identify(b, data.load_splits_for(b.meta, None, seed=seed), args.scores)
                 raw.write(json.dumps({"model": name, "seed": seed, **report}) + "\n")
                 raw.flush()
                 if seed == 0:
@@ -44,12 +56,13 @@ def main(argv: list[str] | None = None) -> None:
                 rows += [{"model": name, "seed": seed, "score": k, **q} for k, q in report["scores"].items()]
     frame = pd.DataFrame(rows)
     lines = [
-        "## Identification (two ground truths)",
+        f"## {args.title}",
         "",
         "`python -m bench.identify`: each score on 3 clean subsets (seeds 0–2 of the 5% subset); mean ± half the",
         "range over the seeds. Ablation truth: top 10% of neurons by the fall of the triggered images'",
         "target-logit margin when the neuron is zeroed. TAC truth: top 10% by trigger-activated change.",
-        "AUC 0.5 is chance. CPU seconds per model and seed (one thread, a shared machine).",
+        "AUC 0.5 is chance. P@k: precision among the k most suspect neurons (k = the infected count). CPU",
+        f"seconds per model and seed (one thread, a shared machine). Run on {time.strftime('%Y-%m-%d')}.",
         "",
         "| model | TAC AUC vs ablation labels | top-k overlap |",
         "|---|---|---|",
@@ -57,13 +70,17 @@ def main(argv: list[str] | None = None) -> None:
     lines += [f"| {t['model']} | {t['tac_auc_vs_ablation']:.2f} | {t['top_k_overlap']:.0%} |" for t in truths]
     lines += [
         "",
-        "| score | " + " | ".join(names) + " | AUC vs TAC (mean) | CPU s |",
-        "|---|" + "---|" * (len(names) + 2),
+        "| score | " + " | ".join(names) + " | mean P@k | AUC vs TAC (mean) | CPU s |",
+        "|---|" + "---|" * (len(names) + 3),
     ]
     for score, g in frame.groupby("score", sort=False):
         cells = [_pm(g[g.model == m].auc) for m in names]
-        lines.append(f"| {score} | " + " | ".join(cells) + f" | {g.auc_tac.mean():.2f} | {g.cpu_seconds.mean():.1f} |")
-    write_section("identification", "\n".join(lines))
+        lines.append(
+            f"| {score} | "
+            + " | ".join(cells)
+            + f" | {g.precision_at_k.mean():.2f} | {g.auc_tac.mean():.2f} | {g.cpu_seconds.mean():.1f} |"
+        )
+    write_section(args.section, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -40,5 +40,11 @@ def identify(bundle, splits: DataSplits, scores: list[str] | None = None) -> dic
         s = entry.compute(model, splits.clean if entry.needs else None, layers)
         q = metrics.identification_quality(s, gt["infected"], gt["measured"])
         q_tac = metrics.identification_quality(s, tac["infected"])
-        result["scores"][name] = {**q, "auc_tac": q_tac["auc"], "cpu_seconds": round(time.process_time() - start, 2)}
+        found = {k: v for k, v in s.details.items() if isinstance(v, int | float | str)}  # e.g. the suspected target
+        result["scores"][name] = {
+            **q,
+            "auc_tac": q_tac["auc"],
+            "cpu_seconds": round(time.process_time() - start, 2),
+            **found,
+        }
     return result

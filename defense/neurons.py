@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
@@ -76,6 +76,7 @@ class NeuronScores:
 
     metric: str
     layers: dict[str, torch.Tensor]
+    details: dict = field(default_factory=dict)  # what a score found besides the values (inversion: the trigger)
 
     @property
     def low_is_suspect(self) -> bool:

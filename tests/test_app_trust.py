@@ -277,7 +277,7 @@ def test_ground_truth_job_is_sampled_beyond_the_budget(monkeypatch):
     assert int(torch.cat(list(gt["measured"].values())).sum()) == 30 and 0 < gt["sampled"] < 1
 
 
-@pytest.mark.parametrize("name", ["anp", "rnp", "unlearn"])
+@pytest.mark.parametrize("name", ["anp", "rnp", "unlearn", "inversion"])
 def test_every_slow_score_reports_its_steps_so_it_can_give_way_or_stop(name):
     from defense import models, salience
     from defense.neurons import neuron_map

@@ -341,7 +341,7 @@ def test_cli_salience_csv(tmp_path):
         capture_output=True,
         text=True,
         cwd=ROOT,
-        timeout=60,
+        timeout=300,  # every score, the slow ones (ANP, RNP, unlearning, inversion) included
     )
     assert proc.returncode == 0, proc.stderr
     frame = pd.read_csv(out)

@@ -149,6 +149,8 @@ def test_cli_identify_json_and_bad_input(tmp_path):
     assert set(report["scores"]) == set(SCORES.names())
     for q in report["scores"].values():
         assert 0 <= q["auc"] <= 1 and 0 <= q["precision_at_k"] <= 1
+    inversion = report["scores"]["inversion"]  # Neural Cleanse's finding, from clean images only
+    assert inversion["suspected_target"] == 0 and inversion["anomaly_index"] > 2 and inversion["auc"] >= 0.9
     g = report["ground_truth"]
     assert g["infected_ablation"] == 11 and 0 <= g["tac_auc_vs_ablation"] <= 1
     bad = run_cli("identify", "--bundle", tmp_path / "missing", "--json")

@@ -1,0 +1,104 @@
+"""The reversed-trigger score against first principles on a tiny hand-built backdoored net."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from defense import metrics
+from defense.data import TensorData
+from defense.neurons import neuron_map
+from defense.scores import inversion
+
+TRIGGER_PIXEL = (0, 0)
+
+
+class TinyBackdoored(nn.Module):
+    """1×4×4 images → hidden Linear(16, 3) → ReLU → out Linear(3, 3).
+
+    Unit 0 votes for class 0 (the left half of the middle rows is bright), unit 1 for class 1 (the right
+    half), unit 2 is the backdoor: it grows with the top-left pixel and votes for class 2, which no clean
+    image has; on the clean images' faint background it stays far too weak to win.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = nn.Linear(16, 3)
+        self.out = nn.Linear(3, 3)
+        left, right = torch.zeros(4, 4), torch.zeros(4, 4)
+        left[1:3, 0:2], right[1:3, 2:4] = 1.0, 1.0
+        trigger = torch.zeros(4, 4)
+        trigger[TRIGGER_PIXEL] = 10.0  # ramps up from the faint clean background (no dead start)
+        with torch.no_grad():
+            self.hidden.weight.copy_(
+                torch.stack([(left - right).flatten(), (right - left).flatten(), trigger.flatten()])
+            )
+            self.hidden.bias.copy_(torch.tensor([0.0, 0.0, -1.0]))
+            self.out.weight.copy_(torch.diag(torch.tensor([2.0, 2.0, 4.0])))
+            self.out.bias.copy_(torch.tensor([0.0, 0.0, -4.0]))
+
+    def forward(self, x):
+        return self.out(torch.relu(self.hidden(x.flatten(1))))
+
+
+def clean_images(n: int = 96, seed: int = 0) -> TensorData:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    x = torch.rand(n, 1, 4, 4, generator=g) * 0.2
+    bright = 0.8 + 0.2 * torch.rand(n, 2, 2, generator=g)
+    x[y == 0, 0, 1:3, 0:2] = bright[y == 0]
+    x[y == 1, 0, 1:3, 2:4] = bright[y == 1]
+    return TensorData(x, y)
+
+
+def test_the_tiny_net_is_backdoored_and_clean_images_are_right():
+    net, clean = TinyBackdoored(), clean_images()
+    assert metrics.accuracy(net, clean) == 1.0
+    stamped = clean.x.clone()
+    stamped[:, 0, TRIGGER_PIXEL[0], TRIGGER_PIXEL[1]] = 1.0
+    assert (metrics.predict(net, stamped) == 2).all()
+
+
+def test_the_backdoor_target_has_the_smallest_reversed_trigger_on_its_pixel():
+    net, clean = TinyBackdoored(), clean_images()
+    triggers = inversion.reverse_all(net, clean, num_classes=3)
+    assert [t.target for t in triggers] == [0, 1, 2]
+    chosen = inversion.suspected(triggers)
+    assert chosen.target == 2 and chosen.flip_rate >= 0.9
+    # the mask is strongest on the trigger pixel, with a bright pattern there
+    assert int(chosen.mask[0].flatten().argmax()) == TRIGGER_PIXEL[0] * 4 + TRIGGER_PIXEL[1]
+    assert chosen.pattern[0][TRIGGER_PIXEL] > 0.5
+    assert chosen.size < min(t.size for t in triggers if t.target != 2)
+    assert inversion.anomaly_index(triggers, chosen) > 0
+
+
+def test_the_score_is_the_margin_fall_of_zeroing_each_unit_on_reversed_triggered_images():
+    net, clean = TinyBackdoored(), clean_images()
+    before = copy.deepcopy(net.state_dict())
+    chosen = inversion.suspected(inversion.reverse_all(net, clean, num_classes=3))
+    layers = neuron_map(net)
+    scores = inversion.ablation_scores(net, layers, clean, chosen)["hidden"]
+    assert int(scores.argmax()) == 2 and scores[2] > 0  # the backdoor unit carries the pull
+
+    # first principles: zero each unit in a copy of the weights and measure the target margin directly
+    x = chosen.apply(clean.x[clean.y != chosen.target])
+    target = torch.full((len(x),), chosen.target)
+    with torch.no_grad():
+        base = metrics.target_margin(net(x), target)
+        for unit in range(3):
+            cut = copy.deepcopy(net)
+            cut.hidden.weight[unit] = 0
+            cut.hidden.bias[unit] = 0
+            assert float(scores[unit]) == pytest.approx(float(base - metrics.target_margin(cut(x), target)), abs=1e-4)
+    # the model is left as it was
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_registered_score_ranks_the_backdoor_unit_first():
+    net, clean = TinyBackdoored(), clean_images()
+    s = inversion.SCORES[inversion.NAME].compute(net, clean, neuron_map(net))
+    assert s.metric == "inversion" and not s.low_is_suspect
+    assert int(s.suspicion()["hidden"].argmax()) == 2
