@@ -10,6 +10,7 @@ from defense.truth import agreement
 from ui import classroom, lab, measures, overview, palette, story
 from ui.charts import layer_heatmaps, scaled
 from ui.curves import roc_figure, score_label, score_labels, truth_scatter
+from ui.figures import trigger_figure, trigger_sizes_figure
 from ui.jobs import wait_note
 from ui.state import intro, require_app
 from ui.theme import plot
@@ -140,6 +141,37 @@ if ready and wait_note([tac_job], "Measuring how much each neuron reacts to the 
         hide_index=True,
         width="stretch",
         column_config={c: st.column_config.NumberColumn(format="%.2f") for c in ("AUC vs ablation", "AUC vs TAC")},
+    )
+
+st.subheader("The trigger, reverse-engineered from clean images")
+inversion = scores.get("inversion")
+if inversion is None:  # a slow score: the background worker measures it after the page's own work
+    st.caption(
+        f"{SCORES['inversion'].label}: for every label, the smallest mask and pattern that send clean images of "
+        "other labels to it. Being measured in the background (an optimisation per label: slow on a CPU); it "
+        "appears here, and in the ROC above, when it is done."
+    )
+else:
+    found_trigger = inversion.details
+    left, right = st.columns([3, 2])
+    with left:
+        plot(
+            trigger_figure(found_trigger["trigger"], current.splits.clean.x[0]),
+            "reversed-trigger",
+            f"{current.name}-reversed-trigger",
+        )
+    with right:
+        plot(
+            trigger_sizes_figure(found_trigger["sizes"], found_trigger["suspected_target"]),
+            "reversed-sizes",
+            f"{current.name}-reversed-trigger-sizes",
+        )
+    st.markdown(story.reversed_trigger_verdict(found_trigger, current.target))
+    st.caption(
+        "Neural Cleanse (Wang et al. 2019): a backdoor is a shortcut to its target, so that label needs a much "
+        "smaller trigger than any other. The inversion score then zeroes each neuron on clean images carrying this "
+        "reversed trigger; the neurons whose loss most weakens its pull are the suspects. Found from the clean "
+        "images alone: the real trigger (Model page) was never shown to it."
     )
 
 st.subheader("How steady is benign salience?")

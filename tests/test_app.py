@@ -17,6 +17,7 @@ from streamlit.testing.v1 import AppTest
 
 from defense.purify import PurifyConfig
 from tests.defaults import layer_sizes, marked_by_default, marked_count
+from ui import palette
 
 REPO = Path(__file__).resolve().parent.parent
 APP = str(REPO / "app.py")
@@ -156,6 +157,19 @@ def test_salience_page_heatmaps_ground_truth_roc_and_csv():
     assert f"{agree['top_k_overlap']:.0%} of them are also TAC-infected" in tac_caption(at)
     table = next(d.value for d in at.dataframe if "AUC vs TAC" in d.value.columns)
     assert set(table["score"]) >= {"benign salience", "channel Lipschitz (CLP)"}
+
+
+def test_salience_page_shows_the_reversed_trigger_once_the_background_has_measured_it():
+    at = open_app("salience")
+    assert any("Being measured in the background" in c.value for c in at.caption)  # said while it runs
+    run_until(at, lambda a: any("reversed-trigger" in c.proto.id for c in a.get("plotly_chart")), timeout=600, pause=2)
+    verdict = next(m.value for m in at.markdown if m.value.startswith("Suspected target"))
+    assert "**label 0**" in verdict and "declares the same label" in verdict  # mnist-badnets' target is 0
+    bars = chart(at, "reversed-sizes")["data"][0]
+    assert len(bars["x"]) == 10 and bars["marker"]["color"][0] == palette.INFECTED
+    assert min(bars["y"]) == bars["y"][0]  # the target's reversed trigger is the smallest
+    roc = [t["name"] for t in chart(at, "roc")["data"]]
+    assert any(n.startswith("reversed-trigger ablation") for n in roc)  # and the score joins the ROC
 
 
 # ---------------------------------------------------------------- threshold

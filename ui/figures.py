@@ -145,3 +145,20 @@ def _flow_arrows(trigger, every: int = 3) -> go.Scatter:
             xs += [c, c + dx, None]
             ys += [r, r + dy, None]
     return go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=palette.TEXT, width=1.5), hoverinfo="skip")
+
+
+def trigger_sizes_figure(sizes: dict[int, float], target: int, height: int = 230) -> go.Figure:
+    """One bar per label: the size (mask L1) of its reversed trigger; the suspected target in the danger colour."""
+    labels = list(sizes)
+    fig = go.Figure(
+        go.Bar(
+            x=[str(k) for k in labels],
+            y=[sizes[k] for k in labels],
+            marker_color=[palette.INFECTED if k == target else palette.CLEAN for k in labels],
+            hovertemplate="label %{x}: %{y:.1f} pixels' worth of mask<extra></extra>",
+        )
+    )
+    fig.update_xaxes(title="label the reversed trigger sends images to", type="category")
+    fig.update_yaxes(title="trigger size (mask L1)")
+    fig.update_layout(height=height, margin=dict(l=6, r=6, t=10, b=6), showlegend=False)
+    return fig

@@ -49,6 +49,24 @@ def salience_verdict(aucs: Mapping[str, float], featured: str, labels: Mapping[s
     return first + f"; {labels.get(best, best)} does best ({aucs[best]:.2f})."
 
 
+def reversed_trigger_verdict(details: Mapping, declared_target: int | None) -> str:
+    """What Neural Cleanse's reverse-engineering found (the inversion score's ``details``), in words."""
+    sizes = details["sizes"]
+    target = details["suspected_target"]
+    others = sorted(v for k, v in sizes.items() if k != target)
+    median = others[len(others) // 2] if others else float("nan")
+    a = details["anomaly_index"]
+    outlier = "an outlier: a backdoor is likely" if a > 2 else "not an outlier (Neural Cleanse's bar is 2)"
+    text = (
+        f"Suspected target: **label {target}**. Its reversed trigger covers {sizes[target]:.1f} pixels' worth of "
+        f"mask against a median of {median:.1f} for the other labels (anomaly index {a:.1f}, {outlier})."
+    )
+    if declared_target is not None:
+        agree = "the same label" if declared_target == target else f"label {declared_target}, not this one"
+        text += f" The bundle declares {agree}."
+    return text
+
+
 def model_verdict(clean_acc: float, asr: float, target: int) -> str:
     if asr >= 0.8:
         return (
