@@ -72,11 +72,14 @@ def clp_mask(model: nn.Module, u: float = 3.0) -> NeuronMask:
     return mask
 
 
-def marking_build(score: str, reg: str, **overrides) -> Callable[..., Purification]:
+def marking_build(score: str, reg: str, defaults=None, **overrides) -> Callable[..., Purification]:
     """The build of a defense that marks neurons with ``score`` and applies regularizer ``reg``.
 
     ``overrides``: settings the defense fixes whatever the config says (e.g. ``distill=0.0`` for the paper's form).
+    ``defaults``: the defense's own values of settings the caller left at PurifyConfig's default (a ``--ratio``
+    given on the command line still wins).
     """
+    own_defaults = dict(defaults or {})
 
     def build(
         model: nn.Module,
@@ -87,7 +90,9 @@ def marking_build(score: str, reg: str, **overrides) -> Callable[..., Purificati
         scores: NeuronScores | None = None,
         mask: NeuronMask | None = None,
     ) -> Purification:
-        cfg = replace(config, metric=score, reg=reg, **overrides)
+        base = PurifyConfig()
+        own = {k: v for k, v in own_defaults.items() if getattr(config, k) == getattr(base, k)}
+        cfg = replace(config, metric=score, reg=reg, **own, **overrides)
         reuse = scores if scores is not None and scores.metric == score else None  # precomputed on this model
         return Purification(model, clean, test, triggered, cfg, scores=reuse, mask=mask)
 
@@ -95,7 +100,15 @@ def marking_build(score: str, reg: str, **overrides) -> Callable[..., Purificati
 
 
 def _register_marking(
-    name: str, score: str, reg: str, label: str, explanation: str, distill: bool = True, overrides=None, **flags
+    name: str,
+    score: str,
+    reg: str,
+    label: str,
+    explanation: str,
+    distill: bool = True,
+    overrides=None,
+    defaults=None,
+    **flags,
 ) -> None:
     overrides = dict(overrides or {})
     if not distill:
@@ -105,7 +118,7 @@ def _register_marking(
             name,
             label,
             explanation,
-            marking_build(score, reg, **overrides),
+            marking_build(score, reg, defaults, **overrides),
             marking=(score, reg),
             distill=distill,
             **flags,
@@ -194,6 +207,21 @@ _register_marking(
     "weight magnitude + adaptive regularization, with distillation",
     "Marks the neurons with the smallest weights, " + _SHARED + ", with adaptive regularization: the pair of "
     "bs-ar-kd with weight magnitude in place of benign salience.",
+)
+
+_register_marking(
+    "nc-ar",
+    "inversion",
+    "ar",
+    "reversed-trigger marking + AR + unlearning of the reversed trigger",
+    "Reverse-engineers the trigger from the clean images (Neural Cleanse) and marks, in each layer, the 10% of the "
+    "neurons whose removal most weakens it (the inversion score), "
+    + _SHARED
+    + ", with adaptive regularization on the marked neurons; 40% of every batch carries the reversed trigger "
+    "at its true label, so that the backdoor cannot grow back elsewhere. Slower to start: the reversal takes an "
+    "optimisation per label (docs/METHOD.md).",
+    overrides={"reversed_share": 0.4},
+    defaults={"ratio": 0.1},
 )
 
 

@@ -85,6 +85,9 @@ class PurifyConfig:
     teacher_input: str = "augmented"  # what the teacher sees: the student's 'augmented' batch or the 'clean' one
     warmup: float = 0.0  # share of the steps spent warming the learning rate up linearly
     anchor: float = 0.0  # weight of Σ(w − w₀)² over the parameters that are not marked (L2-SP; 0 = off)
+    # share of each batch stamped with the trigger reverse-engineered from the clean images (the inversion score's),
+    # kept at its true label: Neural Cleanse's unlearning (0 = off)
+    reversed_share: float = 0.0
     eval_every: int = 25
     guard: str = (
         "none"  # 'sensitivity': end on the checkpoint least sensitive to neuron perturbation (defense/guard.py)
@@ -120,6 +123,8 @@ class PurifyConfig:
             problems.append("temperature must be positive")
         if not (self.anchor >= 0 and math.isfinite(self.anchor)):
             problems.append(f"anchor weight must be zero or positive, got {self.anchor}")
+        if not 0 <= self.reversed_share <= 1:
+            problems.append(f"reversed_share must be in [0, 1], got {self.reversed_share}")
         if not 0 <= self.warmup < 1:
             problems.append("warmup must be in [0, 1)")
         if self.guard not in ("none", "sensitivity"):
@@ -184,7 +189,15 @@ class Purification:
                 self.scores, self.tracker = salience.benign_salience(self.model, self.clean, layers=self.layers)
             elif self.scores is None:
                 self.scores = salience.compute(self.config.metric, self.model, self.clean, self.layers)
-        self.scores = NeuronScores(self.scores.metric, {n: self.scores.layers[n] for n in self.layers})
+        self.scores = NeuronScores(
+            self.scores.metric, {n: self.scores.layers[n] for n in self.layers}, self.scores.details
+        )
+        self.reversed_trigger = None  # the inversion score's reversed trigger, for reversed_share
+        if self.config.reversed_share > 0:
+            found = self.scores.details.get("trigger")
+            if found is None:
+                found = salience.compute("inversion", self.model, self.clean, self.layers).details["trigger"]
+            self.reversed_trigger = found
         self._fixed_mask = self.mask
         self.mask = self._mark(0)
         cfg = self.config
@@ -302,13 +315,16 @@ class Purification:
             x_clean = xb
             if cfg.augment:
                 xb = _shift(xb, gen)
+            t_in = x_clean if cfg.teacher_input == "clean" else xb  # never the stamped images: the teacher obeys them
+            if self.reversed_trigger is not None:
+                k = int(round(cfg.reversed_share * len(xb)))
+                xb = torch.cat([self.reversed_trigger.apply(xb[:k]), xb[k:]])
             opt.zero_grad(set_to_none=True)
             logits = self.model(xb)
             task = loss_fn(logits, yb)
             clean_ce = float(task.detach())  # the same quantity for every defense: the loss panel plots it
             if self.teacher is not None:
                 with torch.no_grad():
-                    t_in = x_clean if cfg.teacher_input == "clean" else xb
                     soft = F.softmax(self.teacher(t_in) / cfg.temperature, dim=1)
                 kd = F.kl_div(F.log_softmax(logits / cfg.temperature, dim=1), soft, reduction="batchmean")
                 task = (1 - cfg.distill) * task + cfg.distill * cfg.temperature**2 * kd

@@ -102,3 +102,42 @@ def test_registered_score_ranks_the_backdoor_unit_first():
     s = inversion.SCORES[inversion.NAME].compute(net, clean, neuron_map(net))
     assert s.metric == "inversion" and not s.low_is_suspect
     assert int(s.suspicion()["hidden"].argmax()) == 2
+
+
+def test_fine_tuning_on_reversed_triggered_images_at_their_true_labels_unlearns_the_backdoor():
+    from dataclasses import replace
+
+    from defense.purify import Purification, PurifyConfig
+
+    net, clean, test = TinyBackdoored(), clean_images(), clean_images(200, seed=1)
+    stamped = test.x.clone()
+    stamped[:, 0, TRIGGER_PIXEL[0], TRIGGER_PIXEL[1]] = 1.0
+    triggered = TensorData(stamped, torch.full((len(test),), 2))
+    base = PurifyConfig(metric="inversion", reg="none", steps=60, lr=0.05, batch_size=32, augment=False, distill=0.9)
+    plain = Purification(net, clean, test, triggered, base)
+    plain.run()
+    unlearned = Purification(net, clean, test, triggered, replace(base, reversed_share=0.5))
+    assert unlearned.reversed_trigger is not None and unlearned.reversed_trigger.target == 2
+    unlearned.run()
+    assert plain.history[-1]["asr"] > 0.9  # clean fine-tuning alone leaves the backdoor in
+    assert unlearned.history[-1]["asr"] < 0.1 and unlearned.history[-1]["clean_acc"] == 1.0
+
+
+def test_nc_ar_marks_a_tenth_by_default_and_a_given_ratio_still_wins():
+    from dataclasses import replace
+
+    from defense import baselines
+    from defense.purify import PurifyConfig
+
+    net, clean = TinyBackdoored(), clean_images()
+    triggered = TensorData(clean.x.clone(), torch.full((len(clean),), 2))
+    run = baselines.make("nc-ar", net, clean, clean, triggered, PurifyConfig())
+    assert (run.config.metric, run.config.reg, run.config.ratio, run.config.reversed_share) == (
+        "inversion",
+        "ar",
+        0.1,
+        0.4,
+    )
+    assert run.reversed_trigger.target == 2  # the trigger it unlearns comes with the score
+    chosen = baselines.make("nc-ar", net, clean, clean, triggered, replace(PurifyConfig(), ratio=0.34))
+    assert chosen.config.ratio == 0.34 and int(chosen.mask["hidden"].sum()) == 1
