@@ -282,6 +282,18 @@ def test_short_purification_completes_and_lowers_the_asr():
     assert "2. ft · lr 0.02, 10 steps, no distillation" in names  # run labels carry their settings
 
 
+def test_a_defense_marking_with_a_slow_score_starts_before_the_score_is_measured():
+    at = open_app("purify")
+    at.selectbox(key="w_purify_defense").set_value("nc-ar").run()
+    at.number_input(key="w_purify_steps").set_value(5).run()
+    at.button(key="w_start").click().run()  # the inversion score is not measured yet: the run measures it
+    run_until(at, lambda a: not runs(a)[-1].active, timeout=300, pause=2)
+    run = runs(at)[-1]
+    assert run.status == "done", run.error
+    assert run.run.config.metric == "inversion" and run.run.config.ratio == 0.1 and run.run.config.reversed_share == 0.4
+    assert run.run.reversed_trigger.target == 0  # mnist-badnets' target, found from clean images
+
+
 def check_downloads(run) -> None:
     """The JSON report and the purified bundle say and hold what the page shows."""
     from defense import data, metrics

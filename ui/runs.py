@@ -204,7 +204,7 @@ def start_run(lab_: Lab, defense: str, cfg: purify.PurifyConfig) -> Runner:
         mask = lab_.mask(marking[0], "value", ss["threshold_value"], ss["threshold_scope"])
 
     def build() -> purify.Purification:
-        marked_by = scores[marking[0]] if marking else None
+        marked_by = scores.get(marking[0]) if marking else None  # a slow score not measured yet: the run measures it
         return baselines.make(defense, model, clean, test, trig, cfg, scores=marked_by, mask=mask)
 
     runs = ss["runs"]
