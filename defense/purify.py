@@ -194,10 +194,10 @@ class Purification:
         )
         self.reversed_trigger = None  # the inversion score's reversed trigger, for reversed_share
         if self.config.reversed_share > 0:
+            from .scores import inversion  # loads every score module; only this option needs one
+
             found = self.scores.details.get("trigger")
-            if found is None:
-                found = salience.compute("inversion", self.model, self.clean, self.layers).details["trigger"]
-            self.reversed_trigger = found
+            self.reversed_trigger = found if found is not None else inversion.reverse(self.model, self.clean)[1]
         self._fixed_mask = self.mask
         self.mask = self._mark(0)
         cfg = self.config

@@ -124,14 +124,19 @@ def ablation_scores(
     return ablation.ground_truth(model, layers, few_clean, stamped, max_images=images)["backdoor_effect"]
 
 
+def reverse(model: nn.Module, clean: TensorData, seed: int = 0, **kw) -> tuple[list[ReversedTrigger], ReversedTrigger]:
+    """Every label's reversed trigger, and the suspected one."""
+    with frozen(model), torch.no_grad():
+        num_classes = int(model(clean.x[:1].to(next(model.parameters()).device)).shape[1])
+    triggers = reverse_all(model, clean, num_classes, seed=seed, **kw)
+    return triggers, suspected(triggers)
+
+
 def compute(
     model: nn.Module, clean: TensorData, layers: dict[str, NeuronLayer] | None = None, seed: int = 0, **kw
 ) -> NeuronScores:
     layers = layers if layers is not None else neuron_map(model)
-    with frozen(model), torch.no_grad():
-        num_classes = int(model(clean.x[:1].to(next(model.parameters()).device)).shape[1])
-    triggers = reverse_all(model, clean, num_classes, seed=seed, **kw)
-    chosen = suspected(triggers)
+    triggers, chosen = reverse(model, clean, seed=seed, **kw)
     details = {
         "suspected_target": chosen.target,
         "anomaly_index": round(anomaly_index(triggers, chosen), 3),
