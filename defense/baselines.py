@@ -72,6 +72,17 @@ def clp_mask(model: nn.Module, u: float = 3.0) -> NeuronMask:
     return mask
 
 
+def apply_defaults(config: PurifyConfig, defaults: dict) -> PurifyConfig:
+    """``config`` with a defense's own ``defaults`` for the settings it left at PurifyConfig's values."""
+    base = PurifyConfig()
+    return replace(config, **{k: v for k, v in defaults.items() if getattr(config, k) == getattr(base, k)})
+
+
+def settings_for(name: str, config: PurifyConfig) -> PurifyConfig:
+    """The settings defense ``name`` runs with when given ``config`` (what a page should say it marks)."""
+    return apply_defaults(config, DEFENSES[name].defaults)
+
+
 def marking_build(score: str, reg: str, defaults=None, **overrides) -> Callable[..., Purification]:
     """The build of a defense that marks neurons with ``score`` and applies regularizer ``reg``.
 
@@ -90,9 +101,7 @@ def marking_build(score: str, reg: str, defaults=None, **overrides) -> Callable[
         scores: NeuronScores | None = None,
         mask: NeuronMask | None = None,
     ) -> Purification:
-        base = PurifyConfig()
-        own = {k: v for k, v in own_defaults.items() if getattr(config, k) == getattr(base, k)}
-        cfg = replace(config, metric=score, reg=reg, **own, **overrides)
+        cfg = replace(apply_defaults(config, own_defaults), metric=score, reg=reg, **overrides)
         reuse = scores if scores is not None and scores.metric == score else None  # precomputed on this model
         return Purification(model, clean, test, triggered, cfg, scores=reuse, mask=mask)
 
@@ -121,6 +130,7 @@ def _register_marking(
             marking_build(score, reg, defaults, **overrides),
             marking=(score, reg),
             distill=distill,
+            defaults=dict(defaults or {}),
             **flags,
         )
     )

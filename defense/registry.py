@@ -57,6 +57,7 @@ class Defense:
     paper: bool = False  # the paper's own method, as published
     recommended: bool = False  # what `purify` runs with no options
     distill: bool = False  # uses self-distillation from the original model
+    defaults: dict = field(default_factory=dict)  # its own values of settings a caller left at PurifyConfig's
 
 
 @dataclass(frozen=True)

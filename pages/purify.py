@@ -1,9 +1,11 @@
 """Purify page: run purification live (or a baseline), overlay the runs, say what each did, download."""
 
+from dataclasses import replace
+
 import streamlit as st
 
 from defense import metrics
-from defense.baselines import recommended
+from defense.baselines import recommended, settings_for
 from defense.explain import trigger_share
 from defense.neurons import marked_count
 from defense.purify import PurifyConfig
@@ -90,15 +92,17 @@ c5.button("Start purification", type="primary", disabled=busy, key="w_start", on
 defense = DEFENSES[ss["purify_defense"]]
 note = f"**{defense.name}**: {defense.label}."
 if defense.marking is not None:
-    metric = defense.marking[0]
-    marked = marked_count(current.threshold_mask(metric))
-    how = (
-        f"the {ss['threshold_value']:.0%} most suspect "
-        + ("in each layer" if ss["threshold_scope"] == "layer" else "overall")
-        if ss["threshold_mode"] == "ratio"
-        else f"normalized importance ≤ {ss['threshold_value']:.2f}"
-    )
-    note += f" Marked by {score_label(metric)}: {marked} of {current.neurons} neurons ({how}), as set on Threshold."
+    metric, value, scope = defense.marking[0], ss["threshold_value"], ss["threshold_scope"]
+    if ss["threshold_mode"] == "ratio":
+        share = settings_for(defense.name, replace(defaults, ratio=value)).ratio  # its own share, if it has one
+        marked = marked_count(current.mask(metric, "ratio", share, scope))
+        how = f"the {share:.0%} most suspect " + ("in each layer" if scope == "layer" else "overall")
+        own = f"its own share while the Threshold slider is at {defaults.ratio:.0%}"
+        source = "as set on Threshold" if share == value else own
+    else:
+        marked = marked_count(current.threshold_mask(metric))
+        how, source = f"normalized importance ≤ {value:.2f}", "as set on Threshold"
+    note += f" Marked by {score_label(metric)}: {marked} of {current.neurons} neurons ({how}), {source}."
 st.caption(note, help=defense.explanation)
 if ss.get("purify_error"):
     st.error(ss.pop("purify_error"))

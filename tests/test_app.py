@@ -292,6 +292,14 @@ def test_a_defense_marking_with_a_slow_score_starts_before_the_score_is_measured
     assert run.status == "done", run.error
     assert run.run.config.metric == "inversion" and run.run.config.ratio == 0.1 and run.run.config.reversed_share == 0.4
     assert run.run.reversed_trigger.target == 0  # mnist-badnets' target, found from clean images
+    assert "10% marked" in run.settings  # the label says the share it ran with, not the Threshold page's 40%
+
+    def note(a):
+        return next((c.value for c in a.caption if c.value.startswith("**nc-ar**")), None)
+
+    run_until(at, lambda a: note(a) is not None, timeout=300, pause=2)  # once the page has the score too
+    marked = sum(round(0.1 * n) for n in layer_sizes())
+    assert f"{marked} of 112 neurons (the 10% most suspect in each layer), its own share while" in note(at)
 
 
 def check_downloads(run) -> None:

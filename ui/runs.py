@@ -173,6 +173,8 @@ def run_settings(defense: str, cfg: purify.PurifyConfig, mode: str, value: float
     parts = []
     if d.marking is not None:
         score, reg = d.marking
+        if mode == "ratio":  # a defense with a share of its own uses it while the Threshold page is at the default
+            value = baselines.settings_for(defense, replace(cfg, ratio=value)).ratio
         marked = (
             f"{value:.0%} marked" + (" overall" if scope == "global" else "")
             if mode == "ratio"
