@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import ablation
+from ..attacks import MaskPatternTrigger
 from ..data import TensorData
 from ..masks import frozen
 from ..neurons import NeuronLayer, NeuronScores, neuron_map
@@ -39,22 +40,18 @@ CLEAN_HALF = 16  # ablation.ground_truth also measures clean images; this score 
 
 
 @dataclass
-class ReversedTrigger:
-    """One class's reversed trigger: x' = (1 − mask)·x + mask·pattern."""
+class ReversedTrigger(MaskPatternTrigger):
+    """One class's reversed trigger, a mask/pattern trigger (x' = (1 − mask)·x + mask·pattern) whose mask is the
+    same in every channel."""
 
-    target: int
-    mask: torch.Tensor  # [1, H, W] in [0, 1]
-    pattern: torch.Tensor  # [C, H, W] in [0, 1]
-    flip_rate: float  # share of the held images (other classes) sent to ``target``
+    kind: str = "reversed"
+    target: int = 0
+    flip_rate: float = 0.0  # share of the held images (other classes) sent to ``target``
 
     @property
     def size(self) -> float:
-        """The mask's L1 norm: how many pixels' worth the trigger needs."""
-        return float(self.mask.sum())
-
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        mask, pattern = self.mask.to(x.device), self.pattern.to(x.device)
-        return (1 - mask) * x + mask * pattern
+        """The mask's L1 norm over one channel: how many pixels' worth the trigger needs."""
+        return float(self.mask[0].sum())
 
 
 def reverse_trigger(
@@ -85,7 +82,9 @@ def reverse_trigger(
             opt.step()
             step_done()
         with torch.no_grad():
-            found = ReversedTrigger(target, torch.sigmoid(mask_raw)[0].cpu(), torch.sigmoid(pattern_raw)[0].cpu(), 0.0)
+            pattern = torch.sigmoid(pattern_raw)[0].cpu()
+            mask = torch.sigmoid(mask_raw)[0].cpu().expand_as(pattern).contiguous()
+            found = ReversedTrigger(mask, pattern, target=target)
             held = found.apply(x[:500].to(dev))
             found.flip_rate = float((model(held).argmax(1) == target).float().mean())
     return found
