@@ -117,8 +117,9 @@ def live():
         r.seen()
     active = [r for r in now if r.active]
     if not active and ss.get("_polling"):
-        ss["_polling"] = False
-        st.rerun()  # the run ended: redraw the whole page (results, downloads, Start enabled)
+        # the run ended: redraw the whole page (results, downloads, Start enabled). The full run resets the flag,
+        # not this one: a rerun request lost under load is asked again at the next poll instead of never
+        st.rerun()
     for r in active:
         p1, p2 = st.columns([6, 1])
         total = max(r.steps, 1)
