@@ -298,3 +298,26 @@ def test_every_slow_score_reports_its_steps_so_it_can_give_way_or_stop(name):
 
     with between_steps(stop), pytest.raises(Cancelled):  # and stops it there
         salience.compute(name, net, clean, neuron_map(net))
+
+
+def test_garbage_is_collected_once_after_sessions_are_dropped(monkeypatch):
+    """The periodic trim collects reference cycles only when the server holds fewer sessions than before
+    (an idle server's collector may never run otherwise; collecting every time would hold the GIL for nothing)."""
+    import ui.jobs as jobs_module
+
+    held = iter([3, 3, 2, 2, 5, 1])  # at start, then after each trim
+    calls: list[bool] = []
+    jobs = JobBoard(alive=lambda s: True)
+    monkeypatch.setattr(jobs_module, "TRIM_EVERY_S", 0.01)
+    monkeypatch.setattr(jobs_module, "_reap_closed_sessions", lambda: None)
+    monkeypatch.setattr(jobs_module.time, "sleep", lambda s: None)
+    monkeypatch.setattr(jobs_module, "_sessions_held", lambda: next(held))
+
+    def record(collect: bool = False) -> None:
+        calls.append(collect)
+        if len(calls) == 5:
+            jobs.stopping.set()
+
+    monkeypatch.setattr(jobs_module, "release_memory", record)
+    jobs_module._trim_periodically(jobs)
+    assert calls == [False, True, False, False, True]

@@ -234,11 +234,28 @@ def _reap_closed_sessions() -> None:
         loop.call_soon_threadsafe(cache.expire)
 
 
+def _sessions_held() -> int | None:
+    """How many sessions (open, or closed and not yet dropped) the server holds; None outside ``streamlit run``."""
+    from streamlit import runtime
+
+    if not runtime.exists():
+        return None
+    try:
+        return len(runtime.get_instance()._session_mgr.list_sessions())
+    except Exception:  # noqa: BLE001 - another Streamlit: no count, so no collection either
+        return None
+
+
 def _trim_periodically(jobs: JobBoard) -> None:
+    held = _sessions_held()
     while not jobs.stopping.wait(TRIM_EVERY_S):
         _reap_closed_sessions()
         time.sleep(1.0)  # the sessions go on the event loop's next turn
-        release_memory()
+        now = _sessions_held()
+        # a dropped session's objects sit in reference cycles (models with hooks, Streamlit's own session
+        # objects) that an idle server's garbage collector may never reach: collect once after sessions go
+        release_memory(collect=now is not None and held is not None and now < held)
+        held = now
 
 
 @st.cache_resource(show_spinner=False)
