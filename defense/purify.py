@@ -64,9 +64,12 @@ def nonfinite_weights(model: nn.Module) -> list[str]:
 
 @dataclass
 class PurifyConfig:
-    """Purification settings; the defaults are the recommended ones (docs/METHOD.md, bench/RESULTS.md)."""
+    """Purification settings. The defaults are the base every defense starts from (``clp-ar``'s settings); a
+    defense may fix some (``bs-ar``: no distillation) or bring its own values for the ones a caller left at
+    these defaults (the recommended ``nc-ar``: 10% marked; ``baselines.settings_for``).
+    docs/METHOD.md and bench/RESULTS.md say how they were chosen."""
 
-    metric: str = "clp"  # the recommended defense (clp-ar) marks with CLP; bs-ar (the paper) with "benign"
+    metric: str = "clp"  # a run with no defense named marks with CLP; bs-ar (the paper) "benign", nc-ar "inversion"
     reg: str = "ar"
     ratio: float = 0.4  # share marked per layer: 0.4 passed more runs than 0.5, bundled and unseen (METHOD.md)
     scope: str = "layer"

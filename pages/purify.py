@@ -20,19 +20,19 @@ from ui.theme import plot
 
 require_app()
 st.title("Purify the model")
-RECOMMENDED = recommended().name
+RECOMMENDED = recommended()
 intro(
     "Purification fine-tunes a copy of the model on the defender's clean images while a penalty pushes the "
-    f"marked neurons' weights toward zero. The first choice, **{RECOMMENDED}**, marks neurons with CLP's channel "
-    "Lipschitz bound; **bs-ar** is the paper's method as published; **-kd** runs add our self-distillation. "
-    "Does the attack fall, and does accuracy hold? The curves answer for this model."
+    f"marked neurons' weights toward zero. The first choice, **{RECOMMENDED.name}**, marks neurons by "
+    f"{score_label(RECOMMENDED.marking[0])}; **bs-ar** is the paper's method as published; **-kd** runs add our "
+    "self-distillation. Does the attack fall, and does accuracy hold? The curves answer for this model."
 )
 
 ss = st.session_state
 current = lab.current_lab()
 defaults = PurifyConfig()
 for key, value in {
-    "purify_defense": RECOMMENDED,
+    "purify_defense": RECOMMENDED.name,
     "purify_steps": defaults.steps,
     "purify_lr": defaults.lr,
     "purify_lam": defaults.lam,
@@ -61,7 +61,7 @@ with c1:
         st.selectbox,
         "Defense",
         "purify_defense",
-        options=[RECOMMENDED] + [d for d in DEFENSES.names() if d != RECOMMENDED],
+        options=[RECOMMENDED.name] + [d for d in DEFENSES.names() if d != RECOMMENDED.name],
         format_func=tag,
         help=DEFENSES[ss["purify_defense"]].explanation,
     )

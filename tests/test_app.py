@@ -265,7 +265,8 @@ def test_short_purification_completes_and_lowers_the_asr():
     assert [r["step"] for r in run.evaluations()] == [0, 10, 20, 30, 40]  # eval every 10 steps for the live curves
     spec = chart(at, "runs")
     (name,) = {t["name"] for t in spec["data"]}
-    assert name.startswith("1. clp-ar · ") and "40% marked, λ 0.03, lr 0.02, 40 steps" in name  # settings in the label
+    # the recommended defense's own share, in the label
+    assert name.startswith("1. nc-ar · ") and "10% marked, λ 0.03, lr 0.02, 40 steps" in name
     assert name.endswith(", distillation")
     labels = [b.proto.label for b in at.get("download_button")]
     assert labels == ["Download purified model (.zip)", "Download report (JSON)"]
@@ -278,7 +279,7 @@ def test_short_purification_completes_and_lowers_the_asr():
     run_until(at, lambda a: not runs(a)[-1].active)
     at.run()
     names = {t["name"] for t in chart(at, "runs")["data"]}
-    assert {n.split(" · ")[0] for n in names} == {"1. clp-ar", "2. ft"}
+    assert {n.split(" · ")[0] for n in names} == {"1. nc-ar", "2. ft"}
     assert "2. ft · lr 0.02, 10 steps, no distillation" in names  # run labels carry their settings
 
 
@@ -286,7 +287,7 @@ def test_a_defense_marking_with_a_slow_score_starts_before_the_score_is_measured
     at = open_app("purify")
     at.selectbox(key="w_purify_defense").set_value("nc-ar").run()
     at.number_input(key="w_purify_steps").set_value(5).run()
-    at.button(key="w_start").click().run()  # the inversion score is not measured yet: the run measures it
+    at.button(key="w_start").click().run()  # the inversion score is not measured yet: the run waits for it
     run_until(at, lambda a: not runs(a)[-1].active, timeout=300, pause=2)
     run = runs(at)[-1]
     assert run.status == "done", run.error

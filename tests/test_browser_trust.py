@@ -155,7 +155,7 @@ def test_three_sessions_purify_three_models_at_once(server, browser):
         goto_page(page, "Purify", "Purify the model")
         main.get_by_text(re.compile(r"Marked by .*neurons")).wait_for(timeout=120_000)
         expect(main.get_by_role("combobox", name="Defense")).to_have_value(
-            re.compile(r"^clp-ar")
+            re.compile(r"^nc-ar")
         )  # the recommended defense
         steps = main.get_by_role("spinbutton", name="Steps")
         steps.fill("60")
@@ -167,12 +167,12 @@ def test_three_sessions_purify_three_models_at_once(server, browser):
     for _, _, _page, main, _, _ in sessions:  # all three start within a second or so
         main.get_by_role("button", name="Start purification").click()
     for _, _, _page, main, _, _ in sessions:
-        main.get_by_text(re.compile(r"1\. clp-ar: (step \d+ of 60|preparing…)")).or_(
+        main.get_by_text(re.compile(r"1\. nc-ar: (step \d+ of 60|preparing…)")).or_(
             main.get_by_role("combobox", name="Run")
         ).first.wait_for(timeout=60_000)
 
     for name, _context, page, main, sidebar, before in sessions:
-        expect(main.get_by_role("combobox", name="Run")).to_have_value("1. clp-ar (done)", timeout=180_000)
+        expect(main.get_by_role("combobox", name="Run")).to_have_value("1. nc-ar (done)", timeout=180_000)
         # the result's attribution maps are drawn after the run, while the other two sessions draw theirs and
         # the background worker measures: on 2 shared cores inside the full suite this took over a minute
         main.get_by_role("button", name="Download purified model (.zip)").wait_for(timeout=180_000)

@@ -20,8 +20,10 @@ def _purify(capsys, *extra: str) -> dict:
 
 def test_purify_without_options_runs_the_recommended_defense(capsys):
     report = _purify(capsys)
-    assert report["defense"] == "clp-ar" and DEFENSES["clp-ar"].recommended
-    assert (report["config"]["metric"], report["config"]["reg"]) == DEFENSES["clp-ar"].marking
+    assert report["defense"] == "nc-ar" and DEFENSES["nc-ar"].recommended
+    assert (report["config"]["metric"], report["config"]["reg"]) == DEFENSES["nc-ar"].marking
+    # its own share, and the unlearning of the reversed trigger
+    assert (report["config"]["ratio"], report["config"]["reversed_share"]) == (0.1, 0.4)
     assert set(report) >= {"before", "after", "steps", "seconds"} and report["steps"] == 3
     for key in ("before", "after"):
         assert set(report[key]) == {"clean_acc", "asr"}

@@ -7,6 +7,7 @@ import csv
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -91,8 +92,8 @@ def test_every_entry_is_described():
 
 
 def test_defense_entries_agree_with_the_rest():
-    assert [d.name for d in DEFENSES if d.recommended] == ["clp-ar"]
-    assert baselines.recommended().name == "clp-ar"
+    assert [d.name for d in DEFENSES if d.recommended] == ["nc-ar"]
+    assert baselines.recommended().name == "nc-ar"
     # the paper's method as published and our variant are two entries; each fine-tuning baseline has its pair
     assert [d.name for d in DEFENSES if d.paper] == ["bs-ar"] and not DEFENSES["bs-ar"].distill
     assert DEFENSES["bs-ar"].marking == ("benign", "ar")
@@ -102,9 +103,14 @@ def test_defense_entries_agree_with_the_rest():
         if d.marking is not None:
             score, reg = d.marking
             assert score in SCORES and reg in REGULARIZERS, d.name
-    # what purify runs with no options is the recommended defense's marking
+    # a defense's own defaults are settings PurifyConfig has, and they replace only values left at its defaults
     defaults = PurifyConfig()
-    assert baselines.recommended().marking == (defaults.metric, defaults.reg)
+    for d in DEFENSES:
+        assert set(d.defaults) <= set(vars(defaults)), d.name
+    own = baselines.settings_for("nc-ar", defaults)
+    assert (own.ratio, own.lr, own.steps) == (0.1, defaults.lr, defaults.steps)
+    assert baselines.settings_for("nc-ar", replace(defaults, ratio=0.3)).ratio == 0.3
+    assert baselines.settings_for("clp-ar", defaults) == defaults
     # the distill flag says whether the run it builds distills
     tiny = models.build("small_cnn", 10, (1, 8, 8), [0.5], [0.5], width=2, hidden=4)
     x, y = torch.rand(8, 1, 8, 8), torch.arange(8) % 10

@@ -48,7 +48,8 @@ class Runner:
     defense: str
     model_key: str
     steps: int
-    build: Callable[[], purify.Purification]  # called in the thread (FP measures its mask there)
+    # called in the thread (FP measures its mask there); None when Stop came while it waited for a score
+    build: Callable[[], purify.Purification | None]
     session_id: str | None = None
     color: str = palette.RUNS[0]
     settings: str = ""  # what it was run with: score, marked share, λ, lr, steps, distillation
@@ -111,6 +112,11 @@ class Runner:
 
     def seen(self) -> None:
         self.last_seen = time.monotonic()
+
+    @property
+    def stopping(self) -> bool:
+        """Stop was asked for."""
+        return self._stop
 
     def stop(self) -> None:
         self._stop = True
@@ -205,8 +211,19 @@ def start_run(lab_: Lab, defense: str, cfg: purify.PurifyConfig) -> Runner:
     if marking is not None and ss["threshold_mode"] == "value":  # a share is passed in cfg (ratio, scope)
         mask = lab_.mask(marking[0], "value", ss["threshold_value"], ss["threshold_scope"])
 
-    def build() -> purify.Purification:
-        marked_by = scores.get(marking[0]) if marking else None  # a slow score not measured yet: the run measures it
+    pending = None
+    if marking and marking[0] not in scores and SCORES[marking[0]].cost == "slow":
+        # queued in the background by the pages already: asked for now, so the run waits for it, not measures it twice
+        pending = lab_.slow_score(marking[0], low=False)
+
+    def build() -> purify.Purification | None:
+        marked_by = scores.get(marking[0]) if marking else None
+        if pending is not None:
+            while not pending.done() and not runner.stopping:
+                time.sleep(POLL_S / 2)
+            if runner.stopping:
+                return None
+            marked_by = pending.result() if pending.exception() is None else None  # failed there: the run measures it
         return baselines.make(defense, model, clean, test, trig, cfg, scores=marked_by, mask=mask)
 
     runs = ss["runs"]
