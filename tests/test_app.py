@@ -455,3 +455,25 @@ def test_runner_stops_when_its_session_is_no_longer_seen(monkeypatch):
     ).start()
     runner.thread.join(timeout=30)
     assert runner.status == "abandoned" and runner.step < 100_000
+
+
+def test_a_run_waiting_for_its_score_stops_at_once_and_takes_a_failed_job_as_missing():
+    import threading
+    from concurrent.futures import Future
+
+    from defense.neurons import NeuronScores
+    from ui.runs import Runner, wait_for_score
+
+    runner = Runner("1. nc-ar", "nc-ar", "key", 5, build=lambda: None)
+    pending: Future = Future()
+    threading.Timer(0.3, runner.stop).start()
+    assert wait_for_score(pending, runner) is None and not pending.done()  # Stop ends the wait, job or not
+
+    runner = Runner("2. nc-ar", "nc-ar", "key", 5, build=lambda: None)
+    failed: Future = Future()
+    failed.set_exception(RuntimeError("cancelled"))
+    assert wait_for_score(failed, runner) is None  # the run measures the score itself
+    done: Future = Future()
+    scores = NeuronScores("inversion", {})
+    threading.Timer(0.3, done.set_result, args=(scores,)).start()
+    assert wait_for_score(done, runner) is scores

@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -24,6 +25,7 @@ import streamlit as st
 
 from defense import baselines, purify
 from defense import bundle as bundle_io
+from defense.neurons import NeuronScores
 from defense.registry import DEFENSES, SCORES
 from defense.results import purified_bundle, run_report
 from defense.runtime import configure_threads, release_memory
@@ -198,6 +200,16 @@ def run_settings(defense: str, cfg: purify.PurifyConfig, mode: str, value: float
     return ", ".join(parts)
 
 
+def wait_for_score(pending: Future, runner: Runner) -> NeuronScores | None:
+    """The background job's score once it is done; None if Stop came first or the job failed (the run then
+    measures the score itself)."""
+    while not pending.done() and not runner.stopping:
+        time.sleep(POLL_S / 2)
+    if runner.stopping or pending.exception() is not None:
+        return None
+    return pending.result()
+
+
 def start_run(lab_: Lab, defense: str, cfg: purify.PurifyConfig) -> Runner:
     """A new run of ``defense`` on a private copy of this session's model, started in its own thread."""
     from streamlit.runtime.scriptrunner import get_script_run_ctx
@@ -219,11 +231,9 @@ def start_run(lab_: Lab, defense: str, cfg: purify.PurifyConfig) -> Runner:
     def build() -> purify.Purification | None:
         marked_by = scores.get(marking[0]) if marking else None
         if pending is not None:
-            while not pending.done() and not runner.stopping:
-                time.sleep(POLL_S / 2)
+            marked_by = wait_for_score(pending, runner)
             if runner.stopping:
                 return None
-            marked_by = pending.result() if pending.exception() is None else None  # failed there: the run measures it
         return baselines.make(defense, model, clean, test, trig, cfg, scores=marked_by, mask=mask)
 
     runs = ss["runs"]
