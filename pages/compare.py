@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from defense import compare
-from ui import compare_job, state
+from ui import compare_job, redraw, state
 from ui.compare_charts import asr_curves_figure, table_rows, tradeoff_figure
 from ui.lab import current_lab
 from ui.theme import plot
@@ -75,7 +75,9 @@ if source == "shipped" and not busy:
     )
 elif source == "cache" and not busy:
     st.caption("Results from an earlier comparison of this very model and clean subset.")
-ss["_compare_polling"] = busy
+# what a full run shows the end of: this session's last comparison, once it is over
+ended = (id(job), job.status) if job is not None and not job.active else None
+poll = redraw.polling("compare", busy, ended)
 
 
 def results_now() -> dict:
@@ -86,15 +88,14 @@ def results_now() -> dict:
     return {k: v for k, v in {**known, **job.comparison.snapshot()}.items() if k[0] in seeds}
 
 
-@st.fragment(run_every=compare_job.POLL_S if busy else None)
+@st.fragment(run_every=compare_job.POLL_S if poll else None)
 def live() -> None:
     """Overall progress, each run's status and Stop, redrawn while the comparison runs."""
     j = compare_job.current_job(lab)
     if j is None:
         return
-    if not j.active and ss.get("_compare_polling"):
-        ss["_compare_polling"] = False
-        st.rerun()  # finished: redraw the page (table, charts, buttons)
+    if not j.active:  # finished: redraw the page (table, charts, buttons)
+        redraw.ask_if_needed("compare", (id(j), j.status))
     c = j.comparison
     if j.active:
         left, right = st.columns([5, 1])
@@ -125,6 +126,7 @@ results = results_now()
 board = compare.leaderboard({k: v for k, v in results.items() if v.get("after")}, entries)
 if board.empty:
     st.info("No results yet for this model and clean subset: press **Run every defense**.")
+    redraw.drawn("compare", ended)
     st.stop()
 
 st.subheader("Leaderboard")
@@ -166,3 +168,4 @@ st.caption(
     "Left: one point per defense (error bars: half the range over the clean subsets); the dotted staircase is the "
     "Pareto front, the defenses no other one beats on both counts. Right: the attack success rate during each run."
 )
+redraw.drawn("compare", ended)

@@ -10,7 +10,7 @@ from defense.explain import trigger_share
 from defense.neurons import marked_count
 from defense.purify import PurifyConfig
 from defense.registry import DEFENSES
-from ui import classroom, lab, story
+from ui import classroom, lab, redraw, story
 from ui.charts import image_grid
 from ui.curves import runs_figure, score_label
 from ui.palette import ATTRIBUTION
@@ -106,20 +106,26 @@ if defense.marking is not None:
 st.caption(note, help=defense.explanation)
 if ss.get("purify_error"):
     st.error(ss.pop("purify_error"))
-ss["_polling"] = busy
 
 
-@st.fragment(run_every=POLL_S if busy else None)
+def ended_runs(of_model: list) -> tuple:
+    """What a full run of the page shows results of: the runs of this model that are over."""
+    return tuple((r.label, r.status) for r in of_model if not r.active)
+
+
+ended = ended_runs(runs)  # as this run sees them: what its end marks as drawn
+poll = redraw.polling("purify", busy, ended)
+
+
+@st.fragment(run_every=POLL_S if poll else None)
 def live():
     """Progress, Stop and the curves: redrawn every POLL_S seconds while a run is going, without rerunning the page."""
     now = [r for r in ss["runs"] if r.model_key == current.key]
     for r in now:
         r.seen()
     active = [r for r in now if r.active]
-    if not active and ss.get("_polling"):
-        # the run ended: redraw the whole page (results, downloads, Start enabled). The full run resets the flag,
-        # not this one: a rerun request lost under load is asked again at the next poll instead of never
-        st.rerun()
+    if not active:  # the run ended: redraw the whole page (results, downloads, Start enabled)
+        redraw.ask_if_needed("purify", ended_runs(now))
     for r in active:
         p1, p2 = st.columns([6, 1])
         total = max(r.steps, 1)
@@ -253,3 +259,4 @@ classroom.next_step(
     story.next_step("purify", runs=len(finished), missing=missing, compare=nxt is not None),
     nxt,
 )
+redraw.drawn("purify", ended)
