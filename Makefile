@@ -22,7 +22,7 @@ install-dev: $(VENV)/.installed-dev
 
 # DATA=/path/to/folder: CIFAR-10 (torchvision python layout) or an ImageFolder, for models that name them.
 # MALLOC_ARENA_MAX=2: glibc gives each worker thread its own heap and keeps what a closed session freed
-# (bench/app_load.py: +37% of warm idle after 50 sessions by default, +11% with 2 arenas).
+# (bench/app_load.py: +37% of warm idle after 50 sessions by default, +5% with 2 arenas and ui/jobs.py's collection).
 run: install
 	MALLOC_ARENA_MAX=2 BNL_DATA="$(DATA)" $(PY) -m streamlit run app.py --server.port $(PORT) --browser.gatherUsageStats false
 
