@@ -477,3 +477,29 @@ def test_a_run_waiting_for_its_score_stops_at_once_and_takes_a_failed_job_as_mis
     scores = NeuronScores("inversion", {})
     threading.Timer(0.3, done.set_result, args=(scores,)).start()
     assert wait_for_score(done, runner) is scores
+
+
+def test_the_recommended_defenses_slow_score_is_queued_first(monkeypatch):
+    """The Purify page's first choice marks with a slow score (nc-ar: the reversal): of the slow scores a page
+    queues in the background when a model opens, it goes first, so a first purification waits least."""
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+
+    import ui.lab as lab_module
+    from defense.baselines import recommended
+    from defense.registry import SCORES
+
+    queued: list[str] = []
+    pending: Future = Future()
+    monkeypatch.setattr(lab_module, "_scores", lambda *args: {})
+    stub = SimpleNamespace(
+        key="k",
+        fraction=0.05,
+        seed=0,
+        bundle=SimpleNamespace(model=None),
+        splits=SimpleNamespace(clean=None),
+        slow_score=lambda name: queued.append(name) or pending,
+    )
+    lab_module.Lab.scores(stub)
+    slow = {s.name for s in SCORES if s.cost == "slow"}
+    assert queued[0] == recommended().marking[0] and set(queued) == slow and len(queued) == len(slow)
