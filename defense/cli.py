@@ -29,7 +29,7 @@ from .cli_args import (  # noqa: F401 - the argument types, re-exported for the 
 from .errors import UsageError
 from .paths import RESULTS
 from .registry import ATTACKS, DEFENSES, SCORES
-from .runtime import configure_threads
+from .runtime import configure_threads, interrupt_at_step_boundary
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -158,8 +158,12 @@ def cmd_purify(args: argparse.Namespace) -> int:
     else:
         run = baselines.make(defense, b.model, splits.clean, splits.test, triggered, config)
     config = run.config  # a defense may set the score, regularizer, distillation or steps
-    with tqdm(total=config.steps, desc="purify", unit="step", disable=args.quiet) as bar:
+    with (
+        interrupt_at_step_boundary() as check_interrupt,
+        tqdm(total=config.steps, desc="purify", unit="step", disable=args.quiet) as bar,
+    ):
         for record in run:
+            check_interrupt()
             bar.update(1 if record["step"] else 0)
             if "asr" in record:
                 bar.set_postfix(acc=f"{record['clean_acc']:.3f}", asr=f"{record['asr']:.3f}")

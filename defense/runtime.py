@@ -46,6 +46,30 @@ def step_done() -> None:
         hook()
 
 
+@contextmanager
+def interrupt_at_step_boundary() -> Iterator[Callable[[], None]]:
+    """Ctrl-C inside the block becomes a KeyboardInterrupt raised where the caller asks (``check()``, once per
+    step) instead of wherever the signal lands: Python drops an exception raised inside a finalizer or a
+    callback ("Exception ignored in ..."), and the run then went on. Main thread only; elsewhere a no-op."""
+    import signal
+
+    hit = threading.Event()
+
+    def check() -> None:
+        if hit.is_set():
+            raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield check
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: hit.set())
+    try:
+        yield check
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    check()  # a Ctrl-C after the last check still ends the command
+
+
 def device() -> torch.device:
     """CUDA when present, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
