@@ -75,8 +75,14 @@ if source == "shipped" and not busy:
     )
 elif source == "cache" and not busy:
     st.caption("Results from an earlier comparison of this very model and clean subset.")
-# what a full run shows the end of: this session's last comparison, once it is over
-ended = (id(job), job.status) if job is not None and not job.active else None
+
+
+def ended_job(j) -> tuple | None:
+    """What a full run shows the end of: this session's last comparison, once it is over."""
+    return (id(j), j.status) if j is not None and not j.active else None
+
+
+ended = ended_job(job)  # as this run sees it: what its end marks as drawn
 poll = redraw.polling("compare", busy, ended)
 
 
@@ -95,7 +101,7 @@ def live() -> None:
     if j is None:
         return
     if not j.active:  # finished: redraw the page (table, charts, buttons)
-        redraw.ask_if_needed("compare", (id(j), j.status))
+        redraw.ask_if_needed("compare", ended_job(j))
     c = j.comparison
     if j.active:
         left, right = st.columns([5, 1])
