@@ -262,13 +262,30 @@ def known_results(
 ) -> tuple[dict[tuple[int, str], dict], str]:
     """Cached or shipped results for these subsets: ({(seed, name): result}, source of the first subset)."""
     fp = result_store.fingerprint(bundle)
-    settings = base_settings(config).to_dict()
+    base = base_settings(config)
+    settings = base.to_dict()
     known, first = {}, ""
     for i, s in enumerate(subsets):
         runs, source = result_store.lookup(fp, bundle.name, s.fraction, s.seed, settings)
-        known.update({(s.seed, name): r for name, r in runs.items()})
+        known.update({(s.seed, name): r for name, r in runs.items() if runs_as_now(name, r, base)})
         first = source if i == 0 else first
     return known, first
+
+
+def runs_as_now(name: str, run: dict, base: PurifyConfig) -> bool:
+    """Whether a saved run used the settings defense ``name`` brings of its own today (its registry ``defaults``).
+
+    The results key holds the base settings only; a defense whose own defaults changed since (e.g. nc-ar's
+    warm-up) would otherwise be answered with a run made under the old ones.
+    """
+    from .baselines import settings_for
+    from .registry import DEFENSES
+
+    recorded = run.get("config")
+    if name not in DEFENSES or not isinstance(recorded, dict):
+        return True
+    own = settings_for(name, base)
+    return all(recorded.get(k, getattr(PurifyConfig(), k)) == getattr(own, k) for k in DEFENSES[name].defaults)
 
 
 def save_results(bundle, comparison: Comparison, path=None) -> None:

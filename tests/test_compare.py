@@ -113,6 +113,23 @@ def test_results_are_cached_per_model_subset_and_settings(badnets, cache):
     assert compare.known_results(b, subs, short(2))[0] == {}  # a damaged cache is a miss, not an error
 
 
+def test_a_saved_run_made_before_its_defense_changed_its_own_defaults_is_run_again(badnets, cache, monkeypatch):
+    from defense.registry import DEFENSES
+
+    b, subs = badnets
+    c = compare.Comparison(b.model, subs, entries("clp"), short(2))
+    c.run()
+    compare.save_results(b, c)
+    assert (0, "clp") in compare.known_results(b, subs, short(2))[0]
+    # the defense now brings a warm-up of its own: the saved run (made without one) no longer answers for it
+    monkeypatch.setitem(DEFENSES._items, "clp", replace(DEFENSES["clp"], defaults={"warmup": 0.1}))
+    assert compare.known_results(b, subs, short(2))[0] == {}
+    # a run saved under the new default answers for it
+    assert compare.runs_as_now("clp", {"config": {"warmup": 0.1}}, short(2))
+    assert not compare.runs_as_now("clp", {"config": {"warmup": 0.0}}, short(2))
+    assert compare.runs_as_now("clp", {"config": None}, short(2))  # nothing recorded: nothing to contradict
+
+
 def test_leaderboard_means_spreads_and_pareto_front():
     def run(name, seed, acc, asr, lost, goal):
         return {
@@ -148,8 +165,9 @@ def test_bundled_models_ship_results_for_the_current_model_and_settings(name):
     key = result_store.subset_key(0.05, 0, compare.base_settings().to_dict())
     runs = data["subsets"][key]["runs"]
     assert set(runs) == {e.name for e in compare.registered()}
-    for r in runs.values():
+    for n, r in runs.items():
         assert r["status"] == "done" and len(r["history"]) >= 2 and r["config"]["seed"] == 0
+        assert compare.runs_as_now(n, r, compare.base_settings()), f"{n} was run with defaults it no longer has"
 
 
 # ---------------------------------------------------------------- CLI
