@@ -153,8 +153,10 @@ def live_run(page, steps: int, cap_s: float = 300) -> dict:
     page.wait_for_timeout(800)
     idle(page)
     page.locator('[data-testid="stMain"]').get_by_role("button", name="Start purification").click()
+    clicked = time.perf_counter()
     progress = page.locator('[data-testid="stMain"]').get_by_text(PROGRESS)
-    progress.first.wait_for(timeout=60_000)
+    # a defense that marks with a slow score (nc-ar: the trigger reversal) waits for its background job first
+    progress.first.wait_for(timeout=max(60_000, 1000 * cap_s))
     seen, changes, t0 = None, [], time.perf_counter()
     while True:
         try:
@@ -177,7 +179,11 @@ def live_run(page, steps: int, cap_s: float = 300) -> dict:
         .rstrip(" s")
     )
     span = changes[-1] - changes[0] if len(changes) > 1 else float("nan")
-    return {"updates_per_s": (len(changes) - 1) / span if span > 0 else float("nan"), "seconds": seconds}
+    return {
+        "updates_per_s": (len(changes) - 1) / span if span > 0 else float("nan"),
+        "seconds": seconds,
+        "first_step_s": t0 - clicked,
+    }
 
 
 ALONE = """

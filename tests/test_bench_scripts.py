@@ -16,3 +16,22 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 def test_bench_script_imports(name):
     module = importlib.import_module(f"bench.{name}")
     assert module.__doc__, f"bench/{name}.py should say what it measures in its docstring"
+
+
+def test_regularizers_section_counts_divergence_and_steps_over_the_runs_that_got_there():
+    from bench import regularizers
+    from defense.paths import benchmark_models
+
+    first = benchmark_models()[0]
+    rows = [
+        {"variant": "AR", "model": first, "seed": 0, "diverged": "training diverged at step 3"},
+        {"variant": "AR", "model": first, "seed": 1, "steps_to_goal": 20, "acc0": 0.98, "acc": 0.97, "asr": 0.01,
+         "min_asr": 0.0},
+        {"variant": "AR", "model": first, "seed": 2, "steps_to_goal": 40, "acc0": 0.98, "acc": 0.96, "asr": 0.03,
+         "min_asr": 0.01},
+    ]  # fmt: skip
+    row = next(line for line in regularizers.section(rows).splitlines() if line.startswith("| AR |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "1/3"  # diverged
+    assert cells[2] == "30 ± 10 (2/3)"  # mean ± half range over the two that got there
+    assert cells[-4:] == ["30", "2.0 [3.0]", "1.50", "2.0"]  # mean steps, ASR mean [max], drop, rebound
