@@ -91,6 +91,7 @@ class PurifyConfig:
     # share of each batch stamped with the trigger reverse-engineered from the clean images (the inversion score's),
     # kept at its true label: Neural Cleanse's unlearning (0 = off)
     reversed_share: float = 0.0
+    reversed_count: int = 1  # how many of the smallest reversed triggers that share carries (the suspected one first)
     eval_every: int = 25
     guard: str = (
         "none"  # 'sensitivity': end on the checkpoint least sensitive to neuron perturbation (defense/guard.py)
@@ -128,6 +129,8 @@ class PurifyConfig:
             problems.append(f"anchor weight must be zero or positive, got {self.anchor}")
         if not 0 <= self.reversed_share <= 1:
             problems.append(f"reversed_share must be in [0, 1], got {self.reversed_share}")
+        if self.reversed_count < 1:
+            problems.append(f"reversed_count must be at least 1, got {self.reversed_count}")
         if not 0 <= self.warmup < 1:
             problems.append("warmup must be in [0, 1)")
         if self.guard not in ("none", "sensitivity"):
@@ -195,12 +198,14 @@ class Purification:
         self.scores = NeuronScores(
             self.scores.metric, {n: self.scores.layers[n] for n in self.layers}, self.scores.details
         )
-        self.reversed_trigger = None  # the inversion score's reversed trigger, for reversed_share
+        self.reversed_trigger = None  # the inversion score's smallest reversed triggers, for reversed_share
         if self.config.reversed_share > 0:
             from .scores import inversion  # loads every score module; only this option needs one
 
-            found = self.scores.details.get("trigger")
-            self.reversed_trigger = found if found is not None else inversion.reverse(self.model, self.clean)[1]
+            found = self.scores.details.get("candidates")  # those that came with the score, else reversed here
+            if found is None:
+                found = inversion.candidates(inversion.reverse(self.model, self.clean)[0])
+            self.reversed_trigger = inversion.TriggerMix(found[: self.config.reversed_count])
         self._fixed_mask = self.mask
         self.mask = self._mark(0)
         cfg = self.config

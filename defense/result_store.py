@@ -57,7 +57,7 @@ def fingerprint(bundle) -> str:
 
 # Settings added after results were first saved, with the value that switches them off: left out of the key
 # while off, so that results saved (and shipped) before they existed still match the same run.
-ADDED_SETTINGS_OFF = {"anchor": 0.0, "reversed_share": 0.0}
+ADDED_SETTINGS_OFF = {"anchor": 0.0, "reversed_share": 0.0, "reversed_count": 1}
 
 
 def settings_key(settings: dict) -> str:

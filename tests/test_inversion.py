@@ -139,5 +139,40 @@ def test_nc_ar_marks_a_tenth_by_default_and_a_given_ratio_still_wins():
         0.4,
     )
     assert run.reversed_trigger.target == 2  # the trigger it unlearns comes with the score
+    assert run.reversed_trigger.triggers == run.scores.details["candidates"][:1]  # the suspected one only
+    # the option tried and not adopted (docs/METHOD.md): the smallest few in turn, the suspected one first
+    several = baselines.make("nc-ar", net, clean, clean, triggered, replace(PurifyConfig(), reversed_count=3))
+    assert several.reversed_trigger.triggers == several.scores.details["candidates"][:3]
+    assert several.reversed_trigger.target == 2
     chosen = baselines.make("nc-ar", net, clean, clean, triggered, replace(PurifyConfig(), ratio=0.34))
     assert chosen.config.ratio == 0.34 and int(chosen.mask["hidden"].sum()) == 1
+
+
+def test_candidates_are_the_triggers_that_flip_smallest_first_and_the_suspect_is_the_first():
+    def made(target, size, flip):
+        mask = torch.zeros(1, 4, 4)
+        mask.view(-1)[:size] = 1.0
+        return inversion.ReversedTrigger(mask, torch.ones(1, 4, 4), target=target, flip_rate=flip)
+
+    found = [made(0, 5, 0.9), made(1, 2, 0.1), made(2, 3, 0.8), made(3, 4, 0.6)]
+    assert [t.target for t in inversion.candidates(found)] == [2, 3, 0]  # label 1's tiny trigger flips nothing
+    assert inversion.suspected(found).target == 2
+    nothing_flips = [made(0, 5, 0.1), made(1, 2, 0.2)]
+    assert [t.target for t in inversion.candidates(nothing_flips)] == [1, 0]
+
+
+def test_a_trigger_mix_stamps_each_part_of_a_batch_with_one_trigger_in_turn():
+    def corner(target, row):
+        mask, pattern = torch.zeros(1, 4, 4), torch.zeros(1, 4, 4)
+        mask[0, row, 0], pattern[0, row, 0] = 1.0, 1.0
+        return inversion.ReversedTrigger(mask, pattern, target=target)
+
+    a, b = corner(2, 0), corner(0, 3)
+    mix = inversion.TriggerMix([a, b])
+    x = torch.full((5, 1, 4, 4), 0.5)
+    out = mix.apply(x)
+    assert mix.target == 2  # the first trigger's class: the suspected target
+    assert torch.equal(out[:3], a.apply(x[:3])) and torch.equal(out[3:], b.apply(x[3:]))  # 3 + 2 rows
+    assert torch.equal(x, torch.full((5, 1, 4, 4), 0.5))  # the batch itself is left as it was
+    assert torch.equal(inversion.TriggerMix([a]).apply(x), a.apply(x))  # one trigger: the plain stamp
+    assert inversion.TriggerMix([a, b]).apply(x[:1]).shape == (1, 1, 4, 4)  # fewer rows than triggers

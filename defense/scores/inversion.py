@@ -95,10 +95,38 @@ def reverse_all(model: nn.Module, clean: TensorData, num_classes: int, seed: int
     return [reverse_trigger(model, clean, t, seed=seed, **kw) for t in range(num_classes) if bool((clean.y != t).any())]
 
 
+def candidates(triggers: list[ReversedTrigger]) -> list[ReversedTrigger]:
+    """The reversed triggers that flip at least MIN_FLIP (all of them if none do), smallest first."""
+    working = [t for t in triggers if t.flip_rate >= MIN_FLIP] or triggers
+    return sorted(working, key=lambda t: t.size)
+
+
 def suspected(triggers: list[ReversedTrigger]) -> ReversedTrigger:
     """The smallest reversed trigger among those that flip at least MIN_FLIP (the smallest of all if none do)."""
-    working = [t for t in triggers if t.flip_rate >= MIN_FLIP] or triggers
-    return min(working, key=lambda t: t.size)
+    return candidates(triggers)[0]
+
+
+@dataclass
+class TriggerMix:
+    """Several reversed triggers, stamped in turn: a batch is cut into as many contiguous parts, one trigger each.
+
+    Unlearning the few smallest reversed triggers instead of only the suspected one keeps the unlearning aimed
+    at the backdoor when Neural Cleanse suspects the wrong label (a warp's target came third; docs/METHOD.md).
+    """
+
+    triggers: list[ReversedTrigger]
+
+    @property
+    def target(self) -> int:
+        """The suspected target: the first (smallest) trigger's class."""
+        return self.triggers[0].target
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        out = x.clone()
+        for trigger, rows in zip(self.triggers, torch.tensor_split(torch.arange(len(x)), len(self.triggers))):
+            if len(rows):
+                out[rows] = trigger.apply(x[rows])
+        return out
 
 
 def anomaly_index(triggers: list[ReversedTrigger], chosen: ReversedTrigger) -> float:
@@ -140,6 +168,7 @@ def compute(
         "suspected_target": chosen.target,
         "anomaly_index": round(anomaly_index(triggers, chosen), 3),
         "trigger": chosen,
+        "candidates": candidates(triggers),  # smallest first: what purification's unlearning stamps
         "sizes": {t.target: round(t.size, 2) for t in triggers},
         "flip_rates": {t.target: round(t.flip_rate, 3) for t in triggers},
     }
