@@ -12,16 +12,15 @@ Run from the repository root: .venv/bin/python -m bench.recommended [--defenses 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import replace
 
+from bench.grid import read_jsonl, run_grid
 from bench.sections import write_section
 from defense import baselines, data, metrics
 from defense import bundle as bundle_io
-from defense.paths import MODELS_DIR, benchmark_models
+from defense.paths import MODELS_DIR
 from defense.purify import PurifyConfig
-from defense.runtime import configure_threads
 
 ASR_GOAL, DROP_GOAL, REBOUND_GOAL = 0.02, 0.01, 0.02
 
@@ -84,19 +83,9 @@ def main(argv=None) -> None:
     parser.add_argument("--replay", help="write the section from the JSON lines of an earlier run")
     args = parser.parse_args(argv)
     if args.replay:
-        with open(args.replay) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+        rows = read_jsonl(args.replay)
     else:
-        configure_threads()
-        rows = []
-        for defense in args.defenses:
-            for model in benchmark_models():
-                for seed in range(args.seeds):
-                    rows.append(measure(defense, model, seed))
-                    print(json.dumps(rows[-1]), flush=True)
-                    if args.jsonl:
-                        with open(args.jsonl, "a") as f:
-                            f.write(json.dumps(rows[-1]) + "\n")
+        rows = run_grid(args.defenses, args.seeds, measure, args.jsonl)
     write_section("recommended-defense", section(rows))
 
 

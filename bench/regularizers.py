@@ -14,19 +14,17 @@ Run from the repository root: .venv/bin/python -m bench.regularizers [--variants
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from dataclasses import replace
-from pathlib import Path
 
+from bench.grid import read_jsonl, run_grid
 from bench.sections import write_section
 from defense import baselines, data, metrics
 from defense import bundle as bundle_io
 from defense.compare import steps_to_goal
 from defense.paths import MODELS_DIR, benchmark_models
 from defense.purify import PurifyConfig
-from defense.runtime import configure_threads
 
 # name: (defense, settings); knee_scale is AR's knee as a multiple of each tensor's RMS (default 2)
 VARIANTS = {
@@ -115,20 +113,11 @@ def main(argv=None) -> None:
     parser.add_argument("--replay", nargs="*", help="write the section from the JSON lines of earlier runs")
     args = parser.parse_args(argv)
     if args.replay:
-        rows = [json.loads(line) for p in args.replay for line in Path(p).read_text().splitlines() if line.strip()]
+        rows = read_jsonl(*args.replay)
         order = {v: i for i, v in enumerate(VARIANTS)}
         rows.sort(key=lambda r: order.get(r["variant"], len(order)))
     else:
-        configure_threads()
-        rows = []
-        for variant in args.variants:
-            for model in benchmark_models():
-                for seed in range(args.seeds):
-                    rows.append(measure(variant, model, seed))
-                    print(json.dumps(rows[-1]), flush=True)
-                    if args.jsonl:
-                        with open(args.jsonl, "a") as f:
-                            f.write(json.dumps(rows[-1]) + "\n")
+        rows = run_grid(args.variants, args.seeds, measure, args.jsonl)
     write_section("regularizers", section(rows))
 
 
