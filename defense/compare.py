@@ -275,8 +275,8 @@ def known_results(
 def runs_as_now(name: str, run: dict, base: PurifyConfig) -> bool:
     """Whether a saved run used the settings defense ``name`` brings of its own today (its registry ``defaults``).
 
-    The results key holds the base settings only; a defense whose own defaults changed since (e.g. nc-ar's
-    warm-up) would otherwise be answered with a run made under the old ones.
+    The results key holds the base settings only; a defense whose own defaults changed since (e.g. the share
+    nc-ar marks) would otherwise be answered with a run made under the old ones.
     """
     from .baselines import settings_for
     from .registry import DEFENSES

@@ -110,8 +110,9 @@ def suspected(triggers: list[ReversedTrigger]) -> ReversedTrigger:
 class TriggerMix:
     """Several reversed triggers, stamped in turn: a batch is cut into as many contiguous parts, one trigger each.
 
-    Unlearning the few smallest reversed triggers instead of only the suspected one keeps the unlearning aimed
-    at the backdoor when Neural Cleanse suspects the wrong label (a warp's target came third; docs/METHOD.md).
+    For ``PurifyConfig.reversed_count`` > 1: unlearning the few smallest reversed triggers instead of only the
+    suspected one still hits the backdoor when Neural Cleanse suspects the wrong label (a warp's target came
+    third), at a cost in clean accuracy elsewhere, so it is off by default (docs/METHOD.md).
     """
 
     triggers: list[ReversedTrigger]
@@ -123,7 +124,8 @@ class TriggerMix:
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         out = x.clone()
-        for trigger, rows in zip(self.triggers, torch.tensor_split(torch.arange(len(x)), len(self.triggers))):
+        parts = torch.tensor_split(torch.arange(len(x), device=x.device), len(self.triggers))
+        for trigger, rows in zip(self.triggers, parts, strict=True):
             if len(rows):
                 out[rows] = trigger.apply(x[rows])
         return out
