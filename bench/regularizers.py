@@ -14,6 +14,7 @@ Run from the repository root: .venv/bin/python -m bench.regularizers [--variants
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from dataclasses import replace
@@ -56,7 +57,7 @@ def measure(variant: str, model: str, seed: int) -> dict:
     first = steps_to_goal(evals)
     return {
         **row,
-        "steps_to_goal": None if first != first else first,
+        "steps_to_goal": None if math.isnan(first) else first,
         "acc0": evals[0]["clean_acc"],
         "acc": evals[-1]["clean_acc"],
         "asr": evals[-1]["asr"],
