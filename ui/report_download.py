@@ -3,7 +3,9 @@
 Built only on request ("Prepare report"): it measures what is not measured yet (the pruning curve, the
 ground truth if the background worker has not finished it), which takes seconds, so pages stay quick.
 The prepared file is kept per model until the model or the clean subset changes; the download button
-hands it over without rebuilding (its data is a callable, so it is not re-sent on every rerun).
+hands it over without rebuilding. Its data is the file's bytes, not a callable: Streamlit serves bytes
+under an address made from their hash, which stays valid while a rerun is under way, whereas a callable
+gets a new id on every rerun and a click that lands during one downloads nothing (seen under CI load).
 """
 
 from __future__ import annotations
@@ -43,10 +45,9 @@ def sidebar_report(lab_: Lab) -> None:
         st.markdown("### Report")
         ready = ss.get("report_html")
         if ready is not None and ready[0] == key:
-            html = ready[1]
             st.download_button(
                 "Download report (HTML)",
-                lambda: html,
+                ready[1],
                 file_name=f"{lab_.name}-report.html",
                 mime="text/html",
                 key="w_report_download",
@@ -72,4 +73,4 @@ def sidebar_report(lab_: Lab) -> None:
 
 
 def _prepare(lab_: Lab, key: tuple) -> None:
-    st.session_state["report_html"] = (key, build(lab_))
+    st.session_state["report_html"] = (key, build(lab_).encode())
