@@ -254,6 +254,23 @@ class Purification:
                 out.append((p, dev_m, self._knees[id(p)]))
         return out
 
+    @staticmethod
+    def _add_penalty_grad(lam: float, pen: torch.Tensor, marked: list, lr: float) -> None:
+        """Add λ × the penalty's gradient to the marked parameters' gradients, each entry limited so that the
+        penalty's own step (lr × gradient) cannot carry a weight past zero, the penalty's minimum.
+
+        AR's slope beyond the knee, exp(|w|/κ − 1), is unbounded: on a heavy-tailed tensor (a wide linear
+        layer whose largest weights sit 8× beyond the knee) one step overshoots zero, the next is exponentially
+        larger, and the run diverges within a few steps. The limit never cuts below λ, the penalty's linear
+        slope, so L1, AR below the knee, and L2 wherever λ·lr < ½, are unchanged."""
+        params = list(dict.fromkeys(p for p, _, _ in marked))
+        for p, g in zip(params, torch.autograd.grad(lam * pen, params), strict=True):
+            if lr > 0:  # a zero step needs no limit (and |w| / 0 would be NaN at w = 0)
+                slope = lam if lam <= torch.finfo(p.dtype).max else math.inf  # as the tensor's dtype holds λ
+                limit = (p.detach().abs() / lr).clamp_min(slope)
+                g = torch.maximum(torch.minimum(g, limit), -limit)
+            p.grad = g if p.grad is None else p.grad.add_(g)
+
     def stop(self) -> None:
         self._stop = True
 
@@ -346,7 +363,7 @@ class Purification:
             marked = self._marked_params()
             pen = sum((penalty(cfg.reg, p[m], knee) for p, m, knee in marked), torch.zeros((), device=dev))
             if cfg.reg in ("ar", "l1", "l2") and marked and cfg.lam > 0:
-                (cfg.lam * pen).backward()
+                self._add_penalty_grad(cfg.lam, pen, marked, opt.param_groups[0]["lr"])
             if cfg.anchor > 0:
                 (cfg.anchor * self._anchor_penalty()).backward()
             opt.step()

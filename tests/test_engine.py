@@ -14,7 +14,7 @@ from torch import nn
 from defense import baselines, bundle, data, metrics, salience
 from defense.masking import mark, preview, pruning_curve
 from defense.neurons import prune
-from defense.purify import Purification, PurifyConfig, ar_penalty
+from defense.purify import Purification, PurifyConfig, ar_penalty, penalty
 from defense.registry import DEFENSES, SCORES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -412,3 +412,36 @@ def test_anchor_keeps_the_unmarked_weights_nearer_their_start(tiny):
     held_unmarked, held_marked = drift(5.0)
     assert held_unmarked < 0.5 * free_unmarked
     assert held_marked > 0.5 * free_marked  # the penalty on the marked neurons still moves them
+
+
+def test_the_penalty_step_never_carries_a_weight_past_zero_and_leaves_the_linear_slope_alone():
+    lam, lr, knee = 0.03, 0.02, 0.05
+    w = nn.Parameter(torch.tensor([0.0001, -0.01, 0.08, -0.4, 0.9]))  # below the knee, then 1.6×, 8×, 18× beyond it
+    marked = [(w, torch.ones(5, dtype=torch.bool), knee)]
+    Purification._add_penalty_grad(lam, ar_penalty(w, knee), marked, lr)
+    slope = torch.where(w.abs() <= knee, torch.ones(5), torch.exp(w.abs() / knee - 1)).detach()
+    exact = lam * slope * w.sign().detach()
+    # below the knee and just beyond it: AR's own gradient, even where λ·lr exceeds |w| (L1's slope is never cut)
+    assert torch.allclose(w.grad[:3], exact[:3])
+    # far beyond it the exponential slope would step past zero: cut to |w| / lr, the step that lands on zero
+    assert (exact[3:].abs() * lr > w.detach()[3:].abs()).all()
+    assert torch.allclose(w.grad[3:], w.detach()[3:] / lr)
+    for kind in ("l1", "l2"):  # never cut
+        v = nn.Parameter(torch.tensor([0.0001, -0.5, 2.0]))
+        Purification._add_penalty_grad(lam, penalty(kind, v), [(v, torch.ones(3, dtype=torch.bool), knee)], lr)
+        expected = lam * (v.sign() if kind == "l1" else 2 * v).detach()
+        assert torch.allclose(v.grad, expected)
+
+
+def test_ar_on_a_heavy_tailed_layer_stays_finite(tiny):
+    """A wide layer's largest weights sit far beyond AR's knee (2 × the tensor's RMS): found on a small CNN of
+    width 32 trained here, where the default purification diverged at step 4. The limit keeps it finite."""
+    net, batch = tiny
+    with torch.no_grad():
+        net.fc1.weight.mul_(0.01)
+        net.fc1.weight[0, 0] = 0.5  # ~10× the knee: AR's slope there is e⁹, a first step of 4 at the defaults
+    cfg = PurifyConfig(metric="magnitude", ratio=1.0, steps=20, distill=0.0, augment=False)
+    run = Purification(net, batch, batch, batch, cfg)
+    run.run()  # raised FloatingPointError ("training diverged") before the limit
+    assert torch.isfinite(run.model.fc1.weight).all()
+    assert abs(float(run.model.fc1.weight[0, 0].detach())) < 0.5  # and AR still shrinks it
