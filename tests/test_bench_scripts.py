@@ -35,3 +35,13 @@ def test_regularizers_section_counts_divergence_and_steps_over_the_runs_that_got
     assert cells[1] == "1/3"  # diverged
     assert cells[2] == "30 ± 10 (2/3)"  # mean ± half range over the two that got there
     assert cells[-4:] == ["30", "2.0 [3.0]", "1.50", "2.0"]  # mean steps, ASR mean [max], drop, rebound
+
+
+def test_unseen_architecture_cases_name_registered_architectures_and_attacks():
+    from bench.unseen_arch import CASES
+    from defense import attacks, models
+
+    for arch, kwargs, attack, params, target in CASES.values():
+        assert models.count_parameters(arch, 10, (1, 28, 28), **kwargs) > 0
+        assert attacks.make_trigger(attack, (1, 28, 28), seed=0, **params) is not None
+        assert 0 <= target < 10
