@@ -200,15 +200,22 @@ def main(argv=None) -> None:
     write_section("unseen-triggers", "\n".join(lines))
 
 
-def _row(table: dict, r: dict) -> str:
+def outcome_cells(r: dict) -> list[str]:
+    """A run's table cells: before ACC / ASR, after ACC / ASR, ACC drop, rebound, and ✓ where it meets the goal."""
     before, after = r["before"], r["after"]
     drop = before["clean_acc"] - after["clean_acc"]
     ok = after["asr"] <= ASR_GOAL and drop <= DROP_GOAL
-    return (
-        f"| {table[r['kind']][0]} | {r['defense']} | {r['seed']} | {100 * before['clean_acc']:.1f} / "
-        f"{100 * before['asr']:.1f} | {100 * after['clean_acc']:.1f} / {100 * after['asr']:.1f} | "
-        f"{100 * drop:.1f} | {100 * (after['asr'] - r['min_asr']):.1f} | {'✓' if ok else '✗'} |"
-    )
+    return [
+        f"{100 * before['clean_acc']:.1f} / {100 * before['asr']:.1f}",
+        f"{100 * after['clean_acc']:.1f} / {100 * after['asr']:.1f}",
+        f"{100 * drop:.1f}",
+        f"{100 * (after['asr'] - r['min_asr']):.1f}",
+        "✓" if ok else "✗",
+    ]
+
+
+def _row(table: dict, r: dict) -> str:
+    return f"| {table[r['kind']][0]} | {r['defense']} | {r['seed']} | {' | '.join(outcome_cells(r))} |"
 
 
 def _header() -> list[str]:

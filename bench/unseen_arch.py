@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from bench.sections import write_section
-from bench.unseen import ASR_GOAL, DROP_GOAL, run_defense
+from bench.unseen import outcome_cells, run_defense
 from defense import attacks, data
 from defense import bundle as bundle_io
 from defense.runtime import configure_threads
@@ -48,16 +48,10 @@ def trained(name: str, base, cache: Path):
 
 def _row(r: dict) -> str:
     arch, kwargs, attack, _, _ = CASES[r["case"]]
-    before, after = r["before"], r["after"]
-    drop = before["clean_acc"] - after["clean_acc"]
-    ok = after["asr"] <= ASR_GOAL and drop <= DROP_GOAL
     options = ", ".join(f"{k} {v}" for k, v in kwargs.items())
-    return (
-        f"| {arch} ({options}) | {attack} | {r['seed']} | "
-        f"{100 * before['clean_acc']:.1f} / {100 * before['asr']:.1f} | "
-        f"{100 * after['clean_acc']:.1f} / {100 * after['asr']:.1f} | {100 * drop:.1f} | "
-        f"{100 * (after['asr'] - r['min_asr']):.1f} | {r['seconds']:.0f} | {'✓' if ok else '✗'} |"
-    )
+    cells = outcome_cells(r)
+    cells.insert(4, f"{r['seconds']:.0f}")  # before the goal column
+    return f"| {arch} ({options}) | {attack} | {r['seed']} | {' | '.join(cells)} |"
 
 
 def _header(defense: str) -> list[str]:
