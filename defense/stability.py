@@ -87,6 +87,46 @@ def per_sample_salience(
     return {n: torch.cat(r) for n, r in rows.items()}
 
 
+def hardest_images_share(per_sample: torch.Tensor, loss: torch.Tensor, share: float = 0.05) -> dict:
+    """How much of BS the clean images with the highest loss carry (docs/METHOD.md, "Stability").
+
+    ``per_sample``: [images, neurons] per-image signed salience (``per_sample_salience``, layers joined);
+    ``loss``: [images] each image's clean loss. Returns the number of hardest images ``k``, their share of
+    the total |salience|, and the Spearman correlation between BS (the column sums) and the sums over those
+    ``k`` images alone. At a training minimum nearly every image is fitted and contributes ~0, so a share
+    near 1 and a correlation near 1 say that BS ranks neurons by the few images the model gets (nearly)
+    wrong: a different subset holds different hard images, hence a different ranking.
+    """
+    k = max(1, int(round(len(loss) * share)))
+    hardest = loss.argsort(descending=True)[:k]
+    total_abs = per_sample.abs().sum().clamp_min(1e-30)
+    return {
+        "images": k,
+        "of": len(loss),
+        "share": float(per_sample[hardest].abs().sum() / total_abs),
+        "spearman": spearman(per_sample.sum(0), per_sample[hardest].sum(0)),
+    }
+
+
+def hardest_images_report(
+    model: nn.Module, clean: TensorData, layers: dict[str, NeuronLayer] | None = None, share: float = 0.05
+) -> dict:
+    """``hardest_images_share`` for a model and its clean subset (eval mode, as BS is measured)."""
+    layers = layers if layers is not None else neuron_map(model)
+    per_sample = torch.cat(list(per_sample_salience(model, clean, layers).values()), 1)
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    losses = []
+    try:
+        with torch.no_grad():
+            for xb, yb in clean.batches(256):
+                losses.append(nn.functional.cross_entropy(model(xb.to(dev)), yb.to(dev), reduction="none").cpu())
+    finally:
+        model.train(was)
+    return hardest_images_share(per_sample, torch.cat(losses), share)
+
+
 def rank_within_layers(scores: NeuronScores) -> dict[str, torch.Tensor]:
     """Per layer, each neuron's rank by suspicion scaled to [0, 1] (1 = most suspect)."""
     out = {}

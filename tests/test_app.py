@@ -139,6 +139,13 @@ def test_salience_page_heatmaps_ground_truth_roc_and_csv():
     csv = at.get("download_button")[0]
     assert csv.proto.label == "Download all scores (CSV)"
     assert any("three different clean subsets" in c.value for c in at.caption)  # the stability view
+    from defense import data as data_io
+    from defense import stability
+    from defense.bundle import load_bundle
+
+    model = load_bundle(REPO / "assets" / "models" / "mnist-badnets").model
+    hard = stability.hardest_images_report(model, data_io.load_dataset("mnist5k", seed=0).clean)
+    assert any(f"carry {hard['share']:.0%} of it" in m.value for m in at.markdown)  # measured, not a fixed claim
 
     # the second ground truth (TAC) and its agreement with ablation: the page's figures are the library's
     def tac_caption(a):

@@ -142,6 +142,28 @@ def test_per_sample_salience_mean_is_the_batch_first_order_term():
     assert torch.allclose(per.mean(0), est.layers["hidden"], atol=1e-5)
 
 
+def test_hardest_images_share_counts_the_highest_loss_rows():
+    per = torch.zeros(20, 3)
+    per[0] = torch.tensor([4.0, -2.0, 1.0])  # the hardest image
+    per[1:] = torch.tensor([0.01, 0.02, 0.03])  # 19 fitted images, a little each
+    loss = torch.full((20,), 0.001)
+    loss[0] = 2.0
+    found = stability.hardest_images_share(per, loss, share=0.05)
+    assert found["images"] == 1 and found["of"] == 20
+    assert found["share"] == pytest.approx(7.0 / (7.0 + 19 * 0.06))
+    assert found["spearman"] == pytest.approx(1.0)  # column sums ordered as the hardest row: 4.19 > 1.57 > -1.62
+
+
+def test_one_mislabelled_image_carries_nearly_all_of_benign_salience():
+    net, clean = _net(1.0), _data(20)
+    with torch.no_grad():
+        net.out.weight.mul_(5)  # margins of 10 and 50: every correctly labelled image is fitted (loss < 1e-4)
+    clean.y[0] = 1 - clean.y[0]  # the model is sure and wrong on it: the only image with a real gradient
+    found = stability.hardest_images_report(net, clean, share=0.05)
+    assert found["images"] == 1
+    assert found["share"] > 0.9 and found["spearman"] == pytest.approx(1.0)
+
+
 def test_cli_identify_json_and_bad_input(tmp_path):
     result = run_cli("identify", "--bundle", REPO / "assets" / "models" / "mnist-badnets", "--json", timeout=600)
     assert result.returncode == 0, result.stderr

@@ -23,6 +23,15 @@ def test_salience_verdict_follows_the_aucs():
     assert partly.startswith("Partly:") and "somewhat better than chance" in partly
 
 
+def test_stability_verdict_follows_the_correlation_and_the_hardest_images_share():
+    held = story.stability_verdict(0.12, {"images": 10, "of": 200, "share": 0.91, "spearman": 0.99})
+    assert "reorders the neurons" in held and "0.12" in held
+    assert "10 hardest of its 200 images" in held and "91%" in held and "few hard images" in held
+    spread = story.stability_verdict(0.85, {"images": 10, "of": 200, "share": 0.2, "spearman": 0.4})
+    assert "much the same on every subset" in spread and "spread over many images" in spread
+    assert "few hard images" not in spread
+
+
 def curve(points):
     return [{"ratio": r, "clean_acc": a, "asr": s} for r, a, s in points]
 

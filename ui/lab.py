@@ -294,11 +294,9 @@ def _bs_stability(key: str, fraction: float, _b) -> dict:
 
     model = copy.deepcopy(_b.model)
     layers = neuron_map(model)
-    runs = [
-        salience.compute("benign", model, load_splits_for(_b.meta, None, seed=s, clean_fraction=fraction).clean, layers)
-        for s in range(3)
-    ]
-    return stability.stability(runs)
+    cleans = [load_splits_for(_b.meta, None, seed=s, clean_fraction=fraction).clean for s in range(3)]
+    runs = [salience.compute("benign", model, clean, layers) for clean in cleans]
+    return {**stability.stability(runs), "hardest": stability.hardest_images_report(model, cleans[0], layers)}
 
 
 def _one_score(name: str, model: nn.Module, clean, should_stop: StopCheck = None) -> NeuronScores:

@@ -67,6 +67,31 @@ def reversed_trigger_verdict(details: Mapping, declared_target: int | None) -> s
     return text
 
 
+def stability_verdict(spearman_min: float, hardest: Mapping) -> str:
+    """Is benign salience steady across clean subsets, and how much of it the few hardest images carry."""
+    steady = spearman_min >= 0.8
+    first = (
+        f"Benign salience ranks the neurons much the same on every subset here (lowest rank correlation "
+        f"{spearman_min:.2f})."
+        if steady
+        else f"Benign salience reorders the neurons from one subset to the next here (lowest rank correlation "
+        f"{spearman_min:.2f}; 0.8 would be steady)."
+    )
+    k, n, carried, rho = hardest["images"], hardest["of"], hardest["share"], hardest["spearman"]
+    second = (
+        f" On the first subset the {k} hardest of its {n} images (highest loss) carry {share(carried)} of it"
+        f" and rank the neurons alone at {rho:.2f} agreement with the whole"
+    )
+    if carried >= 0.5 and rho >= 0.8:
+        second += (
+            ": the model fits the other images, so they add next to nothing, and the score mostly reflects which "
+            "few hard images a subset happens to hold."
+        )
+    else:
+        second += ": the score is spread over many images, not held by a few."
+    return first + second
+
+
 def model_verdict(clean_acc: float, asr: float, target: int) -> str:
     if asr >= 0.8:
         return (
