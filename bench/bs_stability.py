@@ -1,0 +1,122 @@
+"""Why benign salience is unstable across clean subsets: more images, held-out images, and the hardest few.
+
+Per bundled model, against the ablation truth (seed-0 test images, ``ablation.ground_truth``):
+- BS as the app computes it (``salience.compute("benign")``) on 3 *disjoint* sets of training images
+  of 200, 400, 800 and 1,300 images (the defender's 5% is 200): AUC mean, spread (max − min) and the
+  lowest pairwise Spearman ρ of the per-neuron values — does a larger clean set steady it?
+- the same on 3 disjoint sets of 200 *held-out* images (test images 0–599, which the model was not
+  trained on; the truth then uses test images 600 onwards): is the training minimum the cause?
+- on the defender's three 5% subsets (seeds 0–2), the share of Σ|per-image salience| carried by the
+  5% of clean images with the highest loss, and the Spearman ρ between BS and those images' sum alone
+  (``stability.hardest_images_share``).
+
+Run from the repository root: .venv/bin/python -m bench.bs_stability  (writes the 'bs-stability' section)
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from bench.sections import write_section
+from defense import ablation, metrics, salience, stability
+from defense import bundle as bundle_io
+from defense.data import TensorData, load_splits_for
+from defense.neurons import neuron_map
+from defense.paths import MODELS_DIR, bundled_models
+
+SIZES = (200, 400, 800, 1300)
+HELD_OUT = 200  # three disjoint sets from test images 0..599
+
+
+def _row(model, layers, sets: list[TensorData], truth: dict) -> dict:
+    runs = [salience.compute("benign", model, s, layers) for s in sets]
+    aucs = [metrics.identification_quality(r, truth["infected"], truth["measured"])["auc"] for r in runs]
+    rho = stability.stability(runs)["spearman_min"]
+    return {"auc": sum(aucs) / len(aucs), "spread": max(aucs) - min(aucs), "rho": rho}
+
+
+def measure(path: str) -> dict:
+    b = bundle_io.load_bundle(path)
+    model, layers = b.model.eval(), neuron_map(b.model)
+    splits = load_splits_for(b.meta, None, seed=0)
+    test, train = splits.test, splits.train
+
+    def truth_on(images: TensorData) -> dict:
+        return ablation.ground_truth(model, layers, images, metrics.triggered_set(images, b.trigger, b.target))
+
+    truth = truth_on(test)
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(1))
+    row = {"model": b.name, "rows": {}}
+    for n in SIZES:
+        if 3 * n <= len(train):
+            sets = [train.subset(order[i * n : (i + 1) * n]) for i in range(3)]
+            row["rows"][f"training, {n}"] = _row(model, layers, sets, truth)
+    if len(test) >= 3 * HELD_OUT + 100:
+        held = [test.subset(torch.arange(i * HELD_OUT, (i + 1) * HELD_OUT)) for i in range(3)]
+        rest = test.subset(torch.arange(3 * HELD_OUT, len(test)))
+        row["rows"][f"held-out, {HELD_OUT}"] = _row(model, layers, held, truth_on(rest))
+    hardest = [
+        stability.hardest_images_report(model, load_splits_for(b.meta, None, seed=s).clean, layers) for s in range(3)
+    ]
+    row["hardest"] = {
+        "images": hardest[0]["images"],
+        "of": hardest[0]["of"],
+        "share": [h["share"] for h in hardest],
+        "rho": [h["spearman"] for h in hardest],
+    }
+    return row
+
+
+def _cell(row: dict) -> str:
+    return f"{row['auc']:.2f} [{row['spread']:.2f}; ρ {row['rho']:.2f}]"
+
+
+def section(rows: list[dict]) -> str:
+    kinds = list(dict.fromkeys(k for r in rows for k in r["rows"]))
+    lines = [
+        "## Why benign salience is unstable (bench/bs_stability.py)",
+        "",
+        f"`python -m bench.bs_stability` on {time.strftime('%Y-%m-%d')}, one torch thread. BS as the app computes",
+        "it on 3 disjoint clean sets per row (training images, or held-out test images the model never saw), against",
+        "the ablation truth: AUC mean [spread = max − min; ρ = lowest pairwise Spearman of the per-neuron values].",
+        "Goal of issue 9: spread ≤ 0.10 and ρ ≥ 0.8.",
+        "",
+        "| clean images | " + " | ".join(r["model"] for r in rows) + " |",
+        "|---|" + "---|" * len(rows),
+    ]
+    for k in kinds:
+        cells = [_cell(r["rows"][k]) if k in r["rows"] else "–" for r in rows]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "On the defender's three 5% subsets: the share of Σ|per-image salience| carried by the 5% of clean images",
+        "with the highest loss, and the Spearman ρ between BS and the sum over those images alone (per subset).",
+        "",
+        "| model | hardest images | their share of BS | ρ (BS, their sum) |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        h = r["hardest"]
+        share = " / ".join(f"{v:.0%}" for v in h["share"])
+        rho = " / ".join(f"{v:.2f}" for v in h["rho"])
+        lines.append(f"| {r['model']} | {h['images']} of {h['of']} | {share} | {rho} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", nargs="*", help="bundle folders (default: every bundled model)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    rows = []
+    for path in args.models or [str(MODELS_DIR / name) for name in bundled_models()]:
+        rows.append(measure(path))
+        print(rows[-1], flush=True)
+    write_section("bs-stability", section(rows))
+
+
+if __name__ == "__main__":
+    main()
