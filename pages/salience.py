@@ -181,7 +181,7 @@ st.caption(
     "and highest rank it gets in its layer (1 = most suspect) over the three. Lowest rank correlation between two "
     f"subsets: {stab['spearman_min']:.2f} (1 = the same ranking every time)."
 )
-st.markdown(story.stability_verdict(stab["spearman_min"], stab["hardest"]))
+st.markdown(story.stability_verdict(stab["spearman_min"], stab["hardest"], stab["median_spearman_min"]))
 st.scatter_chart(
     pd.DataFrame(
         [

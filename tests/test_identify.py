@@ -164,6 +164,33 @@ def test_one_mislabelled_image_carries_nearly_all_of_benign_salience():
     assert found["share"] > 0.9 and found["spearman"] == pytest.approx(1.0)
 
 
+def test_benign_median_is_the_median_of_each_images_own_first_order_term():
+    net, clean = _net(1.0), _data(15, seed=3)
+    terms = []
+    for x, y in zip(clean.x, clean.y):  # one image at a time: its own loss, its own gradient
+        h = net.hidden(x.view(1, -1))
+        h.retain_grad()
+        nn.functional.cross_entropy(net.out(torch.relu(h)), y.view(1)).backward()
+        terms.append(-(h.grad * h).detach()[0])
+    expected = torch.stack(terms).median(0).values
+    got = SCORES["benign-median"].compute(net, clean, neuron_map(net)).layers["hidden"]
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_one_mislabelled_image_flips_the_mean_of_benign_salience_but_not_its_median():
+    net, clean = _net(1.0), _data(21)
+    with torch.no_grad():
+        net.out.weight.mul_(5)  # every correctly labelled image fitted
+    layers = neuron_map(net)
+    mean0 = SCORES["benign"].compute(net, clean, layers).layers["hidden"]
+    median0 = SCORES["benign-median"].compute(net, clean, layers).layers["hidden"]
+    clean.y[0] = 1 - clean.y[0]
+    mean1 = SCORES["benign"].compute(net, clean, layers).layers["hidden"]
+    median1 = SCORES["benign-median"].compute(net, clean, layers).layers["hidden"]
+    assert mean0[1] > 0 > mean1[1]  # the constant unit: one image of 21 turns "needed" into "better without"
+    assert torch.equal(median0, median1)
+
+
 def test_cli_identify_json_and_bad_input(tmp_path):
     result = run_cli("identify", "--bundle", REPO / "assets" / "models" / "mnist-badnets", "--json", timeout=600)
     assert result.returncode == 0, result.stderr

@@ -29,7 +29,12 @@ def test_stability_verdict_follows_the_correlation_and_the_hardest_images_share(
     assert "10 hardest of its 200 images" in held and "91%" in held and "few hard images" in held
     spread = story.stability_verdict(0.85, {"images": 10, "of": 200, "share": 0.2, "spearman": 0.4})
     assert "much the same on every subset" in spread and "spread over many images" in spread
-    assert "few hard images" not in spread
+    assert "few hard images" not in spread and "median" not in spread
+    with_median = story.stability_verdict(0.12, {"images": 10, "of": 200, "share": 0.91, "spearman": 0.99}, 0.93)
+    assert with_median.startswith(held) and "median over images" in with_median and "is steadier" in with_median
+    assert "0.93" in with_median
+    worse = story.stability_verdict(0.85, {"images": 10, "of": 200, "share": 0.2, "spearman": 0.4}, 0.5)
+    assert "is no steadier" in worse
 
 
 def curve(points):

@@ -296,7 +296,12 @@ def _bs_stability(key: str, fraction: float, _b) -> dict:
     layers = neuron_map(model)
     cleans = [load_splits_for(_b.meta, None, seed=s, clean_fraction=fraction).clean for s in range(3)]
     runs = [salience.compute("benign", model, clean, layers) for clean in cleans]
-    return {**stability.stability(runs), "hardest": stability.hardest_images_report(model, cleans[0], layers)}
+    medians = [salience.compute("benign-median", model, clean, layers) for clean in cleans]
+    return {
+        **stability.stability(runs),
+        "hardest": stability.hardest_images_report(model, cleans[0], layers),
+        "median_spearman_min": stability.stability(medians)["spearman_min"],
+    }
 
 
 def _one_score(name: str, model: nn.Module, clean, should_stop: StopCheck = None) -> NeuronScores:

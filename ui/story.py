@@ -67,7 +67,7 @@ def reversed_trigger_verdict(details: Mapping, declared_target: int | None) -> s
     return text
 
 
-def stability_verdict(spearman_min: float, hardest: Mapping) -> str:
+def stability_verdict(spearman_min: float, hardest: Mapping, median_spearman_min: float | None = None) -> str:
     """Is benign salience steady across clean subsets, and how much of it the few hardest images carry."""
     steady = spearman_min >= 0.8
     first = (
@@ -89,7 +89,14 @@ def stability_verdict(spearman_min: float, hardest: Mapping) -> str:
         )
     else:
         second += ": the score is spread over many images, not held by a few."
-    return first + second
+    if median_spearman_min is None:
+        return first + second
+    steadier = "steadier" if median_spearman_min > spearman_min else "no steadier"
+    third = (
+        f" Its median over images (the score *benign salience, median over images*) is {steadier}: lowest rank "
+        f"correlation {median_spearman_min:.2f}."
+    )
+    return first + second + third
 
 
 def model_verdict(clean_acc: float, asr: float, target: int) -> str:
