@@ -57,6 +57,13 @@ def per_sample_salience(
     """Per image and neuron, −(∂ℓᵢ/∂y)·y summed over positions: {layer: [N, neurons]}.
 
     Its mean over images is BS's per-neuron value for a single full batch (no EMA)."""
+    return per_sample_terms(model, clean, layers, batch_size)[0]
+
+
+def per_sample_terms(
+    model: nn.Module, clean: TensorData, layers: dict[str, NeuronLayer] | None = None, batch_size: int = 100
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """``per_sample_salience`` and each image's clean loss ℓᵢ [N], from the same passes."""
     layers = layers if layers is not None else neuron_map(model)
     was = model.training
     model.eval()
@@ -71,11 +78,13 @@ def per_sample_salience(
 
         hooks.append(nl.output.register_forward_hook(hook))
     rows: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
-    loss_fn = nn.CrossEntropyLoss(reduction="sum")  # per-image gradients: ℓᵢ's own
+    losses: list[torch.Tensor] = []
     try:
         for xb, yb in clean.batches(batch_size):
             model.zero_grad(set_to_none=True)
-            loss_fn(model(xb.to(dev)), yb.to(dev)).backward()
+            each = nn.functional.cross_entropy(model(xb.to(dev)), yb.to(dev), reduction="none")
+            each.sum().backward()  # the sum: each image's output gets ℓᵢ's own gradient
+            losses.append(each.detach().cpu())
             for n, y in outs.items():
                 gy = -(y.grad * y).detach()
                 rows[n].append((gy.flatten(2).sum(2) if gy.dim() == 4 else gy).cpu())
@@ -84,7 +93,7 @@ def per_sample_salience(
             h.remove()
         model.zero_grad(set_to_none=True)
         model.train(was)
-    return {n: torch.cat(r) for n, r in rows.items()}
+    return {n: torch.cat(r) for n, r in rows.items()}, torch.cat(losses)
 
 
 def hardest_images_share(per_sample: torch.Tensor, loss: torch.Tensor, share: float = 0.05) -> dict:
@@ -112,19 +121,8 @@ def hardest_images_report(
     model: nn.Module, clean: TensorData, layers: dict[str, NeuronLayer] | None = None, share: float = 0.05
 ) -> dict:
     """``hardest_images_share`` for a model and its clean subset (eval mode, as BS is measured)."""
-    layers = layers if layers is not None else neuron_map(model)
-    per_sample = torch.cat(list(per_sample_salience(model, clean, layers).values()), 1)
-    was = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    losses = []
-    try:
-        with torch.no_grad():
-            for xb, yb in clean.batches(256):
-                losses.append(nn.functional.cross_entropy(model(xb.to(dev)), yb.to(dev), reduction="none").cpu())
-    finally:
-        model.train(was)
-    return hardest_images_share(per_sample, torch.cat(losses), share)
+    terms, losses = per_sample_terms(model, clean, layers)
+    return hardest_images_share(torch.cat(list(terms.values()), 1), losses, share)
 
 
 def rank_within_layers(scores: NeuronScores) -> dict[str, torch.Tensor]:
