@@ -30,6 +30,8 @@ def test_stability_verdict_follows_the_correlation_and_the_hardest_images_share(
     spread = story.stability_verdict(0.85, {"images": 10, "of": 200, "share": 0.2, "spearman": 0.4})
     assert "much the same on every subset" in spread and "spread over many images" in spread
     assert "few hard images" not in spread and "median" not in spread
+    mixed = story.stability_verdict(0.5, {"images": 10, "of": 200, "share": 0.7, "spearman": 0.6})
+    assert "carry 70% of it" in mixed and "other images still move its order" in mixed
     with_median = story.stability_verdict(0.12, {"images": 10, "of": 200, "share": 0.91, "spearman": 0.99}, 0.93)
     assert with_median.startswith(held) and "median over images" in with_median and "is steadier" in with_median
     assert "0.93" in with_median

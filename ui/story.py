@@ -87,8 +87,10 @@ def stability_verdict(spearman_min: float, hardest: Mapping, median_spearman_min
             ": the model fits the other images, so they add next to nothing, and the score mostly reflects which "
             "few hard images a subset happens to hold."
         )
-    else:
+    elif carried < 0.5:
         second += ": the score is spread over many images, not held by a few."
+    else:
+        second += ": they carry much of it, but the other images still move its order."
     if median_spearman_min is None:
         return first + second
     steadier = "steadier" if median_spearman_min > spearman_min else "no steadier"
