@@ -142,6 +142,21 @@ def test_per_sample_salience_mean_is_the_batch_first_order_term():
     assert torch.allclose(per.mean(0), est.layers["hidden"], atol=1e-5)
 
 
+def test_per_sample_mean_is_benign_salience_on_every_layer_of_a_preact_resnet():
+    # pre-activation blocks: a neuron is its conv's output, BatchNorm comes before it (docs/METHOD.md, "Neurons")
+    from defense import models
+
+    torch.manual_seed(0)
+    net = models.build("preactresnet18", 10, (1, 16, 16), [0.1], [0.3], width=2).eval()
+    clean = TensorData(torch.rand(24, 1, 16, 16), torch.randint(0, 10, (24,)))
+    layers = neuron_map(net)
+    per = stability.per_sample_salience(net, clean, layers, batch_size=24)
+    est = stability.benign_salience_estimate(net, clean, layers, batch_size=24)  # one batch: the EMA is exact
+    assert len(layers) >= 17
+    for name in layers:
+        assert torch.allclose(per[name].mean(0), est.layers[name], atol=1e-6, rtol=1e-4), name
+
+
 def test_hardest_images_share_counts_the_highest_loss_rows():
     per = torch.zeros(20, 3)
     per[0] = torch.tensor([4.0, -2.0, 1.0])  # the hardest image
