@@ -123,7 +123,7 @@ def test_fine_tuning_on_reversed_triggered_images_at_their_true_labels_unlearns_
     assert unlearned.history[-1]["asr"] < 0.1 and unlearned.history[-1]["clean_acc"] == 1.0
 
 
-def test_nc_ar_marks_a_tenth_by_default_and_a_given_ratio_still_wins():
+def test_nc_ar_marks_a_tenth_and_unlearns_three_triggers_by_default_and_given_values_still_win():
     from dataclasses import replace
 
     from defense import baselines
@@ -132,18 +132,20 @@ def test_nc_ar_marks_a_tenth_by_default_and_a_given_ratio_still_wins():
     net, clean = TinyBackdoored(), clean_images()
     triggered = TensorData(clean.x.clone(), torch.full((len(clean),), 2))
     run = baselines.make("nc-ar", net, clean, clean, triggered, PurifyConfig())
-    assert (run.config.metric, run.config.reg, run.config.ratio, run.config.reversed_share) == (
+    cfg = run.config
+    assert (cfg.metric, cfg.reg, cfg.ratio, cfg.reversed_share, cfg.reversed_count, cfg.batch_size) == (
         "inversion",
         "ar",
         0.1,
         0.4,
+        3,
+        200,
     )
     assert run.reversed_trigger.target == 2  # the trigger it unlearns comes with the score
-    assert run.reversed_trigger.triggers == run.scores.details["candidates"][:1]  # the suspected one only
-    # the option tried and not adopted (docs/METHOD.md): the smallest few in turn, the suspected one first
-    several = baselines.make("nc-ar", net, clean, clean, triggered, replace(PurifyConfig(), reversed_count=3))
-    assert several.reversed_trigger.triggers == several.scores.details["candidates"][:3]
-    assert several.reversed_trigger.target == 2
+    # the three smallest reversed triggers in turn, the suspected one first (docs/METHOD.md)
+    assert run.reversed_trigger.triggers == run.scores.details["candidates"][:3]
+    one = baselines.make("nc-ar", net, clean, clean, triggered, replace(PurifyConfig(), reversed_count=2))
+    assert one.reversed_trigger.triggers == one.scores.details["candidates"][:2]  # a given count still wins
     chosen = baselines.make("nc-ar", net, clean, clean, triggered, replace(PurifyConfig(), ratio=0.34))
     assert chosen.config.ratio == 0.34 and int(chosen.mask["hidden"].sum()) == 1
 

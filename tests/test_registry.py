@@ -108,7 +108,13 @@ def test_defense_entries_agree_with_the_rest():
     for d in DEFENSES:
         assert set(d.defaults) <= set(vars(defaults)), d.name
     own = baselines.settings_for("nc-ar", defaults)
-    assert (own.ratio, own.lr, own.steps) == (0.1, defaults.lr, defaults.steps)
+    assert (own.ratio, own.batch_size, own.reversed_count, own.lr, own.steps) == (
+        0.1,
+        200,
+        3,
+        defaults.lr,
+        defaults.steps,
+    )
     assert baselines.settings_for("nc-ar", replace(defaults, ratio=0.3)).ratio == 0.3
     assert baselines.settings_for("clp-ar", defaults) == defaults
     # the distill flag says whether the run it builds distills
