@@ -112,7 +112,8 @@ class TriggerMix:
 
     For ``PurifyConfig.reversed_count`` > 1: unlearning the few smallest reversed triggers instead of only the
     suspected one still hits the backdoor when Neural Cleanse suspects the wrong label (a warp's target came
-    third), at a cost in clean accuracy elsewhere, so it is off by default (docs/METHOD.md).
+    third). ``nc-ar`` unlearns three, in batches of up to 200 images that pay back the accuracy it cost with
+    batches of 64 (docs/METHOD.md, "Batches of the whole clean subset").
     """
 
     triggers: list[ReversedTrigger]
