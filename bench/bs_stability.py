@@ -16,18 +16,16 @@ Run from the repository root: .venv/bin/python -m bench.bs_stability  (writes th
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
 import defense.scores  # noqa: F401  (registers every score)
-from bench.sections import write_section
+from bench.sections import rows_per_bundled_model, write_section
 from defense import ablation, metrics, salience, stability
 from defense import bundle as bundle_io
 from defense.data import TensorData, load_splits_for
 from defense.neurons import neuron_map
-from defense.paths import MODELS_DIR, bundled_models
 
 SIZES = (200, 400, 800, 1300)
 HELD_OUT = 200  # three disjoint sets from test images 0..599
@@ -112,14 +110,7 @@ def section(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--models", nargs="*", help="bundle folders (default: every bundled model)")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    rows = []
-    for path in args.models or [str(MODELS_DIR / name) for name in bundled_models()]:
-        rows.append(measure(path))
-        print(rows[-1], flush=True)
+    rows = rows_per_bundled_model(measure, argv)
     write_section("bs-stability", section(rows))
 
 

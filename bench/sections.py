@@ -22,3 +22,23 @@ def write_section(name: str, markdown: str, path: Path = RESULTS) -> None:
     else:
         tail = tail.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(head + MARKER + tail)
+
+
+def rows_per_bundled_model(measure, argv: list[str] | None = None) -> list[dict]:
+    """``measure(bundle folder)`` for each model named by ``--models`` (default: every bundled one), one torch
+    thread, each row printed as it comes: the loop the per-model benchmarks share."""
+    import argparse
+
+    import torch
+
+    from defense.paths import MODELS_DIR, bundled_models
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", nargs="*", help="bundle folders (default: every bundled model)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    rows = []
+    for path in args.models or [str(MODELS_DIR / name) for name in bundled_models()]:
+        rows.append(measure(path))
+        print(rows[-1], flush=True)
+    return rows

@@ -12,18 +12,16 @@ Run from the repository root: .venv/bin/python -m bench.truth_plan  (writes the 
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
-from bench.sections import write_section
+from bench.sections import rows_per_bundled_model, write_section
 from defense import bundle as bundle_io
 from defense import metrics
 from defense.ablation import ground_truth, plan
 from defense.data import load_splits_for
 from defense.neurons import neuron_map
-from defense.paths import MODELS_DIR, bundled_models
 
 SIZES = (32, 64, 128)
 REFERENCE, SAMPLE = 256, 400
@@ -59,14 +57,7 @@ def measure(name: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--models", nargs="*", help="bundle folders (default: every bundled model)")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    rows = []
-    for path in args.models or [str(MODELS_DIR / name) for name in bundled_models()]:
-        rows.append(measure(path))
-        print(rows[-1], flush=True)
+    rows = rows_per_bundled_model(measure, argv)
     head = " | ".join(f"ρ / overlap at {n}" for n in SIZES)
     lines = [
         "## Ablation truth: images needed, and the planned truth's time",
