@@ -152,6 +152,39 @@ def test_leaderboard_means_spreads_and_pareto_front():
     assert compare.pareto([0.1, 0.1], [0.2, 0.2]) == [True, True]  # equal points do not beat each other
 
 
+def test_scatter_writes_names_only_where_they_do_not_collide_and_always_the_papers_and_the_recommended():
+    from ui.compare_charts import LABEL_HEIGHT, LABEL_WIDTH, labelled, tradeoff_figure
+
+    points = {  # defense: (accuracy lost, ASR); eight crowd the origin as on the bundled models
+        **{f"near{i}": (0.005 + 0.001 * i, 0.003 + 0.001 * i) for i in range(8)},
+        "rec": (0.006, 0.004),
+        "paper": (0.026, 0.06),
+        "far": (0.014, 1.0),
+    }
+    results = {
+        (0, n): {"defense": n, "seed": 0, "status": "done", "after": {"clean_acc": 0.97 - lost, "asr": asr},
+                 "acc_lost": lost, "steps_to_goal": None, "seconds": 1.0}
+        for n, (lost, asr) in points.items()
+    }  # fmt: skip
+    defenses = [compare.Entry(n, n, None, paper=n == "paper", recommended=n == "rec") for n in points]
+    board = compare.leaderboard(results, defenses)
+    named = labelled(board)
+    assert {"paper", "rec", "far"} <= set(named)
+    assert sum(n.startswith("near") for n in named) < 8  # the crowd is not all written out
+    span_x, span_y = board.acc_lost.max(), board.asr.max()
+    spots = {n: (points[n][0] / span_x, points[n][1] / span_y) for n in named}
+    for a in named:
+        for b in named:
+            if a < b:
+                dx, dy = abs(spots[a][0] - spots[b][0]), abs(spots[a][1] - spots[b][1])
+                assert dx >= LABEL_WIDTH or dy >= LABEL_HEIGHT, (a, b)
+    fig = tradeoff_figure(board)
+    written = {t.name.removesuffix(" (paper)") for t in fig.data if t.text is not None}
+    assert written == set(named)
+    assert {t.name.removesuffix(" (paper)") for t in fig.data} >= set(points)  # every point is in the legend
+    assert fig.layout.yaxis.range[1] > 1.0  # room above the highest point for its name
+
+
 @pytest.mark.parametrize("name", [*benchmark_models(), "mnist-preact-badnets"])
 def test_bundled_models_ship_results_for_the_current_model_and_settings(name):
     """The shipped results must answer the Compare page's first visit; if this fails, rebuild them with

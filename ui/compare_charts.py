@@ -19,15 +19,45 @@ def defense_colors(names: list[str]) -> dict[str, tuple[str, str]]:
     return {n: (COLORS[i % len(COLORS)], "solid" if i < len(COLORS) else "dash") for i, n in enumerate(names)}
 
 
+# a name written beside its point takes about this share of the plot's width and height (9 characters at 12 px
+# on a half-page chart at 1280 px); names closer than that to one already written are left to the legend
+LABEL_WIDTH, LABEL_HEIGHT = 0.16, 0.08
+
+
+def labelled(board: pd.DataFrame, width: float = LABEL_WIDTH, height: float = LABEL_HEIGHT) -> list[str]:
+    """The defenses whose names are written beside their points, so that no two names land on each other.
+
+    The paper's method, the recommended defense and the Pareto front are placed first, then the rest by how far
+    they sit from the others; a name is written only where it keeps ``width`` × ``height`` (in shares of the
+    axes' spans) clear of every name already written. The others are named in the legend and on hover.
+    """
+    if board.empty:
+        return []
+    x, y = board.acc_lost.astype(float), board.asr.astype(float)
+    span_x = max(x.max() - min(x.min(), 0.0), 1e-9)
+    span_y = max(y.max() - min(y.min(), 0.0), 1e-9)
+    px, py = x / span_x, y / span_y
+    crowd = [int(((abs(px - a) < width) & (abs(py - b) < height)).sum()) for a, b in zip(px, py)]
+    first = board.paper.astype(int) * 4 + board.recommended.astype(int) * 2 + board.pareto.astype(int)
+    order = sorted(range(len(board)), key=lambda i: (-int(first.iloc[i]), crowd[i], i))
+    shown: list[int] = []
+    for i in order:
+        if all(abs(px.iloc[i] - px.iloc[j]) >= width or abs(py.iloc[i] - py.iloc[j]) >= height for j in shown):
+            shown.append(i)
+    return [board.defense.iloc[i] for i in sorted(shown)]
+
+
 def tradeoff_figure(board: pd.DataFrame, height: int = 420) -> go.Figure:
     """One point per defense: ASR after against accuracy lost (error bars: half-range over seeds).
 
-    The Pareto front (no other defense lower on both) is drawn as a line; the paper's method is a star.
+    The Pareto front (no other defense lower on both) is drawn as a line; the paper's method is a star. Names are
+    written beside the points where they do not collide (``labelled``); every point is in the legend and on hover.
     """
     fig = go.Figure()
     if board.empty:
         return fig
     colors = defense_colors(board.defense.tolist())
+    named = set(labelled(board))
     front = board[board.pareto].sort_values("acc_lost")
     if len(front):
         fig.add_trace(
@@ -46,8 +76,8 @@ def tradeoff_figure(board: pd.DataFrame, height: int = 420) -> go.Figure:
             go.Scatter(
                 x=[row.acc_lost],
                 y=[row.asr],
-                mode="markers+text",
-                text=[row.defense],
+                mode="markers+text" if row.defense in named else "markers",
+                text=[row.defense] if row.defense in named else None,
                 textposition="top center",
                 name=row.defense + (" (paper)" if paper else ""),
                 marker=dict(
@@ -67,12 +97,18 @@ def tradeoff_figure(board: pd.DataFrame, height: int = 420) -> go.Figure:
     fig.add_hline(y=ASR_GOAL, line=dict(color="#2ca02c", dash="dash", width=1))
     fig.add_annotation(x=1, xref="paper", y=ASR_GOAL, text="ASR 5%", showarrow=False, yanchor="bottom", xanchor="right")
     fig.update_xaxes(title_text="clean accuracy lost (points; left is better)", tickformat=".1%", zeroline=True)
-    fig.update_yaxes(title_text="attack success rate after (lower is better)", tickformat=".0%", rangemode="tozero")
+    # room above the highest point for its name and error bar (autorange leaves text out)
+    top = float((board.asr + board.asr_spread.fillna(0)).max())
+    fig.update_yaxes(
+        title_text="attack success rate after (lower is better)",
+        tickformat=".0%",
+        range=[-0.02, max(top, 0.05) * 1.15 + 0.02],
+    )
     fig.update_layout(
         title="attack success against accuracy lost: one point per defense",
         height=height,
         margin=dict(l=10, r=10, t=50, b=10),
-        legend=dict(orientation="h", y=-0.2),
+        legend=dict(orientation="h", y=-0.3),  # below the x axis's title
     )
     return fig
 
