@@ -3,6 +3,11 @@
 Each seed draws its own defender clean subset and fine-tuning order; every defense of a
 seed starts from the same bundled model and sees the same clean images, so the figures
 in one table are side by side in one run.
+
+Every run's figures are also kept as CSV beside the results (``bench_runs.csv``,
+``bench_identification.csv``): a later ``bench --defenses X`` (or ``--models``) measures only
+those and rewrites the tables with the other rows read back, so changing one defense's
+settings does not cost the whole benchmark again.
 """
 
 from __future__ import annotations
@@ -92,9 +97,35 @@ def run_bench(
                 )
                 bar.update(1)
     bar.close()
-    frame = pd.DataFrame(rows)
-    write_results(frame, pd.DataFrame(ident), Path(out), seeds, SCORES.names())
+    out = Path(out)
+    frame = merge_with_kept(pd.DataFrame(rows), out.with_name(RUNS_CSV), ["model", "defense", "seed"])
+    ident = merge_with_kept(pd.DataFrame(ident), out.with_name(IDENT_CSV), ["model", "metric", "seed"])
+    frame = frame[(frame.seed < seeds) & frame.defense.isin(DEFENSES.names())]  # a renamed entry's rows go
+    ident = ident[(ident.seed < seeds) & ident.metric.isin(SCORES.names())]
+    write_results(frame, ident, out, seeds, [m for m in SCORES.names() if m in set(ident.metric)])
     return frame
+
+
+RUNS_CSV, IDENT_CSV = "bench_runs.csv", "bench_identification.csv"
+
+
+def merge_with_kept(new: pd.DataFrame, path: Path, key: list[str]) -> pd.DataFrame:
+    """``new`` plus the rows saved at ``path`` that ``new`` does not measure again (same ``key``), saved back.
+
+    Rows are ordered as the registries and the bundled models are, so a partial re-run leaves the table's order.
+    """
+    if path.exists():
+        kept = pd.read_csv(path)
+        fresh = set(map(tuple, new[key].astype(str).values))
+        kept = kept[[tuple(k) not in fresh for k in kept[key].astype(str).values]]
+        new = pd.concat([kept, new], ignore_index=True)
+    models = {m: i for i, m in enumerate(dict.fromkeys([*benchmark_models(), *new.model]))}
+    names = {n: i for i, n in enumerate(dict.fromkeys([*DEFENSES.names(), *SCORES.names(), *new[key[1]]]))}
+    new = new.sort_values(key, key=lambda c: c.map(models if c.name == "model" else names if c.name == key[1] else int))
+    new = new.reset_index(drop=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new.to_csv(path, index=False)
+    return new
 
 
 def _pm(series: pd.Series, scale: float = 100, digits: int = 1) -> str:

@@ -10,6 +10,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -17,6 +18,7 @@ from defense import attacks, baselines, bench, bundle, data, metrics, models, sa
 from defense import cli as cli_module
 from defense.data import TensorData
 from defense.neurons import NeuronScores, neuron_map
+from defense.paths import benchmark_models
 from defense.purify import REGULARIZERS, Purification, PurifyConfig
 from defense.registry import ARCHITECTURES, ATTACKS, DEFENSES, SCORES, Defense, Score
 
@@ -257,3 +259,24 @@ def test_a_registered_defense_reaches_the_cli_choices():
         DEFENSES.unregister("toy-ft")
     with pytest.raises(SystemExit):
         cli_module.build_parser().parse_args(["bench", "--defenses", "toy-ft"])
+
+
+def test_a_partial_benchmark_run_keeps_the_other_rows_and_replaces_its_own(tmp_path):
+    path = tmp_path / bench.RUNS_CSV
+    first, second = benchmark_models()[:2]
+    key = ["model", "defense", "seed"]
+
+    def rows(defense, value, models=(first, second)):
+        runs = [{"model": m, "defense": defense, "seed": s, "asr_after": value} for m in models for s in (0, 1)]
+        return pd.DataFrame(runs)
+
+    bench.merge_with_kept(pd.concat([rows("nc-ar", 0.5), rows("bs-ar", 0.7)]), path, key)
+    merged = bench.merge_with_kept(rows("nc-ar", 0.1, models=(first,)), path, key)  # nc-ar re-run on one model
+    got = {(r.model, r.defense, r.seed): r.asr_after for r in merged.itertuples()}
+    assert len(got) == len(merged) == 8  # nothing doubled
+    assert got[(first, "nc-ar", 0)] == got[(first, "nc-ar", 1)] == 0.1  # replaced
+    assert got[(second, "nc-ar", 0)] == 0.5 and got[(first, "bs-ar", 1)] == 0.7  # kept
+    # the registries' order, not the order of measurement: nc-ar is registered after bs-ar
+    registered = sorted(["nc-ar", "bs-ar"], key=DEFENSES.names().index)
+    assert list(dict.fromkeys(merged[merged.model == first].defense)) == registered
+    assert list(pd.read_csv(path).asr_after) == list(merged.asr_after)  # saved for the next partial run
