@@ -10,12 +10,19 @@ from defense.paths import benchmark_models
 from defense.runtime import configure_threads
 
 
-def run_grid(names: list[str], seeds: int, measure: Callable[[str, str, int], dict], jsonl: str | None) -> list[dict]:
-    """``measure(name, model, seed)`` for each name × bundled model × seed, printed (and appended to ``jsonl``)."""
+def run_grid(
+    names: list[str],
+    seeds: int,
+    measure: Callable[[str, str, int], dict],
+    jsonl: str | None,
+    models: list[str] | None = None,
+) -> list[dict]:
+    """``measure(name, model, seed)`` for each name × model (default: every bundled one) × seed, printed (and
+    appended to ``jsonl``)."""
     configure_threads()
     rows = []
     for name in names:
-        for model in benchmark_models():
+        for model in models or benchmark_models():
             for seed in range(seeds):
                 rows.append(measure(name, model, seed))
                 print(json.dumps(rows[-1]), flush=True)

@@ -9,15 +9,21 @@ the steps to ASR ≤ 5% (evaluated every 10 steps, as the main benchmark), the f
 
 Run from the repository root: .venv/bin/python -m bench.regularizers [--variants NAME ...] [--jsonl FILE]
 ``--replay FILE ...`` writes the section from runs saved earlier with ``--jsonl`` (no training).
+``--bundles DIR ...`` runs the same variants on other bundle folders instead (e.g. the models that
+``bench/unseen.py --cache DIR`` trained, named ``KIND-sSEED``), on clean subset 0 unless ``--seeds`` says more,
+and writes the 'regularizers-unseen' section, one column per kind: a check that a setting chosen on the bundled
+models holds on backdoors it was not chosen on.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import re
 import statistics
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from bench.grid import read_jsonl, run_grid
 from bench.sections import write_section
@@ -42,13 +48,14 @@ EVAL_EVERY = 10
 
 
 def measure(variant: str, model: str, seed: int) -> dict:
+    """One run; ``model`` is a bundled model's name or a bundle folder's path."""
     defense, settings = VARIANTS[variant]
-    b = bundle_io.load_bundle(MODELS_DIR / model)
+    b = bundle_io.load_bundle(MODELS_DIR / model)  # an absolute path replaces MODELS_DIR
     splits = data.load_dataset(b.meta["dataset"], seed=seed)
     triggered = metrics.triggered_set(splits.test, b.trigger, b.target)
     config = replace(PurifyConfig(), seed=seed, eval_every=EVAL_EVERY, **settings)
     run = baselines.make(defense, b.model, splits.clean, splits.test, triggered, config)
-    row = {"variant": variant, "model": model, "seed": seed}
+    row = {"variant": variant, "model": Path(model).name, "seed": seed}
     try:
         run.run()
     except FloatingPointError as e:  # the penalty blew the weights or the loss up
@@ -69,14 +76,29 @@ def _half_range(values: list[float]) -> float:
     return (max(values) - min(values)) / 2 if values else float("nan")
 
 
-def section(rows: list[dict]) -> str:
-    models = benchmark_models()
+def kind_of(model: str) -> str:
+    """``photo-blend-s2`` -> ``photo-blend``: the unseen models' column (their training seed dropped)."""
+    return re.sub(r"-s\d+$", "", model)
+
+
+def section(rows: list[dict], unseen: bool = False) -> str:
+    """The table: one column per bundled model, or with ``unseen`` one per trigger kind (its models pooled)."""
+    column = kind_of if unseen else (lambda m: m)
+    models = list(dict.fromkeys(column(r["model"]) for r in rows)) if unseen else benchmark_models()
+    if unseen:
+        title, what = (
+            "## AR against L1 and L2 on backdoors the settings were not chosen on",
+            "the models `bench/unseen.py` trains (one column per trigger kind, its three training seeds pooled), "
+            "clean subset 0",
+        )
+    else:
+        title, what = "## AR against L1 and L2, same marking", "every bundled model × 3 clean subsets"
     lines = [
-        "## AR against L1 and L2, same marking",
+        title,
         "",
         f"`bench/regularizers.py`, {time.strftime('%Y-%m-%d')}: benign-salience marking (40% per layer) with "
-        "distillation, each regularizer at the λ named, every bundled model × 3 clean subsets; steps to ASR ≤ 5% "
-        f"evaluated every {EVAL_EVERY} (mean ± half the range over the seeds that got there, and how many did); "
+        f"distillation, each regularizer at the λ named, {what}; steps to ASR ≤ 5% "
+        f"evaluated every {EVAL_EVERY} (mean ± half the range over the runs that got there, and how many did); "
         "ACC / ASR in %. Diverged: the loss or the weights became infinite (the run stops with an error).",
         "",
         "| variant | diverged | "
@@ -89,8 +111,8 @@ def section(rows: list[dict]) -> str:
         ran = [r for r in mine if "diverged" not in r]
         cells = []
         for m in models:
-            got = [r["steps_to_goal"] for r in ran if r["model"] == m and r["steps_to_goal"] is not None]
-            n = sum(1 for r in mine if r["model"] == m)
+            got = [r["steps_to_goal"] for r in ran if column(r["model"]) == m and r["steps_to_goal"] is not None]
+            n = sum(1 for r in mine if column(r["model"]) == m)
             mean = f"{statistics.mean(got):.0f} ± {_half_range(got):.0f}" if got else "—"
             cells.append(f"{mean} ({len(got)}/{n})")
         reached = [r["steps_to_goal"] for r in ran if r["steps_to_goal"] is not None]
@@ -109,17 +131,22 @@ def section(rows: list[dict]) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=list(VARIANTS))
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, help="clean subsets (default: 3; 1 with --bundles)")
     parser.add_argument("--jsonl", help="append each run as a JSON line here")
     parser.add_argument("--replay", nargs="*", help="write the section from the JSON lines of earlier runs")
+    parser.add_argument("--bundles", nargs="*", help="bundle folders to run on instead of the bundled models")
     args = parser.parse_args(argv)
     if args.replay:
         rows = read_jsonl(*args.replay)
         order = {v: i for i, v in enumerate(VARIANTS)}
         rows.sort(key=lambda r: order.get(r["variant"], len(order)))
+    elif args.bundles:
+        paths = [str(Path(p).resolve()) for p in args.bundles]
+        rows = run_grid(args.variants, args.seeds or 1, measure, args.jsonl, models=paths)
     else:
-        rows = run_grid(args.variants, args.seeds, measure, args.jsonl)
-    write_section("regularizers", section(rows))
+        rows = run_grid(args.variants, args.seeds or 3, measure, args.jsonl)
+    unseen = args.bundles is not None or any(r["model"] not in benchmark_models() for r in rows)
+    write_section("regularizers-unseen" if unseen else "regularizers", section(rows, unseen=unseen))
 
 
 if __name__ == "__main__":
