@@ -72,6 +72,17 @@ def test_unlearning_moves_the_used_neuron_and_not_the_one_without_gradient():
     assert steps == 30
 
 
+def test_unlearning_stops_after_a_whole_pass_counted_on_each_batchs_own_outputs():
+    # RNP's stop rule: accuracy over one pass of the clean data, each batch counted before its step; no extra
+    # accuracy pass. A model already under the bar still takes the whole first pass (64 images / 16 = 4 steps)
+    net, clean = _net(1.0), _data()
+    _, steps = unlearn.unlearned_copy(net, clean, batch_size=16, stop_acc=1.0, max_steps=100)
+    assert steps == 4
+    # with the bar out of reach it runs to the step budget, mid-pass (30 is not a multiple of 4)
+    _, steps = unlearn.unlearned_copy(net, clean, batch_size=16, stop_acc=-1.0, max_steps=30)
+    assert steps == 30
+
+
 def test_rnp_recovery_drops_the_neuron_the_clean_task_has_no_use_for():
     # on a (frozen) model whose unit 1 pushes every image to class 1 (all of class 0 wrong), recovering the
     # clean loss through masks closes unit 1 and keeps unit 0, which carries the label
