@@ -251,7 +251,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
-    run_bench(seeds=args.seeds, models=args.models, out=args.out, defenses=args.defenses)
+    run_bench(
+        seeds=args.seeds,
+        models=args.models,
+        out=args.out,
+        defenses=args.defenses,
+        identification=not args.keep_identification,
+    )
     return 0
 
 
@@ -366,6 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="bundle names under assets/models (default: the four small CNNs; add mnist-preact-badnets by name)",
     )
     p.add_argument("--defenses", nargs="*", choices=DEFENSES.names(), help="defense names (default: all)")
+    p.add_argument(
+        "--keep-identification",
+        action="store_true",
+        help="do not measure the scores again: keep the identification rows saved by an earlier run",
+    )
     p.add_argument("--out", default=str(RESULTS))
     p.set_defaults(func=cmd_bench)
 
