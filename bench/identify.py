@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from bench.sections import write_section
+from bench.sections import kind_of, write_section
 from defense import bundle as bundle_io
 from defense import data
 from defense.identify import identify
@@ -68,7 +67,7 @@ def section(reports: list[dict], title: str, by_kind: bool = False) -> str:
     """The markdown section: both truths' agreement per model, then each score's AUC per model (or kind)."""
 
     def column(name: str) -> str:
-        return re.sub(r"-s\d+$", "", name) if by_kind else name
+        return kind_of(name) if by_kind else name
 
     truths = [{"model": r["model"], **r["ground_truth"]} for r in reports if r["seed"] == 0]
     rows = [

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from bench.grid import read_jsonl, run_grid
-from bench.sections import write_section
+from bench.sections import kind_of, write_section
 from defense import baselines, data, metrics
 from defense import bundle as bundle_io
 from defense.compare import steps_to_goal
@@ -74,11 +73,6 @@ def measure(variant: str, model: str, seed: int) -> dict:
 
 def _half_range(values: list[float]) -> float:
     return (max(values) - min(values)) / 2 if values else float("nan")
-
-
-def kind_of(model: str) -> str:
-    """``photo-blend-s2`` -> ``photo-blend``: the unseen models' column (their training seed dropped)."""
-    return re.sub(r"-s\d+$", "", model)
 
 
 def section(rows: list[dict], unseen: bool = False) -> str:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 MARKER = "<!-- other benchmarks below are kept by bench/ scripts -->"
+
+
+def kind_of(model: str) -> str:
+    """``photo-blend-s2`` -> ``photo-blend``: a model trained per seed by bench/unseen.py, named by its kind."""
+    return re.sub(r"-s\d+$", "", model)
 
 
 def write_section(name: str, markdown: str, path: Path = RESULTS) -> None:
