@@ -42,6 +42,8 @@ VARIANTS = {
     "L2, λ 0.3": ("bs-l2", {"lam": 0.3}),
     "AR, λ 0.03, knee 0.5×RMS": ("bs-ar-kd", {"lam": 0.03, "knee_scale": 0.5}),
     "AR, λ 0.3, knee 0.5×RMS": ("bs-ar-kd", {"lam": 0.3, "knee_scale": 0.5}),
+    # the low knee makes AR stronger than L1 at the same λ (e^(|w|/κ − 1) ≥ 1 above it): is it only stronger?
+    "L1, λ 1": ("bs-l1", {"lam": 1.0}),
 }
 EVAL_EVERY = 10
 
