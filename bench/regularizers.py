@@ -1,8 +1,9 @@
 """AR against L1 and L2 with the same marking (issue 9, item 4), at the default λ and at a ten times stronger one.
 
-The paper claims adaptive regularization converges faster and more stably than L1/L2. Each variant runs one
-of the BS-marked defenses with distillation (``bs-ar-kd``, ``bs-l1``, ``bs-l2``: the same marked neurons, the
-same fine-tuning) on every bundled model × 3 clean subsets, with λ and AR's knee set as named, and records
+The paper claims adaptive regularization converges faster and more stably than L1/L2. Each variant runs
+benign-salience marking with distillation (the ``bs-ar-kd`` / ``bs-l1`` / ``bs-l2`` family: the same marked
+neurons, the same fine-tuning) on every bundled model × 3 clean subsets, with the regularizer, λ and AR's knee
+set as named and everything else at PurifyConfig's defaults, and records
 the steps to ASR ≤ 5% (evaluated every 10 steps, as the main benchmark), the final ACC / ASR, the rebound
 (final minus lowest ASR) and whether training diverged (the loss or the weights not finite). Writes the
 'regularizers' section of bench/RESULTS.md.
@@ -26,36 +27,38 @@ from pathlib import Path
 
 from bench.grid import read_jsonl, run_grid
 from bench.sections import kind_of, write_section
-from defense import baselines, data, metrics
 from defense import bundle as bundle_io
+from defense import data, metrics
 from defense.compare import steps_to_goal
 from defense.paths import MODELS_DIR, benchmark_models
-from defense.purify import PurifyConfig
+from defense.purify import Purification, PurifyConfig
 
-# name: (defense, settings); knee_scale is AR's knee as a multiple of each tensor's RMS (default 2)
+# name: (regularizer, settings) on benign-salience marking with distillation (the bs-ar-kd / bs-l1 / bs-l2 family),
+# every other setting at PurifyConfig's default: the registered defenses' own defaults do not apply here, so a row
+# means what its name says. knee_scale is AR's knee as a multiple of each tensor's RMS (default 2)
 VARIANTS = {
-    "AR, λ 0.03 (default)": ("bs-ar-kd", {"lam": 0.03}),
-    "L1, λ 0.03": ("bs-l1", {"lam": 0.03}),
-    "L2, λ 0.03": ("bs-l2", {"lam": 0.03}),
-    "AR, λ 0.3": ("bs-ar-kd", {"lam": 0.3}),
-    "L1, λ 0.3": ("bs-l1", {"lam": 0.3}),
-    "L2, λ 0.3": ("bs-l2", {"lam": 0.3}),
-    "AR, λ 0.03, knee 0.5×RMS": ("bs-ar-kd", {"lam": 0.03, "knee_scale": 0.5}),
-    "AR, λ 0.3, knee 0.5×RMS": ("bs-ar-kd", {"lam": 0.3, "knee_scale": 0.5}),
+    "AR, λ 0.03 (default)": ("ar", {"lam": 0.03}),
+    "L1, λ 0.03": ("l1", {"lam": 0.03}),
+    "L2, λ 0.03": ("l2", {"lam": 0.03}),
+    "AR, λ 0.3": ("ar", {"lam": 0.3}),
+    "L1, λ 0.3": ("l1", {"lam": 0.3}),
+    "L2, λ 0.3": ("l2", {"lam": 0.3}),
+    "AR, λ 0.03, knee 0.5×RMS": ("ar", {"lam": 0.03, "knee_scale": 0.5}),
+    "AR, λ 0.3, knee 0.5×RMS": ("ar", {"lam": 0.3, "knee_scale": 0.5}),
     # the low knee makes AR stronger than L1 at the same λ (e^(|w|/κ − 1) ≥ 1 above it): is it only stronger?
-    "L1, λ 1": ("bs-l1", {"lam": 1.0}),
+    "L1, λ 1": ("l1", {"lam": 1.0}),
 }
 EVAL_EVERY = 10
 
 
 def measure(variant: str, model: str, seed: int) -> dict:
     """One run; ``model`` is a bundled model's name or a bundle folder's path."""
-    defense, settings = VARIANTS[variant]
+    reg, settings = VARIANTS[variant]
     b = bundle_io.load_bundle(MODELS_DIR / model)  # an absolute path replaces MODELS_DIR
     splits = data.load_dataset(b.meta["dataset"], seed=seed)
     triggered = metrics.triggered_set(splits.test, b.trigger, b.target)
-    config = replace(PurifyConfig(), seed=seed, eval_every=EVAL_EVERY, **settings)
-    run = baselines.make(defense, b.model, splits.clean, splits.test, triggered, config)
+    config = replace(PurifyConfig(), seed=seed, eval_every=EVAL_EVERY, metric="benign", reg=reg, **settings)
+    run = Purification(b.model, splits.clean, splits.test, triggered, config)
     row = {"variant": variant, "model": Path(model).name, "seed": seed}
     try:
         run.run()
