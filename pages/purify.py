@@ -116,6 +116,10 @@ if defense.marking is not None:
         marked = marked_count(current.threshold_mask(metric))
         how, source = f"normalized importance ≤ {value:.2f}", "as set on Threshold"
     note += f" Marked by {score_label(metric)}: {marked} of {current.neurons} neurons ({how}), {source}."
+own = settings_for(defense.name, replace(defaults, lam=ss["purify_lam"]))  # a defense's own penalty, if any
+if own.lam != ss["purify_lam"] or own.knee_scale != defaults.knee_scale:
+    knee = f", AR's knee at {own.knee_scale:g}× each tensor's RMS" if own.knee_scale != defaults.knee_scale else ""
+    note += f" Its own penalty: λ {own.lam:g}{knee}, while Penalty λ is left at {defaults.lam:g}."
 st.caption(note, help=defense.explanation)
 if ss.get("purify_error"):
     st.error(ss.pop("purify_error"))

@@ -310,6 +310,28 @@ def test_a_defense_marking_with_a_slow_score_starts_before_the_score_is_measured
     assert f"{marked} of 112 neurons (the 10% most suspect in each layer), its own share while" in note(at)
 
 
+def test_the_purify_note_says_when_a_defense_brings_its_own_penalty():
+    from defense.baselines import settings_for
+    from defense.purify import PurifyConfig
+
+    at = open_app("purify")
+    own = settings_for("bs-ar-kd", PurifyConfig())
+
+    def note(a, name):
+        return next(c.value for c in a.caption if c.value.startswith(f"**{name}**"))
+
+    at.selectbox(key="w_purify_defense").set_value("bs-ar-kd").run()
+    assert (
+        f"Its own penalty: λ {own.lam:g}, AR's knee at {own.knee_scale:g}× each tensor's RMS, while Penalty λ is left"
+        in note(at, "bs-ar-kd")
+    )
+    at.selectbox(key="w_purify_defense").set_value("bs-ar").run()  # the paper's form keeps the page's λ
+    assert "Its own penalty" not in note(at, "bs-ar")
+    at.selectbox(key="w_purify_defense").set_value("bs-l1").run()
+    at.number_input(key="w_purify_lam").set_value(0.05).run()  # a λ the user typed wins over the defense's own
+    assert "Its own penalty" not in note(at, "bs-l1")
+
+
 def check_downloads(run) -> None:
     """The JSON report and the purified bundle say and hold what the page shows."""
     from defense import data, metrics
