@@ -184,8 +184,8 @@ _register_marking(
     + _SHARED
     + ", with adaptive regularization whose knee sits at half the RMS of each tensor's weights, at a strength "
     "(λ 0.3) ten times the other AR defenses'. It differs from the paper's recipe in the knee, the strength and "
-    "the distillation; with them AR reaches ASR ≤ 5% in fewer steps than L1 or L2 on the same neurons "
-    "(docs/METHOD.md, 'AR against L1 and L2').",
+    "the distillation; with them AR reaches ASR ≤ 5% in fewer steps than L1 or L2 at the same λ on the same "
+    "neurons, though an L1 made as strong (λ 1) is as fast (docs/METHOD.md, 'AR against L1 and L2').",
     defaults=STRONG_AR,
 )
 _register_marking(

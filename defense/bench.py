@@ -110,7 +110,8 @@ def run_bench(
         out.with_name(IDENT_CSV),
         ["model", "metric", "seed"],
     )
-    frame = frame[(frame.seed < seeds) & frame.defense.isin(DEFENSES.names())]  # a renamed entry's rows go
+    # saved rows of a defense or score no longer registered (renamed, removed) are left out
+    frame = frame[(frame.seed < seeds) & frame.defense.isin(DEFENSES.names())]
     ident = ident[(ident.seed < seeds) & ident.metric.isin(SCORES.names())]
     write_results(frame, ident, out, seeds, [m for m in SCORES.names() if m in set(ident.metric)])
     return frame
