@@ -175,26 +175,28 @@ else:
     )
 
 st.subheader("How steady is benign salience?")
-stab = current.bs_stability()
-st.caption(
-    "Benign salience measured on three different clean subsets (seeds 0, 1, 2). Each dot is a neuron: the lowest "
-    "and highest rank it gets in its layer (1 = most suspect) over the three. Lowest rank correlation between two "
-    f"subsets: {stab['spearman_min']:.2f} (1 = the same ranking every time)."
-)
-st.markdown(story.stability_verdict(stab["spearman_min"], stab["hardest"], stab["median_spearman_min"]))
-st.scatter_chart(
-    pd.DataFrame(
-        [
-            {"layer": n, "neuron": i, "lowest rank": float(r.min()), "highest rank": float(r.max())}
-            for n, rk in stab["ranks"].items()
-            for i, r in enumerate(rk)
-        ]
-    ),
-    x="lowest rank",
-    y="highest rank",
-    color="layer",
-    height=300,
-)
+stab_job = current.bs_stability()
+if wait_note([stab_job], "Measuring benign salience on two more clean subsets, and per image (a few seconds)."):
+    stab = stab_job.result()
+    st.caption(
+        "Benign salience measured on three different clean subsets (seeds 0, 1, 2). Each dot is a neuron: the lowest "
+        "and highest rank it gets in its layer (1 = most suspect) over the three. Lowest rank correlation between two "
+        f"subsets: {stab['spearman_min']:.2f} (1 = the same ranking every time)."
+    )
+    st.markdown(story.stability_verdict(stab["spearman_min"], stab["hardest"], stab["median_spearman_min"]))
+    st.scatter_chart(
+        pd.DataFrame(
+            [
+                {"layer": n, "neuron": i, "lowest rank": float(r.min()), "highest rank": float(r.max())}
+                for n, rk in stab["ranks"].items()
+                for i, r in enumerate(rk)
+            ]
+        ),
+        x="lowest rank",
+        y="highest rank",
+        color="layer",
+        height=300,
+    )
 
 st.download_button(
     "Download all scores (CSV)",

@@ -138,7 +138,8 @@ def test_salience_page_heatmaps_ground_truth_roc_and_csv():
     assert {t["name"] for t in scatter["data"]} == {"infected", "clean"}
     csv = at.get("download_button")[0]
     assert csv.proto.label == "Download all scores (CSV)"
-    assert any("three different clean subsets" in c.value for c in at.caption)  # the stability view
+    # the stability view, measured in the background after the truths
+    run_until(at, lambda a: any("three different clean subsets" in c.value for c in a.caption), timeout=120)
     from defense import data as data_io
     from defense import stability
     from defense.bundle import load_bundle

@@ -193,9 +193,10 @@ class Lab:
         """The second ground truth, trigger-activated change (measured in the background)."""
         return background(("tac", self.key), _tac_truth, self.bundle.model, self.splits.test, self.bundle)
 
-    def bs_stability(self) -> dict:
-        """Benign salience on the three clean subsets (seeds 0–2 at this clean share): ranks and correlation."""
-        return _bs_stability(self.key, self.fraction, self.bundle)
+    def bs_stability(self) -> Future:
+        """Benign salience on the three clean subsets (seeds 0–2 at this clean share): ranks and correlation,
+        measured in the background (six salience passes and a per-image one: seconds on a deep model)."""
+        return background(("stability", self.key, self.fraction), _bs_stability, self.bundle, self.fraction)
 
     def pruning_curve(self, scope: str) -> Future:
         """Previews of every share on the slider's grid, for the curve's scores (measured in the background)."""
@@ -288,13 +289,14 @@ def _tac_truth(model: nn.Module, test: data.TensorData, b, should_stop: StopChec
     return truth.tac_truth(model, neuron_map(model), test, b.trigger, b.target)
 
 
-@st.cache_resource(show_spinner=False, max_entries=32)
-def _bs_stability(key: str, fraction: float, _b) -> dict:
+def _bs_stability(b, fraction: float, should_stop: StopCheck = None) -> dict:
+    """Runs in the background worker (a few passes, nothing long to cancel)."""
     from defense import stability
 
-    model = copy.deepcopy(_b.model)
+    configure_threads(share_with_server=True)
+    model = copy.deepcopy(b.model)
     layers = neuron_map(model)
-    cleans = [load_splits_for(_b.meta, None, seed=s, clean_fraction=fraction).clean for s in range(3)]
+    cleans = [load_splits_for(b.meta, None, seed=s, clean_fraction=fraction).clean for s in range(3)]
     runs = [salience.compute("benign", model, clean, layers) for clean in cleans]
     medians = [salience.compute("benign-median", model, clean, layers) for clean in cleans]
     return {
