@@ -63,9 +63,10 @@ def test_unlearning_moves_the_used_neuron_and_not_the_one_without_gradient():
     with torch.no_grad():  # unit 1 is dead (its pre-activation is −1 on every image): ReLU passes no gradient
         net.hidden.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, -1.0]]))
     layers = neuron_map(net)
-    change = unlearn.weight_change(net, unlearn.unlearned_copy(net, clean, max_steps=20)[0], layers)["hidden"]
+    after, _ = unlearn.unlearned_copy(net, clean, max_steps=20, stop_on_collapse=False)  # it collapses at once
+    change = unlearn.weight_change(net, after, layers)["hidden"]
     assert change[0] > 0.01 and change[1] == 0, change
-    after, steps = unlearn.unlearned_copy(net, clean, max_steps=30, stop_acc=0.0)
+    after, steps = unlearn.unlearned_copy(net, clean, max_steps=30, stop_acc=0.0, stop_on_collapse=False)
     loss = nn.CrossEntropyLoss()
     with torch.no_grad():
         assert float(loss(after(clean.x), clean.y)) > float(loss(net(clean.x), clean.y))  # ascent: the loss rose
@@ -79,8 +80,20 @@ def test_unlearning_stops_after_a_whole_pass_counted_on_each_batchs_own_outputs(
     _, steps = unlearn.unlearned_copy(net, clean, batch_size=16, stop_acc=1.0, max_steps=100)
     assert steps == 4
     # with the bar out of reach it runs to the step budget, mid-pass (30 is not a multiple of 4)
-    _, steps = unlearn.unlearned_copy(net, clean, batch_size=16, stop_acc=-1.0, max_steps=30)
+    _, steps = unlearn.unlearned_copy(net, clean, batch_size=16, stop_acc=-1.0, max_steps=30, stop_on_collapse=False)
     assert steps == 30
+
+
+def test_unlearning_stops_once_a_pass_gives_every_image_one_label():
+    # a collapsed model's accuracy is its one label's share (here half the images), which may never reach the
+    # bar; ascent only pushes it further the same way, so the pass that shows the collapse ends the unlearning
+    net, clean = _net(1.0), _data()
+    with torch.no_grad():
+        net.out.bias.copy_(torch.tensor([10.0, -10.0]))  # every image → class 0
+    _, steps = unlearn.unlearned_copy(net, clean, batch_size=16, stop_acc=0.1, max_steps=100)
+    assert steps == 4
+    _, steps = unlearn.unlearned_copy(net, clean, batch_size=16, stop_acc=0.1, max_steps=100, stop_on_collapse=False)
+    assert steps == 100
 
 
 def test_rnp_recovery_drops_the_neuron_the_clean_task_has_no_use_for():

@@ -2,7 +2,9 @@
 
 A copy of the model *unlearns* the defender's clean data: gradient ascent on the clean
 cross-entropy (SGD, lr 0.01, momentum 0.9, BatchNorm on its running statistics) (gradient norm capped at 1)
-until its accuracy over a pass of that data falls to 10% (chance for ten classes) or a step budget runs out.
+until its accuracy over a pass of that data falls to 10% (chance for ten classes), or it gives every image of
+a pass the same label (collapsed: its accuracy is then that label's share of the data, which may stay above 10%),
+or a step budget runs out.
 Per neuron the score is the norm of the change of its parameters (weight row, bias,
 BatchNorm γ and β), relative to their norm before. TSBD's finding: the neurons that move
 most when clean behaviour is destroyed are the ones that also move most when the backdoor
@@ -37,12 +39,16 @@ def unlearned_copy(
     max_steps: int = MAX_STEPS,
     batch_size: int = BATCH,
     seed: int = 0,
+    stop_on_collapse: bool = True,
 ) -> tuple[nn.Module, int]:
     """A copy of ``model`` after gradient ascent on the clean loss, and the steps it took.
 
     Stops after a pass over the clean data whose accuracy, counted on each batch's own outputs before its step,
-    is at most ``stop_acc`` (RNP's reference code stops this way), or after ``max_steps`` steps. A separate
-    accuracy pass after every step would double the cost.
+    is at most ``stop_acc`` (RNP's reference code stops this way), or (``stop_on_collapse``) in which every
+    image got the same label, or after ``max_steps`` steps. A separate accuracy pass after every step would
+    double the cost. Collapse is the usual end of ascent on the cross-entropy; its accuracy is the share of
+    the one label it predicts, which can stay above 10%: on 4 of the 15 bundled model/subset pairs the ascent
+    then ran to the step budget (200 steps, not 20–40) moving weights without changing what it predicts.
     """
     work = copy.deepcopy(model)
     work.eval()
@@ -55,12 +61,15 @@ def unlearned_copy(
     step = 0
     while step < max_steps:
         correct = seen = 0
+        labels_seen = torch.zeros(0, dtype=torch.long)
         for xb, yb in clean.batches(batch_size, generator=gen):
             xb, yb = xb.to(dev), yb.to(dev)
             opt.zero_grad(set_to_none=True)
             logits = work(xb)
-            correct += int((logits.argmax(1) == yb).sum())
+            predicted = logits.argmax(1)
+            correct += int((predicted == yb).sum())
             seen += len(yb)
+            labels_seen = torch.cat([labels_seen, predicted.unique().cpu()]).unique()
             (-loss_fn(logits, yb)).backward()
             # ascent on an unbounded loss explodes within a few steps without a cap
             torch.nn.utils.clip_grad_norm_(work.parameters(), GRAD_CLIP)
@@ -69,7 +78,7 @@ def unlearned_copy(
             step_done()
             if step >= max_steps:
                 return work, step
-        if correct <= stop_acc * seen:
+        if correct <= stop_acc * seen or (stop_on_collapse and len(labels_seen) == 1):
             return work, step
     return work, step
 
@@ -101,9 +110,9 @@ SCORES.register(
         label="weight change under clean unlearning (TSBD)",
         explanation=(
             "A copy of the model is made to forget the clean task (gradient ascent on the clean loss until it is "
-            "at chance on the clean images). Each neuron's score is how far its weights moved, relative to their "
-            "size. TSBD found that the neurons that move most when the clean behaviour is destroyed are also the "
-            "ones that carry the backdoor; high counts as suspect."
+            "at chance on the clean images, or gives them all one label). Each neuron's score is how far its "
+            "weights moved, relative to their size. TSBD found that the neurons that move most when the clean "
+            "behaviour is destroyed are also the ones that carry the backdoor; high counts as suspect."
         ),
         low_is_suspect=False,
         compute=lambda model, clean, layers: compute(model, clean, layers),
