@@ -11,7 +11,7 @@ from ui import classroom, lab, measures, overview, palette, story
 from ui.charts import layer_heatmaps, scaled
 from ui.curves import roc_figure, score_label, score_labels, truth_scatter
 from ui.figures import trigger_figure, trigger_sizes_figure
-from ui.jobs import wait_note
+from ui.jobs import rerun_when_any_done, wait_note
 from ui.state import intro, require_app
 from ui.theme import plot
 
@@ -27,11 +27,17 @@ intro(
 )
 
 current = lab.current_lab()
+# the slow scores still running, taken before the scores are read: one that lands after this is either drawn
+# already or brings the page back (below), never missed
+running = {name: job for name, job in current.slow_jobs().items() if not job.done()}
 scores = current.scores()
 found = measures.identification(current)
 aucs = {m: q["auc"] for m, q in found.items()} if found else None
+drawn = set(scores) & set(found if found is not None else scores)  # in every part of this run of the page
+pending = sum(name not in drawn for name in running)
 if aucs:  # the answer first, in words, from this model's measurement
-    st.info(story.salience_verdict(aucs, FEATURED, score_labels()), icon=":material/fact_check:")
+    st.info(story.salience_verdict(aucs, FEATURED, score_labels(), pending), icon=":material/fact_check:")
+rerun_when_any_done(list(running.values()))  # each slow score joins the answer, ROC and its section as it lands
 
 bs, mag = scores["benign"], scores["magnitude"]
 scale = st.radio(
@@ -102,7 +108,7 @@ if ready:
         colors = [palette.score_color(m) for m in found]
         plot(roc_figure(curves, score_label(FEATURED), colors), "roc", f"{current.name}-roc")
     with right:
-        st.markdown(story.salience_verdict({m: q["auc"] for m, q in found.items()}, FEATURED, score_labels()))
+        st.markdown(story.salience_verdict(aucs, FEATURED, score_labels(), pending))
         rows = [
             {"score": score_label(m), "ROC AUC": q["auc"], "precision at k": q["precision_at_k"]}
             for m, q in found.items()

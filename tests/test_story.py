@@ -21,6 +21,13 @@ def test_salience_verdict_follows_the_aucs():
     assert wins.startswith("Yes:") and "(AUC 0.81)" in wins and "best of the 3 scores" in wins and "0.73" in wins
     partly = story.salience_verdict({"benign": 0.6, "clp": 0.5}, "benign", LABELS)
     assert partly.startswith("Partly:") and "somewhat better than chance" in partly
+    assert "still being measured" not in loses + wins + partly
+    # while slow scores are still running, the comparison is one of the scores measured so far, and says so
+    waiting = story.salience_verdict({"benign": 0.44, "clp": 0.73}, "benign", LABELS, pending=4)
+    assert "so far channel Lipschitz (CLP) does best (0.73)" in waiting
+    assert waiting.endswith("(0.73), while 4 slower scores are still being measured in the background.")
+    leading = story.salience_verdict({"benign": 0.81, "clp": 0.73}, "benign", LABELS, pending=1)
+    assert "best of the 2 scores measured so far" in leading and "1 slower score is still being" in leading
 
 
 def test_stability_verdict_follows_the_correlation_and_the_hardest_images_share():

@@ -310,6 +310,23 @@ def background(key: tuple, fn: Callable[..., Any], *args: Any, low: bool = False
     return future
 
 
+def rerun_when_any_done(futures: list[Future], every: float = 2.0) -> None:
+    """Draw the page again as soon as any of ``futures`` is done (one slow score landing), not after all of them.
+
+    Pass the futures that were still running when the page read its results: one that ended while the page was
+    drawn is done already here, and the first poll draws the page again with it.
+    """
+    if not futures:
+        return
+
+    @st.fragment(run_every=every)
+    def _poll() -> None:
+        if any(f.done() for f in futures):
+            st.rerun()
+
+    _poll()
+
+
 def progress_of(futures: list[Future]) -> tuple[int, int] | None:
     """(done, total) summed over the jobs that report progress (``fn(..., progress=...)``), or None."""
     known = [getattr(f, "progress", None) for f in futures]

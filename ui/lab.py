@@ -130,12 +130,16 @@ class Lab:
         (``cost='slow'``, e.g. ANP) only once the background worker has measured it (``slow_score``)."""
         fast = tuple(s.name for s in SCORES if s.cost != "slow")
         out = dict(_scores(self.key, self.fraction, self.seed, fast, self.bundle.model, self.splits.clean))
-        first = recommended().marking[0]  # queued first: the Purify page's first choice marks with it
-        for s in sorted((s for s in SCORES if s.cost == "slow"), key=lambda s: s.name != first):
-            job = self.slow_score(s.name)
+        for name, job in self.slow_jobs().items():
             if job.done() and job.exception() is None:
-                out[s.name] = job.result()
+                out[name] = job.result()
         return {n: out[n] for n in SCORES.names() if n in out}
+
+    def slow_jobs(self) -> dict[str, Future]:
+        """The slow scores' background jobs, queued the Purify page's first choice's marking score first."""
+        first = recommended().marking[0]
+        ordered = sorted((s for s in SCORES if s.cost == "slow"), key=lambda s: s.name != first)
+        return {s.name: self.slow_score(s.name) for s in ordered}
 
     def slow_score(self, name: str, low: bool = True) -> Future:
         """A slow score, measured in the background worker (on a copy of the model); ``low`` unless a page

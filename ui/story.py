@@ -35,18 +35,28 @@ def auc_phrase(auc: float) -> str:
     return "very well"
 
 
-def salience_verdict(aucs: Mapping[str, float], featured: str, labels: Mapping[str, str]) -> str:
-    """Answers "does this score find the backdoor?" from each score's measured ROC AUC (``aucs``: name → AUC)."""
+def salience_verdict(aucs: Mapping[str, float], featured: str, labels: Mapping[str, str], pending: int = 0) -> str:
+    """Answers "does this score find the backdoor?" from each score's measured ROC AUC (``aucs``: name → AUC).
+
+    ``pending``: how many scores are still being measured; the comparison then says it is one of those so far.
+    """
     label = labels.get(featured, featured)
     auc = aucs[featured]
     best = max(aucs, key=aucs.get)
     answer = "Yes" if auc >= 0.7 else ("Partly" if auc >= 0.55 else "No")
     first = f"{answer}: here {label} ranks infected neurons {auc_phrase(auc)} (AUC {auc:.2f})"
+    waiting = (
+        f", while {pending} slower score{'s are' if pending > 1 else ' is'} still being measured in the background"
+        if pending
+        else ""
+    )
     if best == featured:
         others = sorted((a for n, a in aucs.items() if n != featured), reverse=True)
-        tail = f", the best of the {len(aucs)} scores (next best {others[0]:.2f})" if others else ""
-        return first + tail + "."
-    return first + f"; {labels.get(best, best)} does best ({aucs[best]:.2f})."
+        so_far = " measured so far" if pending else ""
+        tail = f", the best of the {len(aucs)} scores{so_far} (next best {others[0]:.2f})" if others else ""
+        return first + tail + waiting + "."
+    so_far = "so far " if pending else ""
+    return first + f"; {so_far}{labels.get(best, best)} does best ({aucs[best]:.2f})" + waiting + "."
 
 
 def reversed_trigger_verdict(details: Mapping, declared_target: int | None) -> str:
