@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.app_speed import idle
 from bench.server import CHROMIUM, free_port, start_server, stop_server
 from defense.purify import PurifyConfig
 from tests.defaults import marked_by_default, marked_count
@@ -55,6 +56,17 @@ def goto_page(page, link: str, heading: str) -> None:
     nav = page.locator('[data-testid="stSidebarNav"]')  # the lesson's steps are numbered: "2. Neuron salience"
     nav.get_by_text(re.compile(rf"^(\d+\. )?{re.escape(link)}$")).click()
     page.get_by_role("heading", name=heading).wait_for(timeout=60_000)
+
+
+def click_when_idle(page, button) -> None:
+    """Click once the script run the last widget change asked for is over.
+
+    A click that lands while that run redraws the page can hit an element being replaced and be lost (Streamlit's
+    own end-to-end tests wait the same way); the short pause lets the run begin before its end is awaited.
+    """
+    page.wait_for_timeout(300)
+    idle(page)
+    button.click()
 
 
 def no_exceptions(page) -> None:
@@ -227,7 +239,7 @@ def test_every_page_in_a_browser(server, browser):
     page.get_by_role("option", name=re.compile(r"^ft$")).click()
     expect(defense).to_have_value(re.compile(r"^ft$"))
     set_steps(2000)
-    main.get_by_role("button", name="Start purification").click()
+    click_when_idle(page, main.get_by_role("button", name="Start purification"))
     main.get_by_text(re.compile(r"1\. ft: step \d+ of 2000")).first.wait_for(timeout=60_000)
     page.wait_for_timeout(2500)  # a few curve updates
     assert_in_view(page, chart_box(page, "runs"), "the three live curves")
@@ -243,7 +255,7 @@ def test_every_page_in_a_browser(server, browser):
     defense.click()
     page.get_by_role("option", name=re.compile(r"^bs-ar · the paper")).click()
     set_steps(60)
-    main.get_by_role("button", name="Start purification").click()
+    click_when_idle(page, main.get_by_role("button", name="Start purification"))
     main.get_by_text(re.compile(r"2\. bs-ar: step \d+ of 60")).first.wait_for(timeout=60_000)
     expect(main.get_by_role("combobox", name="Run")).to_have_value("2. bs-ar (done)", timeout=120_000)
     main.get_by_role("button", name="Download purified model (.zip)").wait_for(timeout=30_000)

@@ -19,6 +19,7 @@ import pytest
 from bench.server import CHROMIUM
 from tests.defaults import marked_by_default
 from tests.test_browser import (
+    click_when_idle,
     goto_page,
     metric_value,
     no_exceptions,
@@ -164,8 +165,8 @@ def test_three_sessions_purify_three_models_at_once(server, browser):
         main.get_by_text("No run yet").wait_for(timeout=30_000)
         sessions.append((name, context, page, main, sidebar, before))
 
-    for _, _, _page, main, _, _ in sessions:  # all three start within a second or so
-        main.get_by_role("button", name="Start purification").click()
+    for _, _, page, main, _, _ in sessions:  # all three start within a second or so
+        click_when_idle(page, main.get_by_role("button", name="Start purification"))
     for _, _, _page, main, _, _ in sessions:
         main.get_by_text(re.compile(r"1\. nc-ar: (step \d+ of 60|preparing…)")).or_(
             main.get_by_role("combobox", name="Run")
@@ -214,7 +215,7 @@ def test_closing_the_tab_stops_its_run(server, browser):
     steps.press("Enter")
     expect(steps).to_have_value("5000")
     main.get_by_text("No run yet").wait_for(timeout=30_000)
-    main.get_by_role("button", name="Start purification").click()
+    click_when_idle(page, main.get_by_role("button", name="Start purification"))
     main.get_by_text(re.compile(r"1\. ft: step \d+ of 5000")).first.wait_for(timeout=60_000)
     offset = len(log_path.read_text())
     assert GONE not in log_path.read_text()
