@@ -61,7 +61,7 @@ def unlearned_copy(
     step = 0
     while step < max_steps:
         correct = seen = 0
-        labels_seen = torch.zeros(0, dtype=torch.long)
+        labels_seen: set[int] = set()
         for xb, yb in clean.batches(batch_size, generator=gen):
             xb, yb = xb.to(dev), yb.to(dev)
             opt.zero_grad(set_to_none=True)
@@ -69,7 +69,7 @@ def unlearned_copy(
             predicted = logits.argmax(1)
             correct += int((predicted == yb).sum())
             seen += len(yb)
-            labels_seen = torch.cat([labels_seen, predicted.unique().cpu()]).unique()
+            labels_seen.update(predicted.unique().tolist())
             (-loss_fn(logits, yb)).backward()
             # ascent on an unbounded loss explodes within a few steps without a cap
             torch.nn.utils.clip_grad_norm_(work.parameters(), GRAD_CLIP)
