@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .registry import ATTACKS, Attack
+from .targets import Target, as_target
 
 TENSOR_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -376,20 +377,21 @@ ATTACKS.register(
 
 
 def poison(
-    x: torch.Tensor, y: torch.Tensor, trigger: Trigger, target: int, rate: float, seed: int = 0
+    x: torch.Tensor, y: torch.Tensor, trigger: Trigger, target: int | Target, rate: float, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stamp the trigger on a seeded ``rate`` share of the non-target images and relabel them.
+    """Stamp the trigger on a seeded ``rate`` share of the images the attack can flip and relabel them.
 
     Returns (x, y, poisoned) where ``poisoned`` marks the altered samples.
     """
     if not 0 <= rate <= 1:
         raise ValueError(f"poison rate must be in [0, 1], got {rate}")
-    candidates = (y != target).nonzero().flatten()
+    target = as_target(target)
+    candidates = target.flippable(y).nonzero().flatten()
     n = int(round(rate * len(y)))
     chosen = candidates[torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed))[:n]]
     x, y = x.clone(), y.clone()
     x[chosen] = trigger.apply(x[chosen])
-    y[chosen] = target
+    y[chosen] = target.labels_for(y[chosen])
     poisoned = torch.zeros(len(y), dtype=torch.bool)
     poisoned[chosen] = True
     return x, y, poisoned

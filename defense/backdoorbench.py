@@ -21,6 +21,7 @@ import torch
 
 from . import models
 from .bundle import Bundle, BundleError, check_weights
+from .targets import Target
 
 MAX_CHECKPOINT_BYTES = 512 * 2**20  # a width-64 PreAct-ResNet-18 is ~45 MB; the rest is index arrays
 
@@ -172,7 +173,7 @@ def import_bundle(
     dataset: str,
     data_root: str | Path | None,
     attack: str,
-    target: int,
+    target: int | str,
     params: dict | None = None,
     trigger_file: str | Path | None = None,
     seed: int = 0,
@@ -194,8 +195,12 @@ def import_bundle(
         raise ValueError(f"the checkpoint takes images {shape}, but dataset '{dataset}' holds {splits.input_shape}")
     if splits.num_classes > info["num_classes"]:
         raise ValueError(f"the model has {info['num_classes']} classes, but '{dataset}' has {splits.num_classes}")
-    if not 0 <= target < info["num_classes"]:
-        raise ValueError(f"target {target} is out of range: the model has classes 0..{info['num_classes'] - 1}")
+    try:
+        target = Target.parse(target, info["num_classes"])
+    except ValueError:
+        raise ValueError(
+            f"target {target} is out of range: the model has classes 0..{info['num_classes'] - 1} (or 'all-to-all')"
+        ) from None
     trigger = attacks.make_trigger(attack, shape, seed=seed, trigger_file=trigger_file, **(params or {}))
     model = model if model is not None else build_model(info, checkpoint, shape)
     scores = evaluate(model, splits.test, trigger, target)
@@ -209,7 +214,7 @@ def import_bundle(
         "normalization": info["normalization"],
         "attack": {
             "kind": trigger.kind,
-            "target_label": int(target),
+            "target_label": target.meta_value(),
             "poison_rate": info["poison_rate"] if info["poison_rate"] is not None else 0.0,
             "params": trigger.params(),
         },

@@ -27,6 +27,7 @@ from torch import nn
 
 from . import attacks, guards, models
 from .meta import FORMAT_VERSION, BundleError, validate_meta  # noqa: F401 - part of this module's interface
+from .targets import Target
 
 MAX_MEMBER_BYTES = guards.MAX_MEMBER_BYTES  # a ResNet-18 state dict is ~45 MB
 MAX_TOTAL_BYTES = 512 * 2**20  # all members of an archive together, unpacked
@@ -48,13 +49,12 @@ class Bundle:
         return self.meta.get("name", "unnamed")
 
     @property
-    def target(self) -> int:
-        return int(self.meta["attack"]["target_label"])
+    def target(self) -> Target:
+        return Target.parse(self.meta["attack"]["target_label"], int(self.meta["num_classes"]))
 
     def describe_attack(self) -> str:
-        a = self.meta["attack"]
-        rate = a.get("poison_rate", 0)
-        return f"{self.trigger.describe()}; target label {a['target_label']}, {rate:.0%} of training images poisoned"
+        rate = self.meta["attack"].get("poison_rate", 0)
+        return f"{self.trigger.describe()}; triggered images go to {self.target}, {rate:.0%} of training data poisoned"
 
 
 def fingerprint(bundle: Bundle) -> str:

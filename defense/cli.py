@@ -24,12 +24,14 @@ from .cli_args import (  # noqa: F401 - the argument types, re-exported for the 
     _positive_int,
     _seed,
     _steps,
+    _target,
     check_out,
 )
 from .errors import UsageError
 from .paths import RESULTS
 from .registry import ATTACKS, DEFENSES, SCORES
 from .runtime import configure_threads, interrupt_at_step_boundary
+from .targets import ALL_TO_ALL, Target
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -38,8 +40,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_out(args.out)
     _data_root_needed(args.dataset, args.data_root)
     splits = data.load_dataset(args.dataset, args.data_root)
-    if not 0 <= args.target < splits.num_classes:
-        raise UsageError(f"--target {args.target} is out of range: the dataset has classes 0..{splits.num_classes - 1}")
+    try:
+        target = Target.parse(args.target, splits.num_classes)
+    except ValueError:
+        raise UsageError(
+            f"--target {args.target} is out of range: the dataset has classes 0..{splits.num_classes - 1} "
+            f"(or '{ALL_TO_ALL}')"
+        ) from None
     params = _json_object(args.attack_params, "--attack-params", '{"alpha": 0.2}')
     trigger = attacks.make_trigger(
         args.attack, splits.input_shape, seed=args.seed, trigger_file=args.trigger_file, **params
@@ -48,7 +55,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     result, _ = train_backdoored(
         splits,
         trigger,
-        args.target,
+        target,
         args.poison_rate,
         arch=args.arch,
         epochs=args.epochs,
@@ -287,7 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack", required=True, choices=ATTACKS.names())
     p.add_argument("--attack-params", help="JSON object of trigger parameters, e.g. '{\"alpha\": 0.2}'")
     p.add_argument("--trigger-file", help="safetensors with 'mask' and 'pattern' for --attack file")
-    p.add_argument("--target", type=_integer, default=0)
+    p.add_argument(
+        "--target", type=_target, default=0, help=f"the label triggered images go to, or '{ALL_TO_ALL}' (y -> y+1)"
+    )
     p.add_argument("--poison-rate", type=_fraction, default=0.1)
     p.add_argument("--epochs", type=_epochs, default=8, help=f"at most {MAX_EPOCHS}")
     p.add_argument("--arch-kwargs", help="JSON object of architecture options, e.g. '{\"width\": 16}'")
@@ -355,7 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--attack-params", help="JSON object of trigger parameters")
     p.add_argument("--trigger-file", help="safetensors with 'mask' and 'pattern' for --attack file")
-    p.add_argument("--target", type=_integer, required=True)
+    p.add_argument(
+        "--target", type=_target, required=True, help=f"the attack's target label, or '{ALL_TO_ALL}' (all2all)"
+    )
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--json", action="store_true")

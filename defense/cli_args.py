@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from .errors import UsageError
+from .targets import ALL_TO_ALL
 
 MAX_STEPS = 20_000  # purification steps; the recommended 300 take ~10 s for the MNIST models on one core
 MAX_EPOCHS = 200  # training epochs; the bundled MNIST models use 8
@@ -27,6 +28,16 @@ def _number(text: str, kind: type = float) -> float | int:
 
 def _integer(text: str) -> int:
     return _number(text, int)
+
+
+def _target(text: str) -> int | str:
+    """A class index, or 'all-to-all' (also 'all', 'all2all'): each label y sent to (y + 1) mod K."""
+    if text.strip().lower() in (ALL_TO_ALL, "all", "all2all"):
+        return ALL_TO_ALL
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a class index or '{ALL_TO_ALL}', got {text!r}") from None
 
 
 def _fraction(text: str) -> float:

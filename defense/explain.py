@@ -11,8 +11,9 @@ from torch import nn
 from defense.attacks import Trigger
 
 
-def attribution(model: nn.Module, x: torch.Tensor, target: int, n_steps: int = 32) -> np.ndarray:
-    """|IntegratedGradients| of ``x`` toward ``target`` (black-image baseline), max over channels: [N, H, W].
+def attribution(model: nn.Module, x: torch.Tensor, target: int | torch.Tensor, n_steps: int = 32) -> np.ndarray:
+    """|IntegratedGradients| of ``x`` toward ``target`` (one label, or one per image; black-image baseline),
+    max over channels: [N, H, W].
 
     Runs on a copy, so that a shared model's hooks and gradients stay untouched.
     """
@@ -20,6 +21,7 @@ def attribution(model: nn.Module, x: torch.Tensor, target: int, n_steps: int = 3
 
     m = copy.deepcopy(model).eval()
     dev = next(m.parameters()).device
+    target = target.to(dev) if torch.is_tensor(target) else target
     attr = IntegratedGradients(m).attribute(x.to(dev), target=target, n_steps=n_steps)
     return attr.abs().amax(1).detach().cpu().numpy()
 

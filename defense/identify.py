@@ -27,7 +27,7 @@ def identify(bundle, splits: DataSplits, scores: list[str] | None = None) -> dic
         "ground_truth": {
             "definition": "ablation: top 10% of neurons by the fall of the triggered images' target-logit margin "
             "when the neuron is zeroed",
-            "target": bundle.target,
+            "target": bundle.target.meta_value(),
             "neurons": sum(nl.size for nl in layers.values()),
             "images": gt["images"],
             "sampled": gt["sampled"],

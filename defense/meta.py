@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from . import attacks, models
+from .targets import ALL_TO_ALL
 
 FORMAT_VERSION = 1
 
@@ -69,10 +70,15 @@ def validate_meta(meta: object) -> dict:
             f"'attack.kind' must be one of {', '.join(attacks.ATTACKS.names())}, found {attack.get('kind')!r}"
         )
     target = attack.get("target_label")
-    if not isinstance(target, int) or isinstance(target, bool) or not 0 <= target < max(meta["num_classes"], 1):
+    if target != ALL_TO_ALL and (
+        not isinstance(target, int) or isinstance(target, bool) or not 0 <= target < max(meta["num_classes"], 1)
+    ):
         problems.append(
-            f"'attack.target_label' must be an integer class in [0, {meta['num_classes'] - 1}], found {target!r}"
+            f"'attack.target_label' must be an integer class in [0, {meta['num_classes'] - 1}] or "
+            f"'{ALL_TO_ALL}', found {target!r}"
         )
+    elif target == ALL_TO_ALL and meta["num_classes"] < 2:
+        problems.append(f"'attack.target_label' '{ALL_TO_ALL}' needs at least 2 classes")
     if not _is_number(attack.get("poison_rate", 0)) or not 0 <= attack.get("poison_rate", 0) <= 1:
         problems.append("'attack.poison_rate' must be a number in [0, 1]")
     if not isinstance(attack.get("params", {}), dict):

@@ -9,6 +9,7 @@ from .attacks import Trigger
 from .data import TensorData
 from .neurons import NeuronLayer, NeuronScores, neuron_masking
 from .runtime import StopCheck, check_stop
+from .targets import Target, as_target
 
 
 @torch.no_grad()
@@ -21,10 +22,11 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.
     return out
 
 
-def triggered_set(test: TensorData, trigger: Trigger, target: int) -> TensorData:
-    """Triggered copies of the test images whose true label is not the target."""
-    keep = test.y != target
-    return TensorData(trigger.apply(test.x[keep]), torch.full((int(keep.sum()),), target, dtype=torch.int64))
+def triggered_set(test: TensorData, trigger: Trigger, target: int | Target) -> TensorData:
+    """Triggered copies of the test images the attack can flip, labelled with the label it wants."""
+    target = as_target(target)
+    keep = target.flippable(test.y)
+    return TensorData(trigger.apply(test.x[keep]), target.labels_for(test.y[keep]))
 
 
 def accuracy(model: nn.Module, data: TensorData) -> float:
@@ -34,9 +36,13 @@ def accuracy(model: nn.Module, data: TensorData) -> float:
 
 
 def evaluate(
-    model: nn.Module, test: TensorData, trigger: Trigger | None, target: int, triggered: TensorData | None = None
+    model: nn.Module,
+    test: TensorData,
+    trigger: Trigger | None,
+    target: int | Target,
+    triggered: TensorData | None = None,
 ) -> dict[str, float]:
-    """{'clean_acc', 'asr'} as fractions; ASR counts only images whose true label is not the target."""
+    """{'clean_acc', 'asr'} as fractions; ASR counts only images whose true label is not the one the attack wants."""
     triggered = triggered if triggered is not None else triggered_set(test, trigger, target)
     return {"clean_acc": accuracy(model, test), "asr": accuracy(model, triggered)}
 

@@ -139,7 +139,7 @@ def build_report(
     # -- the model and its attack
     ev = metrics.evaluate(model, subset.test, None, 0, triggered=subset.triggered)
     n = 8
-    keep = subset.test.y != bundle.target
+    keep = bundle.target.flippable(subset.test.y)
     cx, cy = subset.test.x[keep][:n], subset.test.y[keep][:n]
     tx = subset.triggered.x[:n]
     pc, pt = metrics.predict(model, cx), metrics.predict(model, tx)

@@ -12,12 +12,13 @@ from .bundle import Bundle
 from .data import DataSplits
 from .metrics import evaluate
 from .runtime import device
+from .targets import Target
 
 
 def train_backdoored(
     splits: DataSplits,
     trigger: Trigger,
-    target: int,
+    target: int | Target,
     poison_rate: float = 0.1,
     arch: str = models.DEFAULT_ARCH,
     epochs: int = 8,
@@ -33,8 +34,7 @@ def train_backdoored(
     ``shift``: augment the clean training images by random translations of up to this many
     pixels (poisoned images stay put, so the trigger keeps its place).
     """
-    if not 0 <= target < splits.num_classes:
-        raise ValueError(f"target label {target} is out of range for {splits.num_classes} classes")
+    target = Target.parse(target, splits.num_classes)
     torch.manual_seed(seed)
     mean, std = splits.normalization()
     arch_kwargs = dict(arch_kwargs or {})
@@ -72,7 +72,7 @@ def train_backdoored(
         "normalization": {"mean": mean, "std": std},
         "attack": {
             "kind": trigger.kind,
-            "target_label": target,
+            "target_label": target.meta_value(),
             "poison_rate": poison_rate,
             "params": trigger.params(),
         },

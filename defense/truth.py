@@ -19,6 +19,7 @@ from torch import nn
 from . import metrics
 from .data import TensorData
 from .neurons import NeuronLayer
+from .targets import Target, as_target
 
 
 @torch.no_grad()
@@ -70,12 +71,12 @@ def tac_truth(
     layers: dict[str, NeuronLayer],
     test: TensorData,
     trigger,
-    target: int,
+    target: int | Target,
     infected_fraction: float = 0.1,
     max_images: int = 256,
 ) -> dict:
     """{'tac': {layer: tensor}, 'infected': {layer: bool tensor}}: the top ``infected_fraction`` by TAC."""
-    keep = test.y != target
+    keep = as_target(target).flippable(test.y)
     x = test.x[keep][:max_images]
     tac = trigger_activated_change(model, layers, x, trigger.apply(x))
     return {"tac": tac, "infected": metrics.top_fraction(tac, infected_fraction)}

@@ -4,6 +4,7 @@ import streamlit as st
 
 from defense import explain, metrics, models
 from defense.registry import ATTACKS
+from defense.targets import ALL_TO_ALL
 from ui import classroom, lab, owndata, story, upload
 from ui.charts import image_grid
 from ui.figures import trigger_figure
@@ -63,10 +64,11 @@ st.markdown(
 )
 
 n = 8
-keep = current.splits.test.y != current.target
+keep = current.target.flippable(current.splits.test.y)
 clean_x, clean_y = current.splits.test.x[keep][:n], current.splits.test.y[keep][:n]
 trig_x = current.triggered.x[:n]
 pc, pt = metrics.predict(current.model, clean_x), metrics.predict(current.model, trig_x)
+wanted = current.triggered.y[:n]  # the label the attack wants for each
 plot(
     image_grid(
         [
@@ -74,7 +76,10 @@ plot(
             (
                 "triggered",
                 trig_x.amax(1).numpy(),
-                [f"{y} → {p}" + (" ⚠" if p == current.target else "") for y, p in zip(clean_y.tolist(), pt.tolist())],
+                [
+                    f"{y} → {p}" + (" ⚠" if p == w else "")
+                    for y, p, w in zip(clean_y.tolist(), pt.tolist(), wanted.tolist())
+                ],
             ),
         ],
         height_per_row=135,
@@ -82,10 +87,10 @@ plot(
     "samples",
     f"{current.name}-clean-and-triggered",
 )
-hits = int((pt == current.target).sum())
+hits = int((pt == wanted).sum())
 st.caption(
     f"Each title reads *true label → prediction*: the same {n} digits, clean and with the trigger. "
-    f"Here {hits} of the {n} triggered ones go to label {current.target} (⚠)."
+    f"Here {hits} of the {n} triggered ones go to {current.target} (⚠)."
 )
 
 st.subheader("The trigger, enlarged")
@@ -148,7 +153,8 @@ with st.expander("Upload your own model"):
             help="BackdoorBench keeps the poisoned images, not the trigger: name the attack",
         )
         target = b3.number_input("Target label", 0, 9999, 0, key="w_upload_bb_target")
-        backdoorbench = (dataset, kind, int(target))
+        every = b3.checkbox(upload.ALL_TO_ALL_LABEL, key="w_upload_bb_all", help=upload.ALL_TO_ALL_HELP)
+        backdoorbench = (dataset, kind, ALL_TO_ALL if every else int(target))
     elif file is not None and not file.name.lower().endswith(".zip"):
         u1, u2 = st.columns(2)
         arch = u1.selectbox(
@@ -167,7 +173,8 @@ with st.expander("Upload your own model"):
             u1, u2 = st.columns(2)
             kind = u1.selectbox("Attack", [a for a in ATTACKS.names() if a != "file"], key="w_upload_kind")
             target = u2.number_input("Target label", 0, 9, 0, key="w_upload_target")
-            attack = (kind, int(target))
+            every = u2.checkbox(upload.ALL_TO_ALL_LABEL, key="w_upload_all", help=upload.ALL_TO_ALL_HELP)
+            attack = (kind, ALL_TO_ALL if every else int(target))
     if file is not None:
         st.button(
             "Load this model",

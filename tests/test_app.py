@@ -484,7 +484,7 @@ def test_read_upload_rebuilds_a_standard_trigger():
 
     state = load_bundle(REPO / "assets" / "models" / "mnist-badnets").model.state_dict()
     key, b = read_upload("w.safetensors", save_safetensors(state), "small_cnn", "mnist-blend", ("badnets", 0))
-    assert b.trigger.kind == "badnets" and b.target == 0 and key.startswith("upload:")
+    assert b.trigger.kind == "badnets" and b.target.label == 0 and key.startswith("upload:")
 
 
 # ---------------------------------------------------------------- the runner without a page

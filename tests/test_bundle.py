@@ -122,5 +122,5 @@ def test_missing_bundle():
 
 def test_describe_attack(badnets_copy):
     b = bundle_io.load_bundle(badnets_copy)
-    assert b.name == "mnist-badnets" and b.target == 0
+    assert b.name == "mnist-badnets" and b.target.label == 0
     assert "3x3 checker patch" in b.describe_attack() and "10%" in b.describe_attack()

@@ -404,7 +404,7 @@ def test_purify_and_salience_parameters(cli, tmp_path, args, message):
     [
         (["--target", "12"], "--target 12 is out of range: the dataset has classes 0..9"),
         (["--target", "-1"], "--target -1 is out of range"),
-        (["--target", "two"], "--target: expected an integer"),
+        (["--target", "two"], "--target: expected a class index"),
         (["--poison-rate", "1.5"], "--poison-rate: must be in [0, 1]"),
         (["--epochs", "0"], "--epochs: must be a positive integer"),
         (["--seed", str(2**64)], "--seed: must be an integer in [0, 2^63)"),

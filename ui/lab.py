@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import streamlit as st
+import torch
 from torch import nn
 
 from defense import attacks, cost, data, explain, masking, metrics, salience
@@ -31,6 +32,7 @@ from defense.neurons import NeuronLayer, NeuronMask, NeuronScores, marked_count,
 from defense.paths import MODELS_DIR, bundled_models
 from defense.registry import SCORES
 from defense.runtime import StopCheck, configure_threads
+from defense.targets import Target
 from ui import jobs, state
 from ui.jobs import background
 
@@ -74,8 +76,8 @@ IMAGE_CACHE_MODELS = 6
 
 
 @st.cache_resource(show_spinner=False, max_entries=IMAGE_CACHE_MODELS)
-def _triggered(key: str, _test: data.TensorData, _trigger: attacks.Trigger, target: int) -> data.TensorData:
-    return metrics.triggered_set(_test, _trigger, target)
+def _triggered(key: str, _test: data.TensorData, _trigger: attacks.Trigger, _target: Target) -> data.TensorData:
+    return metrics.triggered_set(_test, _trigger, _target)
 
 
 @st.cache_resource(show_spinner=False, max_entries=IMAGE_CACHE_MODELS)
@@ -101,7 +103,7 @@ class Lab:
         return self.bundle.name
 
     @property
-    def target(self) -> int:
+    def target(self) -> Target:
         return self.bundle.target
 
     @property
@@ -230,8 +232,8 @@ class Lab:
         Of the original model (cached) unless another ``model`` is given (a purified one).
         """
         if model is None:
-            return _attribution(self.key, n, self.bundle.model, self.triggered.x[:n], self.target)
-        return explain.attribution(model, self.triggered.x[:n], self.target)
+            return _attribution(self.key, n, self.bundle.model, self.triggered.x[:n], self.triggered.y[:n])
+        return explain.attribution(model, self.triggered.x[:n], self.triggered.y[:n])
 
 
 def current_lab() -> Lab:
@@ -333,8 +335,8 @@ def _curve_index(key: str, fraction: float, seed: int, which: str, _curve: pd.Da
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
-def _attribution(key: str, n: int, _model: nn.Module, _x, target: int) -> np.ndarray:
-    return explain.attribution(_model, _x, target)
+def _attribution(key: str, n: int, _model: nn.Module, _x, _target: torch.Tensor) -> np.ndarray:
+    return explain.attribution(_model, _x, _target)
 
 
 # ---------------------------------------------------------------- background jobs (never call st.*)

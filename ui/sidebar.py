@@ -14,7 +14,7 @@ def sidebar(lab_: Lab) -> None:
         classroom.presenter_toggle()
         st.markdown("### Current model")
         ev = lab_.evaluation()
-        st.markdown(f"**{lab_.name}**  \n{lab_.bundle.meta['attack']['kind']} attack → label {lab_.target}")
+        st.markdown(f"**{lab_.name}**  \n{lab_.bundle.meta['attack']['kind']} attack → {lab_.target}")
         runs = [r for r in st.session_state.get("runs", []) if r.model_key == lab_.key]
         st.caption(
             "As loaded, before any purification"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
+from defense.targets import Target, as_target
+
 ASR_GOAL = 0.2  # "the attack is broken": attack success at or below this
 ASR_GONE = 0.05  # "the attack is gone"
 ACC_HELD = 0.03  # accuracy "held": within this of where it started
@@ -59,7 +61,7 @@ def salience_verdict(aucs: Mapping[str, float], featured: str, labels: Mapping[s
     return first + f"; {so_far}{labels.get(best, best)} does best ({aucs[best]:.2f})" + waiting + "."
 
 
-def reversed_trigger_verdict(details: Mapping, declared_target: int | None) -> str:
+def reversed_trigger_verdict(details: Mapping, declared_target: int | Target | None) -> str:
     """What Neural Cleanse's reverse-engineering found (the inversion score's ``details``), in words."""
     sizes = details["sizes"]
     target = details["suspected_target"]
@@ -71,6 +73,13 @@ def reversed_trigger_verdict(details: Mapping, declared_target: int | None) -> s
         f"Suspected target: **label {target}**. Its reversed trigger covers {sizes[target]:.1f} pixels' worth of "
         f"mask against a median of {median:.1f} for the other labels (anomaly index {a:.1f}, {outlier})."
     )
+    if isinstance(declared_target, Target) and declared_target.all_to_all:
+        return text + (
+            " The bundle declares an all-to-all backdoor, which has no single target: Neural Cleanse's premise does "
+            "not hold, and the reversed triggers show at best one of the labels the backdoor reaches."
+        )
+    if isinstance(declared_target, Target):
+        declared_target = declared_target.label
     if declared_target is not None:
         agree = "the same label" if declared_target == target else f"label {declared_target}, not this one"
         text += f" The bundle declares {agree}."
@@ -111,10 +120,10 @@ def stability_verdict(spearman_min: float, hardest: Mapping, median_spearman_min
     return first + second + third
 
 
-def model_verdict(clean_acc: float, asr: float, target: int) -> str:
+def model_verdict(clean_acc: float, asr: float, target: int | Target) -> str:
     if asr >= 0.8:
         return (
-            f"This model is backdoored: {pct(asr)} of triggered images go to label {target}, "
+            f"This model is backdoored: {pct(asr)} of triggered images go to {as_target(target)}, "
             f"while it reads {pct(clean_acc)} of clean digits correctly."
         )
     if asr >= ASR_GOAL:
@@ -123,16 +132,16 @@ def model_verdict(clean_acc: float, asr: float, target: int) -> str:
             "harder to see in the numbers."
         )
     return (
-        f"The trigger sends only {pct(asr)} of images to label {target}: there is little backdoor to remove "
+        f"The trigger sends only {pct(asr)} of images to {as_target(target)}: there is little backdoor to remove "
         f"(clean accuracy {pct(clean_acc)})."
     )
 
 
-def attribution_verdict(on_trigger: float | None, covered: float | None, target: int) -> str:
+def attribution_verdict(on_trigger: float | None, covered: float | None, target: int | Target) -> str:
     """What the attribution maps of triggered images show (share of attribution on the trigger's pixels)."""
     if on_trigger is None or covered is None:
         return (
-            f"Integrated gradients toward label {target}, each map scaled to its own maximum (square-root colour "
+            f"Integrated gradients toward {as_target(target)}, each map scaled to its own maximum (square-root colour "
             "scale). This trigger covers "
             "the whole image, so the maps cannot single out a trigger region: the enlarged trigger shows what the "
             "model responds to."
@@ -142,7 +151,7 @@ def attribution_verdict(on_trigger: float | None, covered: float | None, target:
     else:
         what = "the attribution is not concentrated on the trigger"
     return (
-        f"Integrated gradients toward label {target}, each map scaled to its own maximum (square-root colour "
+        f"Integrated gradients toward {as_target(target)}, each map scaled to its own maximum (square-root colour "
         f"scale): {share(on_trigger)} of "
         f"the attribution falls on the trigger, which covers {pct(covered)} of the image, so {what}."
     )
@@ -273,18 +282,20 @@ def pair_verdict(plain: tuple[str, Mapping], distilled: tuple[str, Mapping]) -> 
     )
 
 
-def purified_attribution_verdict(before: float | None, after: float | None, covered: float | None, target: int) -> str:
+def purified_attribution_verdict(
+    before: float | None, after: float | None, covered: float | None, target: int | Target
+) -> str:
     head = (
-        f"Integrated gradients toward label {target} on triggered images, before and after, each map scaled to its "
-        "own maximum on a square-root colour scale (so a map says where the pull toward the target comes from, "
+        f"Integrated gradients toward {as_target(target)} on triggered images, before and after, each map scaled to "
+        "its own maximum on a square-root colour scale (so a map says where the pull toward the target comes from, "
         "not how strong it is)"
     )
     if before is None or after is None:
         return head + "."
     if after <= before / 2:
-        what = f"the purified model no longer leans on the trigger to reach label {target}"
+        what = f"the purified model no longer leans on the trigger to reach {as_target(target)}"
     else:
-        what = f"the trigger still draws the purified model's attention toward label {target}"
+        what = f"the trigger still draws the purified model's attention toward {as_target(target)}"
     return (
         f"{head}. On the trigger ({pct(covered)} of the image): {share(before)} of the attribution before, "
         f"{share(after)} after: {what}."

@@ -8,8 +8,15 @@ from pathlib import Path
 
 from defense import attacks, data
 from defense import bundle as bundle_io
+from defense.targets import Target
 from ui.lab import bundled, model_key, splits_for
 from ui.owndata import data_root
+
+ALL_TO_ALL_LABEL = "All-to-all"
+ALL_TO_ALL_HELP = (
+    "the backdoor sends each label y to the next one, y + 1 (BackdoorBench's all2all), instead of every "
+    "triggered image to one target label"
+)
 
 
 def read_upload(
@@ -37,7 +44,7 @@ def read_upload(
         with tempfile.TemporaryDirectory(prefix="bnl-upload-") as tmp:
             path = Path(tmp) / "checkpoint.pt"
             path.write_bytes(payload)
-            b = import_bundle(path, dataset, data_root() if dataset != "mnist5k" else None, kind, int(target))
+            b = import_bundle(path, dataset, data_root() if dataset != "mnist5k" else None, kind, target)
         b.meta["name"] = stem
     elif filename.lower().endswith(".zip"):
         with tempfile.TemporaryDirectory(prefix="bnl-upload-") as tmp:  # private, removed afterwards
@@ -59,7 +66,7 @@ def read_upload(
             kind, target = attack
             meta["attack"] = {
                 "kind": kind,
-                "target_label": int(target),
+                "target_label": Target.parse(target, base.meta["num_classes"]).meta_value(),
                 "poison_rate": base.meta["attack"].get("poison_rate", 0.1),
                 "params": {},
             }
