@@ -6,8 +6,9 @@ defense with its default settings on the clean subset of the same seed. Kinds: a
 photo blended at α = 0.2 (matplotlib's ``grace_hopper.jpg``, which every install has:
 captum and mlxtend need matplotlib), a small random patch at a random corner, an almost
 invisible noise pattern, a sinusoid and a warp unlike the bundled ones, a patch at 1%
-poisoning, a patch over the digit at 30% poisoning, and the two kinds of the first version of this benchmark. Writes the
-'unseen triggers' section of bench/RESULTS.md.
+poisoning, a patch over the digit at 30% poisoning, two all-to-all backdoors (each label sent
+to the next: a patch and the photo blend), and the two kinds of the first version of this
+benchmark. Writes the 'unseen triggers' section of bench/RESULTS.md (``--section`` another).
 
 Run from the repository root: .venv/bin/python -m bench.unseen [--kinds K ...] [--defenses D ...] [--cache DIR]
 """
@@ -27,6 +28,7 @@ from bench.sections import write_section
 from defense import attacks, data, metrics
 from defense import bundle as bundle_io
 from defense.runtime import configure_threads
+from defense.targets import ALL_TO_ALL
 from defense.train import train_backdoored
 
 ASR_GOAL, DROP_GOAL = 0.05, 0.02
@@ -129,6 +131,18 @@ def kinds(shape) -> dict:
             lambda s, tmp: ("file", {}, file_of(patch_file(shape, 3, "centre", 300 + s), tmp, f"centre{s}")),
             5,
             0.3,
+        ),
+        "all-to-all": (
+            "random 3×3 patch at the top right, all-to-all (each label y to y + 1)",
+            lambda s, tmp: ("file", {}, file_of(patch_file(shape, 3, "top-right", 400 + s), tmp, f"all{s}")),
+            ALL_TO_ALL,
+            0.1,
+        ),
+        "all-to-all-blend": (
+            "natural photo blended at α = 0.2, all-to-all (each label y to y + 1)",
+            lambda s, tmp: ("file", {}, file_of((torch.full(shape, 0.2), natural_photo(shape)), tmp, "photo")),
+            ALL_TO_ALL,
+            0.1,
         ),
         "l-patch": (
             "L-shaped patch from a file, target 9",
