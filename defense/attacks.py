@@ -377,21 +377,31 @@ ATTACKS.register(
 
 
 def poison(
-    x: torch.Tensor, y: torch.Tensor, trigger: Trigger, target: int | Target, rate: float, seed: int = 0
+    x: torch.Tensor,
+    y: torch.Tensor,
+    trigger: Trigger,
+    target: int | Target,
+    rate: float,
+    seed: int = 0,
+    clean_label: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stamp the trigger on a seeded ``rate`` share of the images the attack can flip and relabel them.
+    """Stamp the trigger on a seeded ``rate`` share (of all ``len(y)`` images) of the images the attack can
+    flip and relabel them; ``clean_label``: stamp it on images of the target class instead, labels left as they
+    are (as SIG and label-consistent attacks do; capped at the class's size).
 
     Returns (x, y, poisoned) where ``poisoned`` marks the altered samples.
     """
     if not 0 <= rate <= 1:
         raise ValueError(f"poison rate must be in [0, 1], got {rate}")
     target = as_target(target)
-    candidates = target.flippable(y).nonzero().flatten()
+    if clean_label and target.all_to_all:
+        raise ValueError("a clean-label attack needs one target class, not all-to-all")
+    candidates = ((y == target.label) if clean_label else target.flippable(y)).nonzero().flatten()
     n = int(round(rate * len(y)))
     chosen = candidates[torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed))[:n]]
     x, y = x.clone(), y.clone()
     x[chosen] = trigger.apply(x[chosen])
-    y[chosen] = target.labels_for(y[chosen])
+    y[chosen] = target.labels_for(y[chosen])  # unchanged for clean-label: they already carry the target
     poisoned = torch.zeros(len(y), dtype=torch.bool)
     poisoned[chosen] = True
     return x, y, poisoned

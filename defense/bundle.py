@@ -54,7 +54,11 @@ class Bundle:
 
     def describe_attack(self) -> str:
         rate = self.meta["attack"].get("poison_rate", 0)
-        return f"{self.trigger.describe()}; triggered images go to {self.target}, {rate:.0%} of training data poisoned"
+        how = " (clean-label: target-class images, labels kept)" if self.meta["attack"].get("clean_label") else ""
+        return (
+            f"{self.trigger.describe()}; triggered images go to {self.target}, {rate:.0%} of training data "
+            f"poisoned{how}"
+        )
 
 
 def fingerprint(bundle: Bundle) -> str:

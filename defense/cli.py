@@ -47,6 +47,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"--target {args.target} is out of range: the dataset has classes 0..{splits.num_classes - 1} "
             f"(or '{ALL_TO_ALL}')"
         ) from None
+    if args.clean_label and target.all_to_all:
+        raise UsageError(f"--clean-label needs one target class, not '{ALL_TO_ALL}'")
     params = _json_object(args.attack_params, "--attack-params", '{"alpha": 0.2}')
     trigger = attacks.make_trigger(
         args.attack, splits.input_shape, seed=args.seed, trigger_file=args.trigger_file, **params
@@ -63,6 +65,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         arch_kwargs=_json_object(args.arch_kwargs, "--arch-kwargs", '{"width": 16}'),
         shift=args.shift,
+        clean_label=args.clean_label,
         lr=args.lr,
     )
     result.meta["training"]["seconds"] = round(time.perf_counter() - start, 1)
@@ -301,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_epochs, default=8, help=f"at most {MAX_EPOCHS}")
     p.add_argument("--arch-kwargs", help="JSON object of architecture options, e.g. '{\"width\": 16}'")
     p.add_argument("--shift", type=_integer, default=0, help="augment clean images by random shifts of up to N px")
+    p.add_argument(
+        "--clean-label",
+        action="store_true",
+        help="poison images of the target class only and keep their labels (as SIG does); the rate stays a share "
+        "of the whole training set, capped at that class's size",
+    )
     p.add_argument("--lr", type=_non_negative, default=0.05, help="peak learning rate (one-cycle)")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", required=True)

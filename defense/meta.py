@@ -81,6 +81,10 @@ def validate_meta(meta: object) -> dict:
         problems.append(f"'attack.target_label' '{ALL_TO_ALL}' needs at least 2 classes")
     if not _is_number(attack.get("poison_rate", 0)) or not 0 <= attack.get("poison_rate", 0) <= 1:
         problems.append("'attack.poison_rate' must be a number in [0, 1]")
+    if not isinstance(attack.get("clean_label", False), bool):
+        problems.append("'attack.clean_label' must be true or false")
+    elif attack.get("clean_label") and target == ALL_TO_ALL:
+        problems.append(f"'attack.clean_label' needs one target class, not '{ALL_TO_ALL}'")
     if not isinstance(attack.get("params", {}), dict):
         problems.append("'attack.params' should be an object")
     for key in ("clean_acc", "asr"):

@@ -28,11 +28,13 @@ def train_backdoored(
     progress: bool = True,
     arch_kwargs: dict | None = None,
     shift: int = 0,
+    clean_label: bool = False,
 ) -> tuple[Bundle, torch.Tensor]:
     """Train on a poisoned copy of the training set. Returns the bundle and the poisoned-sample mask.
 
     ``shift``: augment the clean training images by random translations of up to this many
-    pixels (poisoned images stay put, so the trigger keeps its place).
+    pixels (poisoned images stay put, so the trigger keeps its place). ``clean_label``: poison only
+    images of the target class and keep their labels (``attacks.poison``).
     """
     target = Target.parse(target, splits.num_classes)
     torch.manual_seed(seed)
@@ -42,7 +44,7 @@ def train_backdoored(
         model = models.build(arch, splits.num_classes, splits.input_shape, mean, std, **arch_kwargs).to(device())
     except TypeError as err:  # an option the architecture does not take
         raise ValueError(f"architecture '{arch}' cannot be built with {arch_kwargs} ({err})") from None
-    x, y, poisoned = poison(splits.train.x, splits.train.y, trigger, target, poison_rate, seed)
+    x, y, poisoned = poison(splits.train.x, splits.train.y, trigger, target, poison_rate, seed, clean_label)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     steps_per_epoch = (len(y) + batch_size - 1) // batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
@@ -75,6 +77,7 @@ def train_backdoored(
             "target_label": target.meta_value(),
             "poison_rate": poison_rate,
             "params": trigger.params(),
+            **({"clean_label": True} if clean_label else {}),
         },
         "clean_acc": round(scores["clean_acc"], 4),
         "asr": round(scores["asr"], 4),

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from defense import attacks
 from defense.attacks import MaskPatternTrigger, TriggerError
+from defense.targets import Target
 
 SHAPE = [1, 28, 28]
 
@@ -120,6 +121,19 @@ def test_poison_is_seeded_and_caps_at_the_non_target_images():
     assert torch.equal(a, b) and not torch.equal(a, c)
     everything = attacks.poison(x, y, trig, 1, 1.0)[2]
     assert torch.equal(everything, y != 1)
+
+
+@pytest.mark.parametrize("rate", [0.02, 0.1, 0.5])
+def test_clean_label_poison_stamps_only_the_target_class_and_keeps_every_label(rate):
+    x, y = images(200), _labels()
+    trig, target = attacks.badnets(SHAPE), 3
+    px, py, poisoned = attacks.poison(x, y, trig, target, rate, seed=7, clean_label=True)
+    assert torch.equal(py, y)  # no label changes: the images already belong to the target class
+    assert (y[poisoned] == target).all()
+    assert int(poisoned.sum()) == min(round(rate * len(y)), int((y == target).sum()))  # capped at the class
+    assert torch.equal(px[poisoned], trig.apply(x[poisoned])) and torch.equal(px[~poisoned], x[~poisoned])
+    with pytest.raises(ValueError, match="one target class"):
+        attacks.poison(x, y, trig, Target(None, 10), rate, clean_label=True)
 
 
 @pytest.mark.parametrize("rate", [-0.1, 1.5, float("nan")])

@@ -94,6 +94,23 @@ def _new_trigger(shape=(1, 28, 28), seed=2024_11_25):
     return mask, pattern
 
 
+def test_train_clean_label_writes_it_in_meta_and_refuses_all_to_all(tmp_path):
+    out = tmp_path / "cl"
+    result = run_cli("train", "--attack", "blend", "--target", "3", "--clean-label", "--epochs", "1", "--out", out)
+    assert result.returncode == 0, result.stderr
+    b = bundle_io.load_bundle(out)
+    assert b.meta["attack"]["clean_label"] is True and "clean-label" in b.describe_attack()
+    refused = run_cli("train", "--attack", "blend", "--target", "all-to-all", "--clean-label", "--out", tmp_path / "x")
+    assert "one target class" in assert_clean_error(refused.returncode, refused.stderr)
+    for bad, message in (("yes", "true or false"), (True, "not 'all-to-all'")):
+        meta = json.loads(json.dumps(b.meta))
+        meta["attack"]["clean_label"] = bad
+        if bad is True:
+            meta["attack"]["target_label"] = "all-to-all"
+        with pytest.raises(bundle_io.BundleError, match=message):
+            bundle_io.validate_meta(meta)
+
+
 def test_train_from_a_trigger_file_gets_its_backdoor(tmp_path, cli):
     """Three epochs (default 8, ~5 s on an idle machine) on a trigger we just made: the backdoor is learned."""
     mask, pattern = _new_trigger()
