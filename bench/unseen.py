@@ -7,7 +7,8 @@ photo blended at α = 0.2 (matplotlib's ``grace_hopper.jpg``, which every instal
 captum and mlxtend need matplotlib), a small random patch at a random corner, an almost
 invisible noise pattern, a sinusoid and a warp unlike the bundled ones, a patch at 1%
 poisoning, a patch over the digit at 30% poisoning, two all-to-all backdoors (each label sent
-to the next: a patch and the photo blend), and the two kinds of the first version of this
+to the next: a patch and the photo blend), two clean-label ones (only images of the target
+class poisoned, labels kept: a noise blend and a sinusoid), and the two kinds of the first version of this
 benchmark. Writes the 'unseen triggers' section of bench/RESULTS.md (``--section`` another).
 
 Run from the repository root: .venv/bin/python -m bench.unseen [--kinds K ...] [--defenses D ...] [--cache DIR]
@@ -34,6 +35,7 @@ from defense.train import train_backdoored
 ASR_GOAL, DROP_GOAL = 0.05, 0.02
 TITLE = "Unseen triggers: backdoors the defaults were not tuned on"
 CORNERS = ("top-left", "top-right", "bottom-left")  # the bundled badnets patch sits bottom right
+CLEAN_LABEL = {"clean-label-blend", "clean-label-sig"}  # trained with train_backdoored(clean_label=True)
 
 
 def natural_photo(shape) -> torch.Tensor:
@@ -144,6 +146,18 @@ def kinds(shape) -> dict:
             ALL_TO_ALL,
             0.1,
         ),
+        "clean-label-blend": (
+            "noise blended at α = 0.3, clean-label (only target-class images poisoned, labels kept), target 3",
+            lambda s, tmp: ("blend", {"alpha": 0.3}, None),
+            3,
+            0.1,
+        ),
+        "clean-label-sig": (
+            "sinusoid, amplitude 0.4, 6 periods, clean-label, target 1",
+            lambda s, tmp: ("sig", {"delta": 0.4, "frequency": 6}, None),
+            1,
+            0.1,
+        ),
         "l-patch": (
             "L-shaped patch from a file, target 9",
             lambda s, tmp: ("file", {}, file_of(l_shape(shape), tmp, "l")),
@@ -168,7 +182,7 @@ def trained(kind: str, seed: int, base, cache: Path, tmp: Path):
     attack, params, trigger_file = build(seed, tmp)
     trigger_seed = 42 if kind == "other-noise" else seed
     trigger = attacks.make_trigger(attack, base.input_shape, seed=trigger_seed, trigger_file=trigger_file, **params)
-    b, _ = train_backdoored(base, trigger, target, rate, seed=seed, progress=False)
+    b, _ = train_backdoored(base, trigger, target, rate, seed=seed, progress=False, clean_label=kind in CLEAN_LABEL)
     bundle_io.save_bundle(b, out)
     return bundle_io.load_bundle(out)
 
