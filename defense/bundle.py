@@ -55,10 +55,7 @@ class Bundle:
     def describe_attack(self) -> str:
         rate = self.meta["attack"].get("poison_rate", 0)
         how = " (clean-label: target-class images, labels kept)" if self.meta["attack"].get("clean_label") else ""
-        return (
-            f"{self.trigger.describe()}; triggered images go to {self.target}, {rate:.0%} of training data "
-            f"poisoned{how}"
-        )
+        return f"{self.trigger.describe()}; target {self.target}, {rate:.0%} of training images poisoned{how}"
 
 
 def fingerprint(bundle: Bundle) -> str:
