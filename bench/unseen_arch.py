@@ -7,6 +7,7 @@ default settings on 3 clean subsets (seeds 0–2), as ``python -m defense purify
 --seed S`` does. Writes the 'unseen architectures' section of bench/RESULTS.md.
 
 Run from the repository root: .venv/bin/python -m bench.unseen_arch [--cases NAME ...] [--cache DIR]
+[--jsonl FILE]; ``--replay FILE ...`` writes the section from saved runs (e.g. a new case's and the old ones').
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ CASES = {
     "vgg16-blend": ("vgg11", {"width": 16}, "blend", {}, 3),
     "vgg16-wanet": ("vgg11", {"width": 16}, "wanet", {}, 7),
     "preact8-blend": ("preactresnet18", {"width": 8}, "blend", {}, 2),
+    "resnet18-badnets": ("resnet18", {}, "badnets", {}, 4),  # torchvision's, full width: 11 M parameters
 }
 
 
@@ -51,7 +53,8 @@ def _row(r: dict) -> str:
     options = ", ".join(f"{k} {v}" for k, v in kwargs.items())
     cells = outcome_cells(r)
     cells.insert(4, f"{r['seconds']:.0f}")  # before the goal column
-    return f"| {arch} ({options}) | {attack} | {r['seed']} | {' | '.join(cells)} |"
+    name = f"{arch} ({options})" if options else arch
+    return f"| {name} | {attack} | {r['seed']} | {' | '.join(cells)} |"
 
 
 def _header(defense: str) -> list[str]:
@@ -77,11 +80,18 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--cache", help="keep the trained models here (default: a temporary folder)")
     parser.add_argument("--jsonl", help="also append one JSON line per run to this file")
+    parser.add_argument("--replay", nargs="*", help="write the section from JSON lines saved by --jsonl (no training)")
     args = parser.parse_args(argv)
-    configure_threads()
-    base = data.load_dataset("mnist5k")
     defense = baselines.recommended().name
     lines = _header(defense)
+    if args.replay:
+        saved = [json.loads(line) for path in args.replay for line in Path(path).read_text().splitlines() if line]
+        order = {name: i for i, name in enumerate(CASES)}
+        saved.sort(key=lambda r: (order[r["case"]], r["seed"]))
+        write_section("unseen-architectures", "\n".join(lines + [_row(r) for r in saved]))
+        return
+    configure_threads()
+    base = data.load_dataset("mnist5k")
     with tempfile.TemporaryDirectory() as tmp_name:
         cache = Path(args.cache) if args.cache else Path(tmp_name)
         for name in args.cases or list(CASES):
