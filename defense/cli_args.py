@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from .errors import UsageError
-from .targets import ALL_TO_ALL
+from .targets import ALL_TO_ALL, ALL_TO_ALL_NAMES
 
 MAX_STEPS = 20_000  # purification steps; the recommended 300 take ~10 s for the MNIST models on one core
 MAX_EPOCHS = 200  # training epochs; the bundled MNIST models use 8
@@ -32,7 +32,7 @@ def _integer(text: str) -> int:
 
 def _target(text: str) -> int | str:
     """A class index, or 'all-to-all' (also 'all', 'all2all'): each label y sent to (y + 1) mod K."""
-    if text.strip().lower() in (ALL_TO_ALL, "all", "all2all"):
+    if text.strip().lower() in ALL_TO_ALL_NAMES:
         return ALL_TO_ALL
     try:
         return int(text)

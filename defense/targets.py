@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 ALL_TO_ALL = "all-to-all"
+ALL_TO_ALL_NAMES = (ALL_TO_ALL, "all", "all2all")  # what the command line and Target.parse accept for it
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class Target:
         """From a meta.json / command-line value: a class index, or 'all-to-all' (also 'all', 'all2all')."""
         if isinstance(value, Target):
             value = value.meta_value()
-        if isinstance(value, str) and value.strip().lower() in (ALL_TO_ALL, "all", "all2all"):
+        if isinstance(value, str) and value.strip().lower() in ALL_TO_ALL_NAMES:
             return cls(None, num_classes)
         if isinstance(value, str) and value.strip().lstrip("-").isdigit():
             value = int(value)
