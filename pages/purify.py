@@ -10,7 +10,7 @@ from defense.explain import trigger_share
 from defense.neurons import marked_count
 from defense.purify import PurifyConfig
 from defense.registry import DEFENSES
-from ui import classroom, lab, redraw, story
+from ui import classroom, jobs, lab, redraw, story
 from ui.charts import image_grid
 from ui.curves import runs_figure, score_label
 from ui.palette import ATTRIBUTION
@@ -104,8 +104,19 @@ with c4:
 c5.button("Start purification", type="primary", disabled=busy, key="w_start", on_click=start, width="stretch")
 defense = DEFENSES[ss["purify_defense"]]
 note = f"**{defense.name}**: {defense.label}."
-if defense.marking is not None:
-    metric, value, scope = defense.marking[0], ss["threshold_value"], ss["threshold_scope"]
+metric = defense.marking[0] if defense.marking is not None else None
+if metric is not None and metric not in current.scores():  # a slow score not measured yet: the page goes on
+    job = current.slow_score(metric, low=False)
+    if job.done() and job.exception() is not None:
+        note += f" {score_label(metric)} could not be measured: {job.exception()}"
+    else:
+        note += (
+            f" Marked by {score_label(metric)}, which is being measured in the background (slow on a CPU): how many "
+            "neurons it marks appears here when it is done. A run started now waits for it."
+        )
+        jobs.rerun_when_any_done([job])
+elif metric is not None:
+    value, scope = ss["threshold_value"], ss["threshold_scope"]
     if ss["threshold_mode"] == "ratio":
         share = settings_for(defense.name, replace(defaults, ratio=value)).ratio  # its own share, if it has one
         marked = marked_count(current.mask(metric, "ratio", share, scope))

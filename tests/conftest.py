@@ -80,22 +80,43 @@ def browser():
         b.close()
 
 
+@pytest.fixture(autouse=True)
+def fresh_job_board():
+    """Each test starts with the app's background jobs of earlier tests stopped and a new job board.
+
+    Every AppTest session has the same session id, so the whole run would share one job queue and one
+    worker: a test's quick measurement would wait behind the pruning curves and slow scores that earlier
+    tests' pages asked for (minutes on a busy CI machine). Real sessions each have their own queue.
+    """
+    yield
+    jobs = sys.modules.get("ui.jobs")
+    if jobs is None:
+        return
+    jobs.board().stop()
+    jobs.board.clear()
+    _join_app_threads("bnl-jobs", 10)
+
+
+def _join_app_threads(prefix: str, seconds: float) -> None:
+    import threading
+    import time
+
+    deadline = time.monotonic() + seconds
+    for t in threading.enumerate():
+        if t.name.startswith(prefix):
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+
+
 def pytest_sessionfinish(session, exitstatus):
     """Stop the app's background work before the interpreter ends.
 
     AppTest sessions leave the app's job workers and runs (daemon threads) in torch; torch aborts the process
     ("terminate called without an active exception", exit code 134) if the interpreter finalizes under them.
     """
-    import threading
-    import time
-
     jobs = sys.modules.get("ui.jobs")
     if jobs is not None:
         try:
             jobs.board().stop()
         except Exception:  # noqa: BLE001 - no board was made in this run
             pass
-    deadline = time.monotonic() + 30  # a Purify run stops once its session has been gone 10 s
-    for t in threading.enumerate():
-        if t.name.startswith("bnl-"):
-            t.join(timeout=max(0.0, deadline - time.monotonic()))
+    _join_app_threads("bnl-", 30)  # a Purify run stops once its session has been gone 10 s
