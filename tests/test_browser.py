@@ -176,7 +176,7 @@ def test_every_page_in_a_browser(server, browser):
     page.get_by_role("heading", name="Where the model looks").wait_for(timeout=90_000)
     sidebar = page.locator('[data-testid="stSidebar"]')
     assert "mnist-badnets" in sidebar.inner_text() and "1. Model" in sidebar.inner_text()  # numbered steps
-    sidebar.get_by_text("Attack success").first.wait_for(timeout=30_000)  # the sidebar's columns may land a moment later
+    sidebar.get_by_text("Attack success").first.wait_for(timeout=30_000)  # its columns may land a moment later
     assert metric_value(page, "Attack success rate") == "100.0%"
     page.wait_for_function("document.querySelectorAll('[data-testid=stMain] .js-plotly-plot').length >= 3")
     assert_in_view(page, chart_box(page, "samples"), "the clean and triggered images")
