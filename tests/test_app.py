@@ -320,6 +320,10 @@ def test_short_purification_completes_and_lowers_the_asr():
 def test_a_defense_marking_with_a_slow_score_starts_before_the_score_is_measured():
     at = open_app("purify")
     at.selectbox(key="w_purify_defense").set_value("nc-ar").run()
+    # the page goes on while the score is measured (a fresh job board per test: seconds to go), and says so
+    waiting = next(c.value for c in at.caption if c.value.startswith("**nc-ar**"))
+    assert "being measured in the background" in waiting and "A run started now waits for it" in waiting
+    assert any(link.proto.label.startswith("Next") for link in at.get("page_link"))
     at.number_input(key="w_purify_steps").set_value(5).run()
     at.button(key="w_start").click().run()  # the inversion score is not measured yet: the run waits for it
     run_until(at, lambda a: not runs(a)[-1].active, timeout=300, pause=2)
