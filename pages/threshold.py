@@ -3,7 +3,7 @@
 import streamlit as st
 
 from defense.registry import SCORES
-from ui import classroom, lab, measures, story
+from ui import classroom, lab, measures, overview, story
 from ui.charts import layers_row
 from ui.curves import pruning_figure, score_label, score_labels
 from ui.jobs import wait_note
@@ -91,14 +91,41 @@ with right:
 
 mask = current.mask(metric, mode, value, scope)
 scores = current.score(metric)
-raw = {n: {score_label(metric): v} for n, v in scores.layers.items()}
-plot(
-    layers_row(scores.normalized("minmax"), raw, mask, "importance", height=300),
-    "threshold-heat",
-    f"{current.name}-marked",
-)
+importance = scores.normalized("minmax")
+shown = list(current.layers)
+if len(current.layers) > overview.MANY_LAYERS:  # a deep network: side-by-side heatmaps would be dots
+    plot(
+        overview.layer_overview(importance, mask, score_label(metric)),
+        "threshold-overview",
+        f"{current.name}-marked-overview",
+    )
+    shown = st.multiselect(
+        "Heatmaps of these layers",
+        list(current.layers),
+        default=list(current.layers)[-1:],
+        max_selections=overview.MAX_HEATMAPS,
+        key="w_threshold_layers",
+        help=f"{len(current.layers)} layers: pick up to {overview.MAX_HEATMAPS} to see their marked neurons one by one",
+    )
+if shown:
+    plot(
+        layers_row(
+            {n: importance[n] for n in shown},
+            {n: {score_label(metric): scores.layers[n]} for n in shown},
+            mask,
+            "importance",
+            height=300,
+        ),
+        "threshold-heat",
+        f"{current.name}-marked",
+    )
 st.caption(
-    f"Colour: {score_label(metric)}, normalized per layer (dark = most suspect); red outlines: the marked "
+    (
+        "Overview: a box per layer over its neurons' normalized scores, the marked ones as red ticks. "
+        if len(current.layers) > overview.MANY_LAYERS
+        else ""
+    )
+    + f"Colour: {score_label(metric)}, normalized per layer (dark = most suspect); red outlines: the marked "
     f"neurons. The preview zeroes them with no fine-tuning, on {len(preview_test):,} test and "
     f"{len(preview_triggered):,} triggered images"
     + (

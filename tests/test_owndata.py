@@ -188,3 +188,6 @@ def test_the_bundled_preact_model_on_every_page(monkeypatch):
         if page == "salience":
             assert at.multiselect(key="w_salience_layers").value == ["net.layer4.1.conv2"]
             assert any("overview" in c.proto.id for c in at.get("plotly_chart"))
+        if page == "threshold":  # 20 layers side by side were unreadable dots: the overview, then picked layers
+            assert at.multiselect(key="w_threshold_layers").value == ["net.layer4.1.conv2"]
+            assert any("threshold-overview" in c.proto.id for c in at.get("plotly_chart"))

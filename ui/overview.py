@@ -5,7 +5,8 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import torch
 
-MANY_LAYERS = 6  # above this, the Salience page opens on the overview instead of every heatmap
+MANY_LAYERS = 6  # above this, the Salience and Threshold pages open on the overview instead of every heatmap
+MAX_HEATMAPS = 6  # layers side by side on the Threshold page: more and each panel is a few pixels wide
 
 
 def layer_overview(values: dict[str, torch.Tensor], marked: dict[str, torch.Tensor], score: str) -> go.Figure:
