@@ -166,7 +166,7 @@ def write_results(frame: pd.DataFrame, ident: pd.DataFrame, out: Path, seeds: in
         "## Defenses on every bundled model",
         "",
         "| model | defense | ACC before | ASR before | ACC after | ASR after | ACC drop "
-        "| steps to ASR ≤ 5% | seconds |",
+        "| steps to ASR ≤ 5% (ASR alone: bench/steps_kept.py) | seconds |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for (model, defense), g in frame.groupby(["model", "defense"], sort=False):
@@ -194,7 +194,7 @@ def write_results(frame: pd.DataFrame, ident: pd.DataFrame, out: Path, seeds: in
         "",
         "A ratio below 1 means the first defense needs fewer steps, or leaves a lower ASR, than the second.",
         "",
-        "| comparison | steps to ASR ≤ 5% | final ASR | final ACC |",
+        "| comparison | steps to ASR ≤ 5% (ASR alone) | final ASR | final ACC |",
         "|---|---|---|---|",
     ]
     means = frame.groupby("defense")[["steps_to_goal", "asr_after", "acc_after"]].mean()

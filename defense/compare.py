@@ -5,7 +5,7 @@ is built) in turn on the same model and the same clean subset(s), cooperatively:
 run (each step of each run yields a small progress event), call ``stop()`` from any thread to
 end after the current step. Runs already known (cached or shipped) are not run again.
 
-Per run it keeps: clean accuracy and ASR before and after, accuracy lost, steps to ASR ≤ 5%,
+Per run it keeps: clean accuracy and ASR before and after, accuracy lost, steps to ASR ≤ 5% (with accuracy kept),
 seconds, the evaluated curve (history) and a status ('pending', 'running', 'done', 'stopped',
 'error', or 'cached' / 'shipped' when it came from disk). ``leaderboard`` sums the runs up per
 defense (mean and half-range over seeds), ``pareto`` marks the defenses no other beats on both
@@ -28,6 +28,7 @@ from .data import TensorData
 from .purify import PurifyConfig
 
 ASR_GOAL = 0.05
+ACC_SLACK = 0.05  # the Compare page's steps count only once clean accuracy is within 5 points of its start
 EVAL_EVERY = 10  # steps between the evaluated points of a run's curve
 
 
@@ -63,9 +64,19 @@ def registered() -> list[Entry]:
     return entries
 
 
-def steps_to_goal(history: list[dict], goal: float = ASR_GOAL) -> float:
-    """First evaluated step at which ASR ≤ goal (NaN if never)."""
-    return next((h["step"] for h in history if h.get("asr") is not None and h["asr"] <= goal), float("nan"))
+def steps_to_goal(history: list[dict], goal: float = ASR_GOAL, acc_slack: float | None = None) -> float:
+    """First evaluated step at which ASR ≤ goal (NaN if never).
+
+    With ``acc_slack``, clean accuracy must also be within that much of the first evaluation's: early in
+    fine-tuning a model can be broken for a while (10% accuracy, and ASR 0% with it), which is no success.
+    """
+    if not history:
+        return float("nan")
+    floor = history[0]["clean_acc"] - acc_slack if acc_slack is not None else -math.inf
+    return next(
+        (h["step"] for h in history if h.get("asr") is not None and h["asr"] <= goal and h["clean_acc"] >= floor),
+        float("nan"),
+    )
 
 
 def subsets_for(bundle, seeds: list[int], fraction: float, data_root=None) -> list[Subset]:
@@ -98,7 +109,7 @@ def summarize_run(entry: Entry, seed: int, records: list[dict], config, status: 
     def pick(r):
         return {"clean_acc": r["clean_acc"], "asr": r["asr"]} if r else None
 
-    reached = steps_to_goal(evals)
+    reached = steps_to_goal(evals, acc_slack=ACC_SLACK)
     return {
         "defense": entry.name,
         "label": entry.label,
@@ -319,11 +330,20 @@ def _spread(values: pd.Series) -> float:
     return float((v.max() - v.min()) / 2) if len(v) > 1 else 0.0
 
 
+def _steps_kept(run: dict) -> float:
+    """A run's steps to ASR ≤ 5% with accuracy kept, from its curve (results saved before ``ACC_SLACK`` counted
+    ASR alone)."""
+    if run.get("history"):
+        return steps_to_goal(run["history"], acc_slack=ACC_SLACK)
+    return run["steps_to_goal"] if run.get("steps_to_goal") is not None else math.nan
+
+
 def leaderboard(results: dict[tuple[int, str], dict], defenses: list[Entry] | None = None) -> pd.DataFrame:
     """One row per defense: means over seeds (and half-range spreads), in registry order.
 
     Columns: defense, label, paper, recommended, seeds, clean_acc, asr, acc_lost, steps_to_goal
-    (mean over the seeds that reached ASR ≤ 5%; reached = how many did), seconds, status, and
+    (mean over the seeds that reached ASR ≤ 5% with accuracy within ``ACC_SLACK`` of its start; reached = how
+    many did), seconds, status, and
     ``*_spread`` for the rates; ``pareto``: no other defense has both lower ASR and lower accuracy lost.
     """
     defenses = defenses if defenses is not None else registered()
@@ -340,7 +360,7 @@ def leaderboard(results: dict[tuple[int, str], dict], defenses: list[Entry] | No
                 "clean_acc": r["after"]["clean_acc"],
                 "asr": r["after"]["asr"],
                 "acc_lost": r["acc_lost"],
-                "steps_to_goal": r["steps_to_goal"] if r["steps_to_goal"] is not None else math.nan,
+                "steps_to_goal": _steps_kept(r),
                 "seconds": r["seconds"],
                 "status": r["status"],
                 "label": r.get("label", r["defense"]),

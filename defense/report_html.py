@@ -75,7 +75,8 @@ def _runs_for_figure(results: list[dict]):
 def _defenses_table(board: pd.DataFrame) -> str:
     head = (
         "<tr><th>defense</th><th>clean accuracy after</th><th>ASR after</th><th>accuracy lost</th>"
-        "<th>steps to ASR ≤ 5%</th><th>seconds</th><th>seeds</th><th>Pareto front</th><th>status</th></tr>"
+        "<th title='the first evaluated step with ASR ≤ 5% while clean accuracy is within 5 points of its start'>"
+        "steps to ASR ≤ 5%, accuracy kept</th><th>seconds</th><th>seeds</th><th>Pareto front</th><th>status</th></tr>"
     )
     rows = []
     for r in board.itertuples():

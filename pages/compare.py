@@ -138,8 +138,9 @@ if board.empty:
 st.subheader("Leaderboard")
 st.caption(
     "Click a column to sort. Rates in % on the 1,000 test images; with 3 subsets, means (± half the range in the "
-    "± columns). Steps to ASR ≤ 5%: the first evaluated step (every 10) where the attack fell below 5%, None if "
-    "never. ★ marks the paper's method."
+    "± columns). Steps to ASR ≤ 5%, accuracy kept: the first evaluated step (every 10) where the attack is at "
+    "most 5% while clean accuracy is within 5 points of its start (a model broken for a while early in "
+    "fine-tuning also shows ASR 0%, which is no success), None if never. ★ marks the paper's method."
 )
 frame = pd.DataFrame(table_rows(board))
 
@@ -161,7 +162,7 @@ st.dataframe(
         "accuracy lost (points)": st.column_config.NumberColumn(format="%.1f"),
         "± ASR": st.column_config.NumberColumn(format="%.1f"),
         "± accuracy lost": st.column_config.NumberColumn(format="%.1f"),
-        "steps to ASR ≤ 5%": st.column_config.NumberColumn(format="%.0f"),
+        "steps to ASR ≤ 5%, accuracy kept": st.column_config.NumberColumn(format="%.0f"),
         "seconds": st.column_config.NumberColumn(format="%.1f"),
     },
 )

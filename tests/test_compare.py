@@ -152,6 +152,26 @@ def test_leaderboard_means_spreads_and_pareto_front():
     assert compare.pareto([0.1, 0.1], [0.2, 0.2]) == [True, True]  # equal points do not beat each other
 
 
+def test_steps_to_goal_counts_a_broken_model_as_no_success():
+    """Early in fine-tuning a model can sit at 10% accuracy with ASR 0%: the Compare page's steps wait for the
+    accuracy too (within ACC_SLACK of the start), and a saved run is judged again from its curve."""
+    curve = [
+        {"step": 0, "clean_acc": 0.99, "asr": 1.0},
+        {"step": 10, "clean_acc": 0.10, "asr": 0.0},  # broken, not purified
+        {"step": 20, "clean_acc": 0.95, "asr": 0.30},  # back, and so is the backdoor
+        {"step": 30, "clean_acc": 0.96, "asr": 0.02},  # purified
+    ]
+    assert compare.steps_to_goal(curve) == 10  # ASR alone (the benchmark's column)
+    assert compare.steps_to_goal(curve, acc_slack=compare.ACC_SLACK) == 30
+    assert math.isnan(compare.steps_to_goal(curve[:3], acc_slack=compare.ACC_SLACK))
+    saved = {  # saved with the old count (10): the leaderboard reads the curve
+        "defense": "a", "seed": 0, "status": "shipped", "after": {"clean_acc": 0.96, "asr": 0.02},
+        "acc_lost": 0.03, "steps_to_goal": 10, "seconds": 1.0, "history": curve,
+    }  # fmt: skip
+    board = compare.leaderboard({(0, "a"): saved}, [compare.Entry("a", "a", None)])
+    assert board.loc[0, "steps_to_goal"] == 30
+
+
 def test_scatter_writes_names_only_where_they_do_not_collide_and_always_the_papers_and_the_recommended():
     from ui.compare_charts import LABEL_HEIGHT, LABEL_WIDTH, labelled, tradeoff_figure
 

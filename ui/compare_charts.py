@@ -162,7 +162,7 @@ def table_rows(board: pd.DataFrame) -> list[dict]:
                 "clean accuracy after": 100 * r.clean_acc,
                 "ASR after": 100 * r.asr,
                 "accuracy lost (points)": 100 * r.acc_lost,
-                "steps to ASR ≤ 5%": None if pd.isna(r.steps_to_goal) else float(r.steps_to_goal),
+                "steps to ASR ≤ 5%, accuracy kept": None if pd.isna(r.steps_to_goal) else float(r.steps_to_goal),
                 "seconds": float(r.seconds),
                 "seeds": int(r.seeds),
                 "± ASR": 100 * r.asr_spread,
