@@ -166,13 +166,12 @@ st.dataframe(
         "seconds": st.column_config.NumberColumn(format="%.1f"),
     },
 )
-left, right = st.columns(2)
-with left:
-    plot(tradeoff_figure(board), "compare-scatter", f"{lab.name}-defenses-tradeoff")
-with right:
-    plot(asr_curves_figure(results, [d.name for d in entries]), "compare-curves", f"{lab.name}-defenses-asr")
+# one above the other: side by side at 1280 px each plot was a strip above a legend as tall as itself
+plot(tradeoff_figure(board), "compare-scatter", f"{lab.name}-defenses-tradeoff")
 st.caption(
-    "Left: one point per defense (error bars: half the range over the clean subsets); the dotted staircase is the "
-    "Pareto front, the defenses no other one beats on both counts. Right: the attack success rate during each run."
+    "One point per defense (error bars: half the range over the clean subsets); the dotted staircase is the "
+    "Pareto front, the defenses no other one beats on both counts."
 )
+plot(asr_curves_figure(results, [d.name for d in entries]), "compare-curves", f"{lab.name}-defenses-asr")
+st.caption("The attack success rate during each run.")
 redraw.drawn("compare", ended)
