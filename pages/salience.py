@@ -182,7 +182,9 @@ else:
 
 st.subheader("How steady is benign salience?")
 stab_job = current.bs_stability()
-if wait_note([stab_job], "Measuring benign salience on two more clean subsets, and per image (a few seconds)."):
+if wait_note(
+    [stab_job], "Measuring benign salience on two more clean subsets, and per image (seconds, once it starts)."
+):
     stab = stab_job.result()
     st.caption(
         "Benign salience measured on three different clean subsets (seeds 0, 1, 2). Each dot is a neuron: the lowest "

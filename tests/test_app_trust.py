@@ -321,3 +321,30 @@ def test_garbage_is_collected_once_after_sessions_are_dropped(monkeypatch):
     monkeypatch.setattr(jobs_module, "release_memory", record)
     jobs_module._trim_periodically(jobs)
     assert calls == [False, True, False, False, True]
+
+
+def test_a_queued_job_says_how_many_of_its_sessions_jobs_run_first():
+    """What a page's waiting note says ("Queued: N earlier measurements ... first") follows the worker's order."""
+    jobs = JobBoard(alive=lambda s: True)
+    gate = threading.Event()
+
+    def held(name, should_stop=None):
+        gate.wait(30)
+        return name
+
+    try:
+        first = jobs.submit(("first",), held, "first", session="a")
+        while not jobs.running():  # the worker has taken it
+            time.sleep(0.01)
+        unlearn = jobs.submit(("unlearn",), held, "unlearn", session="a", low=True)
+        rnp = jobs.submit(("rnp",), held, "rnp", session="a", low=True)
+        curve = jobs.submit(("curve",), held, "curve", session="a")
+        assert jobs.queued_ahead(first, "a") is None  # running
+        assert jobs.queued_ahead(curve, "a") == 1  # only the running one: urgent goes before the low ones
+        assert jobs.queued_ahead(unlearn, "a") == 2  # the running one and the urgent curve
+        assert jobs.queued_ahead(rnp, "a") == 3
+        assert jobs.queued_ahead(curve, "b") is None  # another session does not queue it
+    finally:
+        gate.set()
+    assert curve.result(timeout=30) == "curve" and rnp.result(timeout=30) == "rnp"
+    assert jobs.queued_ahead(rnp, "a") is None

@@ -202,6 +202,25 @@ class JobBoard:
             return now - gone < ABSENT_S
         return now - self._seen.get(session, now) < ABSENT_S
 
+    def queued_ahead(self, future: Future, session: str) -> int | None:
+        """How many of ``session``'s jobs run before the job of ``future`` (the one running now included);
+        None once it runs or is done, or where the session does not queue it."""
+        with self._lock:
+            queue = self._queues.get(session, deque())
+            job = next((j for j in queue if j.future is future and not j.claimed), None)
+            if job is None:
+                return None
+            waiting = [j for j in queue if not j.claimed]
+            before = waiting[: waiting.index(job)]
+            # the worker takes the first urgent job, and a low one only when no urgent one is left
+            ahead = sum(1 for j in before if not j.low) + (
+                sum(1 for j in before if j.low) + sum(1 for j in waiting[len(before) + 1 :] if not j.low)
+                if job.low
+                else 0
+            )
+            running = any(j.claimed and not j.future.done() and session in j.owners for j in self._jobs.values())
+            return ahead + int(running)
+
     def running(self) -> list[tuple]:
         """Keys of the jobs claimed and not yet finished (for tests and the load bench)."""
         with self._lock:
@@ -327,6 +346,11 @@ def rerun_when_any_done(futures: list[Future], every: float = 2.0) -> None:
     _poll()
 
 
+def queued_ahead(future: Future) -> int | None:
+    """How many of this session's background jobs run before ``future``'s; None once it has started."""
+    return board().queued_ahead(future, session_id())
+
+
 def progress_of(futures: list[Future]) -> tuple[int, int] | None:
     """(done, total) summed over the jobs that report progress (``fn(..., progress=...)``), or None."""
     known = [getattr(f, "progress", None) for f in futures]
@@ -351,6 +375,13 @@ def wait_note(futures: list[Future], message: str, unit: str = "steps") -> bool:
         if counts is not None:
             done, total = counts
             st.progress(min(done / max(total, 1), 1.0), text=f"{done:,} of {total:,} {unit} done")
+        ahead = [queued_ahead(f) for f in futures if not f.done()]
+        if ahead and all(a is not None for a in ahead):  # none of them has started: say what it waits for
+            n = min(ahead)
+            st.caption(
+                f"Queued: {n} earlier measurement{'s' if n != 1 else ''} of this session run{'s' if n == 1 else ''} "
+                "first."
+            )
 
     _poll()
     return False
