@@ -14,7 +14,7 @@ from ui import classroom, jobs, lab, redraw, story
 from ui.charts import image_grid
 from ui.curves import runs_figure, score_label
 from ui.palette import ATTRIBUTION
-from ui.runs import POLL_S, purification_config, report_json, runs_table, start_run
+from ui.runs import POLL_S, marking_for, purification_config, report_json, runs_table, start_run
 from ui.state import intro, points, require_app, synced
 from ui.theme import plot
 
@@ -116,13 +116,18 @@ if metric is not None and metric not in current.scores():  # a slow score not me
         )
         jobs.rerun_when_any_done([job])
 elif metric is not None:
-    value, scope = ss["threshold_value"], ss["threshold_scope"]
-    if ss["threshold_mode"] == "ratio":
+    mode, value, scope = marking_for(defense.name)
+    if mode == "ratio":
         share = settings_for(defense.name, replace(defaults, ratio=value)).ratio  # its own share, if it has one
         marked = marked_count(current.mask(metric, "ratio", share, scope))
         how = f"the {share:.0%} most suspect " + ("in each layer" if scope == "layer" else "overall")
         own = f"its own share while the Threshold slider is at {defaults.ratio:.0%}"
         source = "as set on Threshold" if share == value else own
+        if ss["threshold_mode"] == "value":  # the cut was set on another score's scale
+            source = (
+                f"its own share: the score cut set on Threshold is on {score_label(ss['threshold_metric'])}'s "
+                "scale, not this score's"
+            )
     else:
         marked = marked_count(current.threshold_mask(metric))
         how, source = f"normalized importance ≤ {value:.2f}", "as set on Threshold"

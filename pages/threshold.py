@@ -136,4 +136,7 @@ st.caption(
     )
     + "; the pruning curve does the same for every share of each layer's most suspect neurons."
 )
-classroom.next_step(story.next_step("threshold", marked=pv["marked"]), classroom.next_page("pages/threshold.py"))
+classroom.next_step(
+    story.next_step("threshold", marked=pv["marked"], score=score_label(metric)),
+    classroom.next_page("pages/threshold.py"),
+)

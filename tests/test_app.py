@@ -235,6 +235,24 @@ def test_threshold_survives_page_switches_and_reaches_purification():
     assert at.slider(key="w_threshold_value").value == pytest.approx(0.3)
 
 
+def test_a_score_cut_is_used_only_by_a_defense_that_marks_by_the_same_score():
+    """0.35 of benign salience's normalized range means nothing on another score's: nc-ar, which marks by its
+    reversed trigger, keeps its own share; bs-ar, which marks by benign salience, takes the cut."""
+    at = open_app("threshold")
+    at.radio(key="w_threshold_mode").set_value("value").run()
+    at.slider(key="w_threshold_value").set_value(0.35).run()
+    cut = metric(at, "Marked neurons")
+    at.switch_page("pages/purify.py").run()
+    at.selectbox(key="w_purify_defense").set_value("nc-ar").run()
+    measured = "of 112 neurons (the 10% most suspect in each layer), its own share"
+    run_until(at, lambda a: any(measured in c.value for c in a.main.caption), timeout=300)
+    note = next(c.value for c in at.main.caption if measured in c.value)
+    assert "the score cut set on Threshold is on benign salience's scale" in note
+    at.selectbox(key="w_purify_defense").set_value("bs-ar").run()
+    note = next(c.value for c in at.main.caption if "Marked by benign salience" in c.value)
+    assert f"{cut} neurons (normalized importance ≤ 0.35), as set on Threshold" in note
+
+
 def test_pruning_curve_marks_the_current_choice():
     at = open_app("threshold")
     run_until(at, lambda a: any("curve" in c.proto.id for c in a.get("plotly_chart")), timeout=180)

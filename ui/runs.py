@@ -166,6 +166,20 @@ class Runner:
         return bundle_io.bundle_bytes(purified, name)
 
 
+def marking_for(defense: str) -> tuple[str, float, str]:
+    """(mode, value, scope) of the Threshold page's marking as it applies to ``defense``.
+
+    A share of neurons means the same under any score; a score cut does not (0.35 of benign salience's
+    normalized range is not 0.35 of another score's), so a cut is used only by a defense that marks with the
+    score it was set on, and any other marks its own default share."""
+    ss = st.session_state
+    marking = DEFENSES[defense].marking
+    if ss["threshold_mode"] == "value" and marking is not None and marking[0] != ss["threshold_metric"]:
+        defaults = purify.PurifyConfig()
+        return "ratio", defaults.ratio, defaults.scope
+    return ss["threshold_mode"], float(ss["threshold_value"]), ss["threshold_scope"]
+
+
 def purification_config(steps: int, lr: float, lam: float) -> purify.PurifyConfig:
     """The recommended settings with the page's steps, learning rate, λ and the Threshold page's marking."""
     ss = st.session_state
@@ -220,8 +234,9 @@ def start_run(lab_: Lab, defense: str, cfg: purify.PurifyConfig) -> Runner:
     clean, test, trig = lab_.splits.clean, lab_.splits.test, lab_.triggered
     marking = DEFENSES[defense].marking  # (score, regularizer) of a defense that can take the Threshold page's mask
     mask = None
-    if marking is not None and ss["threshold_mode"] == "value":  # a share is passed in cfg (ratio, scope)
-        mask = lab_.mask(marking[0], "value", ss["threshold_value"], ss["threshold_scope"])
+    mode, value, scope = marking_for(defense)
+    if marking is not None and mode == "value":  # a share is passed in cfg (ratio, scope)
+        mask = lab_.mask(marking[0], "value", value, scope)
 
     pending = None
     if marking and marking[0] not in scores and SCORES[marking[0]].cost == "slow":
@@ -247,7 +262,7 @@ def start_run(lab_: Lab, defense: str, cfg: purify.PurifyConfig) -> Runner:
         build,
         session_id=ctx.session_id if ctx else None,
         color=palette.run_color(number),
-        settings=run_settings(defense, cfg, ss["threshold_mode"], ss["threshold_value"], ss["threshold_scope"]),
+        settings=run_settings(defense, cfg, mode, value, scope),
     )
     runs.append(runner)
     return runner.start()

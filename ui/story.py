@@ -322,8 +322,10 @@ def next_step(page: str, **ctx) -> str:
         )
     if page == "threshold":
         return (
-            f"Next: Purify fine-tunes the model while penalizing the {ctx.get('marked', 'marked')} marked neurons; "
-            "run the paper's bs-ar and a baseline pair such as ft and ft-kd."
+            "Next: Purify fine-tunes the model while penalizing marked neurons. Each defense marks by its own "
+            f"score with the share set here ({ctx.get('marked', 'the')} neurons by {ctx.get('score', 'this score')}; "
+            "a score cut applies only to the defense that marks by this score); run the paper's bs-ar and a "
+            "baseline pair such as ft and ft-kd."
         )
     if page == "purify":
         missing = ctx.get("missing")
