@@ -163,10 +163,18 @@ def cmd_purify(args: argparse.Namespace) -> int:
     defense = args.defense
     if defense is None and args.metric is None and args.reg is None:
         defense = baselines.recommended().name  # no options: the recommended defense
+    entry = DEFENSES[defense] if defense is not None else None
+    unused = [f"--{k}" for k in ("ratio", "scope", "metric") if getattr(args, k) is not None]
+    if entry is not None and entry.marking is None and unused and not args.quiet:
+        print(f"note: {defense} marks no neurons; {', '.join(unused)} not used", file=sys.stderr)
+    if entry is not None and entry.marking is not None and SCORES[entry.marking[0]].cost == "slow" and not args.quiet:
+        print(f"{defense}: measuring {SCORES[entry.marking[0]].label} first (slow on a CPU) ...", file=sys.stderr)
+    marking_started = time.perf_counter()
     if defense is None:  # a score or penalty of one's own, with the recommended fine-tuning
         run = Purification(b.model, splits.clean, splits.test, triggered, config)
     else:
         run = baselines.make(defense, b.model, splits.clean, splits.test, triggered, config)
+    marking_seconds = time.perf_counter() - marking_started
     config = run.config  # a defense may set the score, regularizer, distillation or steps
     with (
         interrupt_at_step_boundary() as check_interrupt,
@@ -178,6 +186,7 @@ def cmd_purify(args: argparse.Namespace) -> int:
             if "asr" in record:
                 bar.set_postfix(acc=f"{record['clean_acc']:.3f}", asr=f"{record['asr']:.3f}")
     report = run_report(run.history, config, context={"defense": defense} if defense else None)
+    report["marking_seconds"] = round(marking_seconds, 2)  # before the first step: e.g. nc-ar's trigger reversal
     if args.out:
         name = Path(args.out).stem
         purified = purified_bundle(b, run.model, name=name, after=report["after"], config=config, defense=defense)
@@ -188,7 +197,7 @@ def cmd_purify(args: argparse.Namespace) -> int:
         print(
             f"{b.name}: accuracy {report['before']['clean_acc']:.2%} -> {report['after']['clean_acc']:.2%}, "
             f"attack success {report['before']['asr']:.2%} -> {report['after']['asr']:.2%} "
-            f"({report['steps']} steps, {report['seconds']} s)"
+            f"({report['steps']} steps, {report['seconds']} s, and {report['marking_seconds']} s marking first)"
         )
     return 0
 
@@ -221,11 +230,23 @@ TABLES_START, TABLES_END = "<!-- registry tables: python -m defense list --updat
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from .identify import identify
 
     b = bundle_io.load_bundle(args.bundle)
     splits = data.load_splits_for(b.meta, args.data_root, seed=args.seed)
-    report = identify(b, splits)
+    # one step per measurement: the ground truth, then each score (the slow ones take minutes on a CPU)
+    with tqdm(total=1 + len(SCORES.names()), desc="identify", unit="measurement", disable=args.quiet) as bar:
+        started: list[str] = []
+
+        def stage(name: str) -> None:  # called as each starts: the one before it is done
+            bar.update(1 if started else 0)
+            started.append(name)
+            bar.set_postfix_str(name)
+
+        report = identify(b, splits, stage=stage)
+        bar.update(1)
     if args.json:
         print(json.dumps(report))
     else:
@@ -286,8 +307,15 @@ def cmd_report(args) -> int:
 CLEAN_HELP = f"share of the training set the defender holds (it must leave at least {data.MIN_CLEAN_IMAGES} images)"
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """Bad arguments end with one line (``prog: error: ...``) and exit code 2, not argparse's usage block first."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m defense", description=__doc__)
+    parser = OneLineErrors(prog="python -m defense", description=__doc__)  # its subcommands' parsers too
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a backdoored model and write a bundle")
@@ -361,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the defender's clean subset")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_identify)
 
     p = sub.add_parser("import", help="a bundle from a BackdoorBench attack_result.pt / defense_result.pt")

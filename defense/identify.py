@@ -15,9 +15,14 @@ from .neurons import neuron_map
 from .registry import SCORES
 
 
-def identify(bundle, splits: DataSplits, scores: list[str] | None = None) -> dict:
-    """{'ground_truth': {...}, 'scores': {name: {'auc', 'precision_at_k', 'auc_tac', 'seconds'}}}."""
+def identify(bundle, splits: DataSplits, scores: list[str] | None = None, stage=None) -> dict:
+    """{'ground_truth': {...}, 'scores': {name: {'auc', 'precision_at_k', 'auc_tac', 'seconds'}}}.
+
+    ``stage(name)``, if given, is called as each measurement starts (the CLI's progress bar)."""
     import defense.scores  # noqa: F401  (registers every score)
+
+    stage = stage or (lambda name: None)
+    stage("ground truth")
 
     model, layers = bundle.model, neuron_map(bundle.model)
     triggered = metrics.triggered_set(splits.test, bundle.trigger, bundle.target)
@@ -37,6 +42,7 @@ def identify(bundle, splits: DataSplits, scores: list[str] | None = None) -> dic
     }
     for name in scores or SCORES.names():
         entry = SCORES[name]
+        stage(name)
         start = time.process_time()
         s = entry.compute(model, splits.clean if entry.needs else None, layers)
         q = metrics.identification_quality(s, gt["infected"], gt["measured"])

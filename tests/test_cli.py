@@ -165,8 +165,18 @@ def test_train_from_a_trigger_file_of_the_wrong_shape(tmp_path, cli):
 def test_errors_in_a_real_process_are_one_line():
     result = run_cli("purify", "--bundle", "assets/models/mnist-badnets", "--ratio", "1.5")
     assert "argument --ratio: must be in [0, 1], got 1.5" in assert_clean_error(result.returncode, result.stderr)
+    assert len(result.stderr.strip().splitlines()) == 1  # no usage block before it
 
 
 def test_no_command_is_a_usage_error(cli):
     code, _, err = cli()
     assert_clean_error(code, err)
+
+
+def test_purify_says_what_it_does_not_use_and_how_long_marking_took(cli):
+    code, out, err = cli("purify", "--bundle", "assets/models/mnist-badnets", "--defense", "ft", "--ratio", "0.3",
+                         "--steps", "2", "--json")  # fmt: skip
+    assert code == 0, err
+    assert "note: ft marks no neurons; --ratio not used" in err  # accepted, but not silently ignored
+    report = json.loads(out)
+    assert report["marking_seconds"] >= 0 and report["steps"] == 2

@@ -241,5 +241,7 @@ def test_cli_identify_json_and_bad_input(tmp_path):
     assert inversion["suspected_target"] == 0 and inversion["anomaly_index"] > 2 and inversion["auc"] >= 0.9
     g = report["ground_truth"]
     assert g["infected_ablation"] == 11 and 0 <= g["tac_auc_vs_ablation"] <= 1
+    # minutes on a CPU: a progress bar on stderr counts the measurements (ground truth + every score)
+    assert f"{1 + len(SCORES.names())}/{1 + len(SCORES.names())}" in result.stderr
     bad = run_cli("identify", "--bundle", tmp_path / "missing", "--json")
     assert_clean_error(bad.returncode, bad.stderr)
