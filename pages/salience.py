@@ -117,9 +117,12 @@ if ready:
             pd.DataFrame(rows),
             hide_index=True,
             width="stretch",
-            column_config={
-                "ROC AUC": st.column_config.NumberColumn(format="%.2f"),
+            column_config={  # the numbers narrow: at 1280 px the last column was cut to "precision at"
+                "score": st.column_config.TextColumn(width="medium"),
+                "ROC AUC": st.column_config.NumberColumn(format="%.2f", width="small"),
                 "precision at k": st.column_config.NumberColumn(
+                    "P@k",
+                    width="small",
                     format="%.2f",
                     help="the share of infected neurons among the k most suspect, k = how many are infected",
                 ),

@@ -102,12 +102,12 @@ def roc_figure(
     )
     fig.update_layout(
         title="finding infected neurons: ROC",
-        height=400,
+        height=560,
         margin=dict(l=6, r=6, t=40, b=6),
-        xaxis=dict(title="share of clean neurons flagged", tickformat=".0%", range=[0, 1.01]),
-        yaxis=dict(title="share of infected found", tickformat=".0%", range=[0, 1.01]),
-        # beside the plot, never over an axis title whatever the width
-        legend=dict(x=1.02, y=0, xanchor="left", yanchor="bottom"),
+        xaxis=dict(title="share of clean neurons flagged", tickformat=".0%", range=[-0.02, 1.01]),
+        yaxis=dict(title="share of infected found", tickformat=".0%", range=[-0.02, 1.01]),
+        # below the x axis's title: beside the plot, ten long names left the plot a strip at 1280 px
+        legend=dict(orientation="h", x=0, xanchor="left", y=-0.2, yanchor="top"),
     )
     return fig
 
