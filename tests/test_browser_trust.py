@@ -159,21 +159,23 @@ def test_three_sessions_purify_three_models_at_once(server, browser):
             re.compile(r"^nc-ar")
         )  # the recommended defense
         steps = main.get_by_role("spinbutton", name="Steps")
-        steps.fill("60")
+        steps.fill("20")  # nc-ar's ASR falls within 10 steps; what is checked is that each session keeps its own
         steps.press("Enter")
-        expect(steps).to_have_value("60")
+        expect(steps).to_have_value("20")
         main.get_by_text("No run yet").wait_for(timeout=30_000)
         sessions.append((name, context, page, main, sidebar, before))
 
     for _, _, page, main, _, _ in sessions:  # all three start within a second or so
         click_when_idle(page, main.get_by_role("button", name="Start purification"))
     for _, _, _page, main, _, _ in sessions:
-        main.get_by_text(re.compile(r"1\. nc-ar: (step \d+ of 60|preparing…)")).or_(
+        main.get_by_text(re.compile(r"1\. nc-ar: (step \d+ of 20|preparing…)")).or_(
             main.get_by_role("combobox", name="Run")
         ).first.wait_for(timeout=60_000)
 
     for name, _context, page, main, sidebar, before in sessions:
-        expect(main.get_by_role("combobox", name="Run")).to_have_value("1. nc-ar (done)", timeout=180_000)
+        # three trigger reversals and three runs share 2 cores (and the GIL): on a slow machine the first run was at
+        # step 5 after 3 minutes; the time it takes is bench/app_load.py's to measure, not this test's
+        expect(main.get_by_role("combobox", name="Run")).to_have_value("1. nc-ar (done)", timeout=480_000)
         # the result's attribution maps are drawn after the run, while the other two sessions draw theirs and
         # the background worker measures: on 2 shared cores inside the full suite this took over a minute
         main.get_by_role("button", name="Download purified model (.zip)").wait_for(timeout=180_000)
