@@ -164,7 +164,7 @@ def cmd_purify(args: argparse.Namespace) -> int:
     if defense is None and args.metric is None and args.reg is None:
         defense = baselines.recommended().name  # no options: the recommended defense
     entry = DEFENSES[defense] if defense is not None else None
-    unused = [f"--{k}" for k in ("ratio", "scope", "metric") if getattr(args, k) is not None]
+    unused = [f"--{k}" for k in ("ratio", "scope", "lam") if getattr(args, k) is not None]  # --metric is refused above
     if entry is not None and entry.marking is None and unused and not args.quiet:
         print(f"note: {defense} marks no neurons; {', '.join(unused)} not used", file=sys.stderr)
     if entry is not None and entry.marking is not None and SCORES[entry.marking[0]].cost == "slow" and not args.quiet:

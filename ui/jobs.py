@@ -213,11 +213,8 @@ class JobBoard:
             waiting = [j for j in queue if not j.claimed]
             before = waiting[: waiting.index(job)]
             # the worker takes the first urgent job, and a low one only when no urgent one is left
-            ahead = sum(1 for j in before if not j.low) + (
-                sum(1 for j in before if j.low) + sum(1 for j in waiting[len(before) + 1 :] if not j.low)
-                if job.low
-                else 0
-            )
+            urgent = waiting if job.low else before
+            ahead = sum(not j.low for j in urgent) + (sum(j.low for j in before) if job.low else 0)
             running = any(j.claimed and not j.future.done() and session in j.owners for j in self._jobs.values())
             return ahead + int(running)
 
