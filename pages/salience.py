@@ -51,17 +51,15 @@ scale = st.radio(
 bar = "raw" if scale == "raw" else "importance"
 marked = current.threshold_mask()
 bs_s, mag_s = scaled(bs, scale), scaled(mag, scale)
-shown = list(current.layers)
-if len(current.layers) > overview.MANY_LAYERS:  # a deep network: one overview row per layer, heatmaps on demand
-    view = scaled(bs, "rank" if scale == "raw" else scale)
-    plot(overview.layer_overview(view, marked, "benign salience"), "overview", f"{current.name}-layer-overview")
-    shown = st.multiselect(
-        "Heatmaps of these layers",
-        list(current.layers),
-        default=list(current.layers)[-1:],
-        key="w_salience_layers",
-        help=f"{len(current.layers)} layers, {current.neurons:,} neurons: pick the layers to look at neuron by neuron",
-    )
+shown = overview.layers_to_draw(  # a deep network: one overview row per layer, heatmaps on demand
+    list(current.layers),
+    scaled(bs, "rank" if scale == "raw" else scale),
+    marked,
+    "benign salience",
+    "overview",
+    f"{current.name}-layer-overview",
+    "w_salience_layers",
+)
 for name in shown:
     nl = current.layers[name]
     fig = layer_heatmaps(

@@ -92,21 +92,17 @@ with right:
 mask = current.mask(metric, mode, value, scope)
 scores = current.score(metric)
 importance = scores.normalized("minmax")
-shown = list(current.layers)
-if len(current.layers) > overview.MANY_LAYERS:  # a deep network: side-by-side heatmaps would be dots
-    plot(
-        overview.layer_overview(importance, mask, score_label(metric)),
-        "threshold-overview",
-        f"{current.name}-marked-overview",
-    )
-    shown = st.multiselect(
-        "Heatmaps of these layers",
-        list(current.layers),
-        default=list(current.layers)[-1:],
-        max_selections=overview.MAX_HEATMAPS,
-        key="w_threshold_layers",
-        help=f"{len(current.layers)} layers: pick up to {overview.MAX_HEATMAPS} to see their marked neurons one by one",
-    )
+deep = len(current.layers) > overview.MANY_LAYERS  # side-by-side heatmaps of every layer would be dots
+shown = overview.layers_to_draw(
+    list(current.layers),
+    importance,
+    mask,
+    score_label(metric),
+    "threshold-overview",
+    f"{current.name}-marked-overview",
+    "w_threshold_layers",
+    max_selections=overview.MAX_HEATMAPS,
+)
 if shown:
     plot(
         layers_row(
@@ -120,11 +116,7 @@ if shown:
         f"{current.name}-marked",
     )
 st.caption(
-    (
-        "Overview: a box per layer over its neurons' normalized scores, the marked ones as red ticks. "
-        if len(current.layers) > overview.MANY_LAYERS
-        else ""
-    )
+    ("Overview: a box per layer over its neurons' normalized scores, the marked ones as red ticks. " if deep else "")
     + f"Colour: {score_label(metric)}, normalized per layer (dark = most suspect); red outlines: the marked "
     f"neurons. The preview zeroes them with no fine-tuning, on {len(preview_test):,} test and "
     f"{len(preview_triggered):,} triggered images"

@@ -51,3 +51,34 @@ def layer_overview(values: dict[str, torch.Tensor], marked: dict[str, torch.Tens
         yaxis=dict(autorange="reversed", tickfont=dict(size=11)),
     )
     return fig
+
+
+def layers_to_draw(
+    layers: list[str],
+    values: dict[str, torch.Tensor],
+    marked: dict[str, torch.Tensor],
+    score: str,
+    chart_key: str,
+    download_name: str,
+    widget_key: str,
+    max_selections: int | None = None,
+) -> list[str]:
+    """The layers a page draws heatmaps of: all of a shallow network's; for a deep one, the overview of every
+    layer on the page, then the layers picked in a multiselect (the last layer at first)."""
+    import streamlit as st
+
+    from ui.theme import plot
+
+    if len(layers) <= MANY_LAYERS:
+        return list(layers)
+    plot(layer_overview(values, marked, score), chart_key, download_name)
+    most = f"up to {max_selections}" if max_selections else "the layers"
+    return st.multiselect(
+        "Heatmaps of these layers",
+        list(layers),
+        default=list(layers)[-1:],
+        max_selections=max_selections,
+        key=widget_key,
+        help=f"{len(layers)} layers, {sum(len(v) for v in values.values()):,} neurons: pick {most} to look at "
+        "neuron by neuron",
+    )
